@@ -1,0 +1,11 @@
+"""dnnbrain_captum: DNNBrain's interpretability algorithms as Captum attribution classes."""
+
+from dnnbrain_captum.models import digits_cnn, digits_images
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "digits_cnn",
+    "digits_images",
+]

@@ -1,0 +1,1 @@
+"""Shared plumbing: layer resolution, target selection, hooks and input validation."""

@@ -1,0 +1,214 @@
+"""Hook plumbing: every hook registered here is removed in ``finally``.
+
+No algorithm module calls ``register_*_hook`` itself; they use the context managers and the
+early-exit forward below.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = [
+    "LayerCapture",
+    "guided_relu",
+    "removing",
+    "run_to_layer",
+    "warn_if_training",
+]
+
+_WARNED_TRAINING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward pass once the target layer has run."""
+
+
+@contextmanager
+def removing(handles: list[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
+    """Yield ``handles`` (a list the body appends to) and remove all of them on exit."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+
+def warn_if_training(model: Any) -> None:
+    """Warn once per model that it is in training mode (dropout, batch statistics)."""
+    if isinstance(model, nn.Module) and model.training and model not in _WARNED_TRAINING:
+        _WARNED_TRAINING.add(model)
+        warnings.warn(
+            f"{type(model).__name__} is in training mode: dropout and batch norm make the "
+            "attributions random; call model.eval() first if that is not intended",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+class LayerCapture:
+    """What one hooked layer produced during a forward pass.
+
+    Attributes
+    ----------
+    value : Tensor or tuple of Tensor or None
+        The layer's output (or its input, with ``on_input=True``), still attached to the
+        autograd graph. None until the layer runs.
+    """
+
+    def __init__(self, module: nn.Module, on_input: bool = False, stop: bool = False,
+                 detach_downstream: bool = False) -> None:
+        self.module = module
+        self.on_input = on_input
+        self.stop = stop
+        self.detach_downstream = detach_downstream
+        self.value: Tensor | tuple[Tensor, ...] | None = None
+
+    def register(self) -> RemovableHandle:
+        """Register the hook on the module and return its handle."""
+        if self.on_input:
+            return self.module.register_forward_pre_hook(self._pre_hook)
+        return self.module.register_forward_hook(self._hook)
+
+    def _record(self, value: Any) -> Any:
+        if self.value is not None and self.stop:
+            return None
+        self.value = value
+        if self.stop:
+            raise _StopForward
+        # Downstream in-place operations must not rewrite what we keep: hand a clone on.
+        if isinstance(value, Tensor):
+            return value.clone()
+        return None
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        value = args[0] if len(args) == 1 else args
+        replacement = self._record(value)
+        if replacement is None:
+            return None
+        return (replacement, *args[1:]) if len(args) > 1 else (replacement,)
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return self._record(output)
+
+
+def _call(forward_func: Callable[..., Any], inputs: Sequence[Tensor],
+          additional_forward_args: Any) -> Any:
+    extra: tuple[Any, ...]
+    if additional_forward_args is None:
+        extra = ()
+    elif isinstance(additional_forward_args, tuple):
+        extra = additional_forward_args
+    else:
+        extra = (additional_forward_args,)
+    return forward_func(*inputs, *extra)
+
+
+def run_to_layer(
+    forward_func: Callable[..., Any],
+    layer: nn.Module | None,
+    inputs: Sequence[Tensor],
+    additional_forward_args: Any = None,
+    *,
+    on_input: bool = False,
+    taps: Sequence[LayerCapture] = (),
+) -> Any:
+    """Run the forward pass only as far as ``layer`` and return what it produced.
+
+    A forward hook on ``layer`` stores its output (or, with ``on_input=True``, its first input)
+    and raises a private exception, so nothing downstream of the layer runs. Extra
+    :class:`LayerCapture` objects in ``taps`` record intermediate layers on the way.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or forward function.
+    layer : nn.Module or None
+        The layer to stop at; None runs the whole function and returns its output.
+    inputs : sequence of Tensor
+        Positional inputs of ``forward_func``.
+    additional_forward_args : Any, optional
+        Further positional arguments (a tuple, or one object).
+    on_input : bool
+        Return the layer's input instead of its output.
+    taps : sequence of LayerCapture
+        Intermediate layers to record during the same pass.
+
+    Returns
+    -------
+    Tensor or tuple of Tensor
+        The layer's output (or input), attached to the autograd graph when grad is enabled.
+        If the layer runs several times in one pass, its first call is the one returned.
+
+    Raises
+    ------
+    RuntimeError
+        If the layer never runs during the forward pass.
+    """
+    handles: list[RemovableHandle] = []
+    with removing(handles):
+        for tap in taps:
+            handles.append(tap.register())
+        if layer is None:
+            return _call(forward_func, inputs, additional_forward_args)
+        capture = LayerCapture(layer, on_input=on_input, stop=True)
+        handles.append(capture.register())
+        try:
+            _call(forward_func, inputs, additional_forward_args)
+        except _StopForward:
+            pass
+    if capture.value is None:
+        raise RuntimeError(
+            f"the layer {type(layer).__name__} never ran during the forward pass; is it part "
+            "of the model's forward computation?"
+        )
+    return capture.value
+
+
+class _ClampNegativeGradient(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradients through (guided backprop)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+@contextmanager
+def guided_relu(model: Any) -> Iterator[list[int]]:
+    """Apply the guided-backprop rule to every ``nn.ReLU`` module of ``model`` while active.
+
+    The rule (Springenberg et al. 2015) passes a gradient back through a ReLU only where both
+    the forward input and the incoming gradient are positive. A forward hook wraps each ReLU's
+    output in an identity whose backward clamps negative gradients; the ReLU's own backward
+    supplies the forward mask. In-place ReLUs work because the hook returns a new tensor.
+
+    Yields
+    ------
+    list of int
+        A one-element counter of ReLU calls during the block, to detect functional ReLUs.
+    """
+    calls = [0]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        calls[0] += 1
+        return _ClampNegativeGradient.apply(output)
+
+    handles: list[RemovableHandle] = []
+    with removing(handles):
+        if isinstance(model, nn.Module):
+            for module in model.modules():
+                if isinstance(module, nn.ReLU):
+                    handles.append(module.register_forward_hook(hook))
+        yield calls

@@ -1,0 +1,311 @@
+"""Target selection: from a layer's output to one scalar per example.
+
+``target`` (always 0-based) is
+
+* an ``int``: a channel of the layer's output (a neuron of a ``Linear`` output);
+* a tuple ``(c, i, j)``: one unit (as many indices as the output has non-batch dimensions);
+* a callable ``f(layer_output) -> Tensor of shape (N,)``;
+* a list or 1-D tensor of length N: one channel (or unit tuple) per example.
+
+A channel is reduced to one scalar per example by ``reduction`` ("mean", DNNBrain's default,
+"max" or "sum"). With ``layer=None`` the target is Captum's target on the model output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from dnnbrain_captum._compat import select_targets
+from dnnbrain_captum._utils.hooks import run_to_layer
+
+__all__ = [
+    "REDUCTIONS",
+    "LayerTarget",
+    "channel_maps",
+    "check_reduction",
+    "evaluate_target",
+    "select_layer_target",
+    "select_output_target",
+]
+
+LayerTarget = Union[int, tuple[int, ...], Callable[[Any], Tensor], Sequence[Any], Tensor, None]
+
+REDUCTIONS = ("mean", "max", "sum")
+
+
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ``ValueError``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _reduce(values: Tensor, reduction: str) -> Tensor:
+    flat = values.reshape(values.shape[0], -1)
+    if reduction == "mean":
+        return flat.mean(1)
+    if reduction == "max":
+        return flat.amax(1)
+    return flat.sum(1)
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer index, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value.item())
+    try:
+        import numpy as np
+
+        if isinstance(value, np.integer):
+            return int(value)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    raise TypeError(f"{what} must be an integer index, got {value!r}")
+
+
+def _check_channel(channel: int, n_channels: int) -> int:
+    if not 0 <= channel < n_channels:
+        raise ValueError(
+            f"target channel {channel} is out of range: the layer has {n_channels} channels, "
+            f"valid channels are 0..{n_channels - 1} (0-based)"
+        )
+    return channel
+
+
+def _check_unit(unit: tuple[int, ...], shape: Sequence[int]) -> tuple[int, ...]:
+    if len(unit) != len(shape):
+        raise ValueError(
+            f"target unit {unit} has {len(unit)} indices but the layer output has "
+            f"{len(shape)} non-batch dimensions of sizes {tuple(shape)}"
+        )
+    for index, size in zip(unit, shape, strict=True):
+        if not 0 <= index < size:
+            raise ValueError(
+                f"target unit {unit} lies outside the layer output of shape {tuple(shape)}"
+            )
+    return unit
+
+
+def per_example_targets(target: Any, n: int) -> list[Any] | None:
+    """The per-example list form of ``target``, or None when it is one target for all.
+
+    Raises
+    ------
+    ValueError
+        If a per-example list or tensor does not have one entry per example.
+    """
+    if isinstance(target, Tensor):
+        if target.dim() == 0:
+            return None
+        if target.dim() != 1:
+            raise ValueError(
+                f"a target tensor must be 1-D with one channel per example, got shape "
+                f"{tuple(target.shape)}"
+            )
+        entries: list[Any] = target.tolist()
+    elif isinstance(target, list):
+        entries = target
+    else:
+        return None
+    if len(entries) != n:
+        raise ValueError(
+            f"target has {len(entries)} entries but the batch has {n} examples; give one "
+            "target per example or a single int/tuple/callable"
+        )
+    return entries
+
+
+def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean") -> Tensor:
+    """One scalar per example from a layer's output.
+
+    Parameters
+    ----------
+    output : Tensor of shape (N, C, ...) or (N, K)
+        The layer's output (anything, for a callable target).
+    target : int, tuple, callable, list or Tensor
+        See the module docstring.
+    reduction : {"mean", "max", "sum"}
+        How a channel is reduced to one value per example.
+
+    Returns
+    -------
+    Tensor of shape (N,)
+
+    Examples
+    --------
+    >>> out = torch.arange(16.).view(1, 4, 2, 2)
+    >>> select_layer_target(out, 1), select_layer_target(out, 1, "max")
+    (tensor([5.5000]), tensor([7.]))
+    >>> select_layer_target(out, (2, 1, 0))
+    tensor([10.])
+    """
+    check_reduction(reduction)
+    if callable(target) and not isinstance(target, Tensor):
+        values = target(output)
+        n = output.shape[0] if isinstance(output, Tensor) else None
+        if not isinstance(values, Tensor) or values.dim() != 1 or (n is not None and len(values) != n):
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"a callable target must return a Tensor of shape (N,) = ({n},), got {shape}"
+            )
+        return values
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            "the layer returns several tensors; select what to explain with a callable target"
+        )
+    if target is None:
+        raise ValueError("target is required when a layer is given: a channel, unit or callable")
+    n = output.shape[0]
+    if output.dim() < 2:
+        raise ValueError(f"the layer output has shape {tuple(output.shape)}; expected (N, C, ...)")
+    entries = per_example_targets(target, n)
+    if entries is None:
+        if isinstance(target, tuple):
+            unit = _check_unit(tuple(_as_int(i, "a unit index") for i in target), output.shape[1:])
+            return output[(slice(None), *unit)]
+        channel = _check_channel(_as_int(target, "target"), output.shape[1])
+        return _reduce(output[:, channel], reduction)
+    if entries and isinstance(entries[0], (tuple, list)):
+        units = [
+            _check_unit(tuple(_as_int(i, "a unit index") for i in e), output.shape[1:])
+            for e in entries
+        ]
+        index = torch.tensor(units, device=output.device).T
+        return output[(torch.arange(n, device=output.device), *index)]
+    channels = [_check_channel(_as_int(e, "target"), output.shape[1]) for e in entries]
+    index = torch.tensor(channels, device=output.device)
+    return _reduce(output[torch.arange(n, device=output.device), index], reduction)
+
+
+def select_output_target(output: Tensor, target: Any) -> Tensor:
+    """Captum's target selection on a model output, reduced to shape (N,).
+
+    Raises
+    ------
+    ValueError
+        If the selection leaves more than one value per example (target missing or too short).
+    """
+    if isinstance(target, int) and not isinstance(target, bool) and output.dim() >= 2:
+        _check_channel(target, output.shape[1])
+    selected = select_targets(output, target)
+    if selected.dim() > 1 and selected[0].numel() == 1:
+        selected = selected.reshape(selected.shape[0])
+    if selected.dim() != 1:
+        raise ValueError(
+            f"target={target!r} leaves shape {tuple(selected.shape)} of the model output "
+            f"{tuple(output.shape)}; give a target that selects one value per example"
+        )
+    return selected
+
+
+def _fast_channel_layer(layer: nn.Module | None, target: Any, on_input: bool) -> bool:
+    """Whether only the selected channels of ``layer`` need computing (plain conv/linear)."""
+    if on_input or layer is None or callable(target) or isinstance(target, tuple):
+        return False
+    if isinstance(target, list) and target and isinstance(target[0], (tuple, list)):
+        return False
+    if type(layer) is nn.Conv2d:
+        return layer.groups == 1 and layer.padding_mode == "zeros"
+    return type(layer) is nn.Linear
+
+
+def _selected_channels(layer: nn.Module, x: Tensor, channels: Tensor) -> Tensor:
+    bias = None if layer.bias is None else layer.bias[channels]
+    weight = layer.weight[channels]
+    if isinstance(layer, nn.Conv2d):
+        return nn.functional.conv2d(
+            x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
+    return nn.functional.linear(x, weight, bias)
+
+
+def evaluate_target(
+    forward_func: Callable[..., Any],
+    layer: nn.Module | None,
+    inputs: Sequence[Tensor],
+    target: Any,
+    reduction: str = "mean",
+    additional_forward_args: Any = None,
+    attribute_to_layer_input: bool = False,
+) -> Tensor:
+    """The target's value, one scalar per example, computing no more than it needs.
+
+    The forward pass stops at ``layer``. When the layer is a plain ``nn.Conv2d`` or
+    ``nn.Linear`` and the target is a channel (or one channel per example), only those
+    channels of the layer are computed, from the layer's input.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model.
+    layer : nn.Module or None
+        The layer, or None for the model output (Captum target semantics).
+    inputs : sequence of Tensor
+        The model's inputs, batch first.
+    target : int, tuple, callable, list or Tensor
+        What to explain (module docstring).
+    reduction : {"mean", "max", "sum"}
+        Channel reduction.
+    additional_forward_args : Any, optional
+        Extra positional arguments of the model.
+    attribute_to_layer_input : bool
+        Select from the layer's input instead of its output.
+
+    Returns
+    -------
+    Tensor of shape (N,)
+        Attached to the autograd graph when gradients are enabled.
+    """
+    check_reduction(reduction)
+    if layer is None:
+        output = run_to_layer(forward_func, None, inputs, additional_forward_args)
+        return select_output_target(output, target)
+    if not _fast_channel_layer(layer, target, attribute_to_layer_input):
+        output = run_to_layer(
+            forward_func, layer, inputs, additional_forward_args, on_input=attribute_to_layer_input
+        )
+        return select_layer_target(output, target, reduction)
+    layer_input = run_to_layer(forward_func, layer, inputs, additional_forward_args, on_input=True)
+    n = layer_input.shape[0]
+    n_channels = layer.weight.shape[0]
+    entries = per_example_targets(target, n)
+    if entries is None:
+        entries = [_as_int(target, "target")] * n
+    channels = [_check_channel(_as_int(e, "target"), n_channels) for e in entries]
+    unique = sorted(set(channels))
+    device = layer.weight.device
+    maps = _selected_channels(layer, layer_input, torch.tensor(unique, device=device))
+    position = torch.tensor([unique.index(c) for c in channels], device=maps.device)
+    return _reduce(maps[torch.arange(n, device=maps.device), position], reduction)
+
+
+def channel_maps(output: Tensor, target: Any) -> Tensor:
+    """The selected channel's map per example: (N, C, ...) → (N, ...).
+
+    Raises
+    ------
+    ValueError
+        For a unit tuple or callable target (a map needs a channel), or a channel out of range.
+    """
+    if callable(target) and not isinstance(target, Tensor):
+        raise ValueError("this method maps a channel: give target as an int or one int per example")
+    if isinstance(target, tuple):
+        raise ValueError(
+            f"this method maps a whole channel, got the unit {target}; give the channel index"
+        )
+    if target is None:
+        raise ValueError("target is required: the channel whose map is computed")
+    n = output.shape[0]
+    entries = per_example_targets(target, n)
+    if entries is None:
+        entries = [_as_int(target, "target")] * n
+    channels = [_check_channel(_as_int(e, "target"), output.shape[1]) for e in entries]
+    index = torch.tensor(channels, device=output.device)
+    return output[torch.arange(n, device=output.device), index]

@@ -1,0 +1,82 @@
+"""Checks of user input that raise clear ``TypeError``/``ValueError`` messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_image_batch", "check_inputs", "pair"]
+
+
+def check_inputs(inputs: Any, name: str = "inputs") -> tuple[Tensor, ...]:
+    """Validate a tensor or tuple of tensors (non-empty batch, floating point, finite).
+
+    Returns
+    -------
+    tuple of Tensor
+        The inputs as a tuple.
+    """
+    items = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not items:
+        raise ValueError(f"{name} is an empty tuple; expected at least one tensor")
+    for k, item in enumerate(items):
+        label = name if len(items) == 1 else f"{name}[{k}]"
+        if not isinstance(item, Tensor):
+            raise TypeError(f"{label} must be a torch.Tensor, got {type(item).__name__}")
+        if item.dim() == 0 or item.shape[0] == 0:
+            raise ValueError(f"{label} has shape {tuple(item.shape)}: the batch is empty")
+        if not item.is_floating_point():
+            raise TypeError(f"{label} must be a floating-point tensor, got {item.dtype}")
+        if not bool(torch.isfinite(item).all()):
+            raise ValueError(f"{label} contains NaN or infinite values")
+    if len({item.shape[0] for item in items}) > 1:
+        raise ValueError(f"the tensors of {name} have different batch sizes")
+    return items
+
+
+def check_image_batch(inputs: Any, name: str = "inputs") -> Tensor:
+    """Validate one image batch of shape (N, C, H, W) and return it.
+
+    Raises
+    ------
+    TypeError
+        If ``inputs`` is not a floating-point tensor (a tuple is refused too).
+    ValueError
+        For a wrong rank, an empty batch or non-finite values.
+    """
+    if isinstance(inputs, tuple):
+        raise TypeError(f"{name} must be one image tensor (N, C, H, W), not a tuple")
+    if isinstance(inputs, Tensor) and inputs.dim() != 4:
+        raise ValueError(
+            f"{name} must have shape (N, C, H, W), got {inputs.dim()}-D shape {tuple(inputs.shape)}"
+        )
+    (checked,) = check_inputs(inputs, name)
+    return checked
+
+
+def pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
+    """An (H, W) pair of ints from an int or a 2-sequence, each ``>= minimum``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an int or a pair of ints.
+    ValueError
+        If an entry is below ``minimum``.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or an (H, W) pair of ints, got {value!r}")
+    if isinstance(value, int):
+        items = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        items = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or an (H, W) pair of ints, got {value!r}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        if item < minimum:
+            raise ValueError(f"{name}={value!r}: every entry must be >= {minimum}")
+    return (int(items[0]), int(items[1]))
