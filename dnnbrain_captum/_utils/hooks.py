@@ -64,8 +64,13 @@ class LayerCapture:
         autograd graph. None until the layer runs.
     """
 
-    def __init__(self, module: nn.Module, on_input: bool = False, stop: bool = False,
-                 detach_downstream: bool = False) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        on_input: bool = False,
+        stop: bool = False,
+        detach_downstream: bool = False,
+    ) -> None:
         self.module = module
         self.on_input = on_input
         self.stop = stop
@@ -100,8 +105,9 @@ class LayerCapture:
         return self._record(output)
 
 
-def _call(forward_func: Callable[..., Any], inputs: Sequence[Tensor],
-          additional_forward_args: Any) -> Any:
+def _call(
+    forward_func: Callable[..., Any], inputs: Sequence[Tensor], additional_forward_args: Any
+) -> Any:
     extra: tuple[Any, ...]
     if additional_forward_args is None:
         extra = ()

@@ -55,7 +55,9 @@ def _sample_names(model: nn.Module, limit: int = 5) -> str:
     return ", ".join(repr(n) for n in names) if names else "(the model has no submodules)"
 
 
-def resolve_layer(forward_func: nn.Module | Callable[..., Any], layer: LayerSpec) -> nn.Module | None:
+def resolve_layer(
+    forward_func: nn.Module | Callable[..., Any], layer: LayerSpec
+) -> nn.Module | None:
     """Turn the ``layer`` argument of a constructor into a module.
 
     Parameters

@@ -14,7 +14,7 @@ A channel is reduced to one scalar per example by ``reduction`` ("mean", DNNBrai
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ __all__ = [
     "select_output_target",
 ]
 
-LayerTarget = Union[int, tuple[int, ...], Callable[[Any], Tensor], Sequence[Any], Tensor, None]
+LayerTarget = int | tuple[int, ...] | Callable[[Any], Tensor] | Sequence[Any] | Tensor | None
 
 REDUCTIONS = ("mean", "max", "sum")
 
@@ -150,7 +150,11 @@ def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean
     if callable(target) and not isinstance(target, Tensor):
         values = target(output)
         n = output.shape[0] if isinstance(output, Tensor) else None
-        if not isinstance(values, Tensor) or values.dim() != 1 or (n is not None and len(values) != n):
+        if (
+            not isinstance(values, Tensor)
+            or values.dim() != 1
+            or (n is not None and len(values) != n)
+        ):
             shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(
                 f"a callable target must return a Tensor of shape (N,) = ({n},), got {shape}"

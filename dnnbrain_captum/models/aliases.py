@@ -39,8 +39,9 @@ def supports_aliases(model: nn.Module) -> bool:
     return isinstance(model, _alias_classes())
 
 
-def _name_block(block: nn.Module, prefix: str, opener: type[nn.Module], stem: str,
-                table: dict[str, str]) -> None:
+def _name_block(
+    block: nn.Module, prefix: str, opener: type[nn.Module], stem: str, table: dict[str, str]
+) -> None:
     count = 0
     for child_name, child in block.named_children():
         path = f"{prefix}.{child_name}"

@@ -100,7 +100,9 @@ def render_digits(raw: Tensor, foreground: Tensor, background: Tensor) -> Tensor
         Images in [0, 1].
     """
     ink = nn.functional.interpolate(
-        (raw / 16.0).unsqueeze(1), size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear",
+        (raw / 16.0).unsqueeze(1),
+        size=(DIGITS_SIZE, DIGITS_SIZE),
+        mode="bilinear",
         align_corners=False,
     ).clamp(0, 1)
     return ink * foreground[:, :, None, None] + (1 - ink) * background[:, :, None, None]
@@ -149,7 +151,7 @@ def digits_images(split: str = "test", n: int | None = None) -> tuple[Tensor, Te
     --------
     >>> images, labels = digits_images(n=4)
     >>> tuple(images.shape), labels.tolist()
-    ((4, 3, 32, 32), [6, 9, 3, 7])
+    ((4, 3, 32, 32), [6, 5, 5, 7])
     """
     raw, labels = digits_split(split)
     generator = torch.Generator().manual_seed(1 if split == "test" else 2)

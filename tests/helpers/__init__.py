@@ -1,0 +1,1 @@
+"""Test helpers: tiny hand-weighted models and assertion helpers."""

@@ -1,0 +1,229 @@
+"""The contract every attribution class keeps (DESIGN.md §3), parametrised over a registry.
+
+Each :class:`Case` builds a model, a small float batch and a function ``run(model, x)`` that
+calls the class. For every case we check: no hook is left after a successful call or after an
+exception inside the forward pass; the model's mode, parameters, ``requires_grad`` and
+``.grad`` are untouched; the input is not modified; the batched result equals the one-by-one
+results; two calls give the same result; the output keeps the input's dtype and device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from captum.attr import NoiseTunnel
+from torch import Tensor, nn
+
+from dnnbrain_captum import (
+    GuidedSaliencyImage,
+    OccluderDiscrepancyMapping,
+    UpsamplingActivationMapping,
+    VanillaSaliencyImage,
+)
+from tests.helpers.models import TinyConvNet
+
+
+@dataclass
+class Case:
+    """One registry entry.
+
+    ``make_model()`` returns a model (float32); ``make_inputs(dtype)`` a batch of 2 or more
+    examples; ``run(model, x, index)`` the attribution (a tensor, or a tuple/namedtuple of
+    tensors), where ``index`` lists which examples of the full batch ``x`` holds (use
+    :func:`pick` for per-example targets).
+    ``batch_size_invariant=False`` only where one-by-one differs by design (say why).
+    """
+
+    id: str
+    make_model: Callable[[], nn.Module]
+    run: Callable[[nn.Module, Tensor, list[int]], Any]
+    make_inputs: Callable[[torch.dtype], Tensor] = field(
+        default=lambda dtype: torch.rand(
+            2, 3, 12, 12, generator=torch.Generator().manual_seed(3), dtype=dtype
+        )
+    )
+    batch_size_invariant: bool = True
+    atol: float = 1e-5
+
+
+def _tensors(result: Any) -> list[Tensor]:
+    if isinstance(result, Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)):
+        return [t for item in result for t in _tensors(item)]
+    if isinstance(result, dict):
+        return [t for item in result.values() for t in _tensors(item)]
+    return []
+
+
+def _hook_count(model: nn.Module) -> int:
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        total += len(module._backward_hooks) + len(module._backward_pre_hooks)
+    return total
+
+
+def pick(values: list[Any], index: list[int]) -> list[Any]:
+    """The per-example targets of the examples in ``index``."""
+    return [values[k] for k in index]
+
+
+def _tiny() -> nn.Module:
+    return TinyConvNet().eval()
+
+
+CASES: list[Case] = []
+
+
+# Registry entries: one block per module, appended by whoever writes the class.
+# --- foundation (saliency, upsampling, occlusion) ---
+CASES += [
+    Case("vanilla-output", _tiny, lambda m, x, i: VanillaSaliencyImage(m).attribute(x, target=1)),
+    Case(
+        "vanilla-channel",
+        _tiny,
+        lambda m, x, i: VanillaSaliencyImage(m, "conv2").attribute(x, target=2),
+    ),
+    Case(
+        "vanilla-unit-to-layer",
+        _tiny,
+        lambda m, x, i: VanillaSaliencyImage(m, "relu2").attribute(
+            x, target=(1, 2, 3), to_layer="relu1", attribute_to_layer_input=True
+        ),
+    ),
+    Case(
+        "guided-output",
+        _tiny,
+        lambda m, x, i: GuidedSaliencyImage(m).attribute(x, target=pick([0, 3], i)),
+    ),
+    Case(
+        "guided-channel",
+        _tiny,
+        lambda m, x, i: GuidedSaliencyImage(m, m.relu2).attribute(x, target=1, reduction="max"),
+    ),
+    Case(
+        "smoothgrad",
+        _tiny,
+        lambda m, x, i: NoiseTunnel(GuidedSaliencyImage(m, "conv2")).attribute(
+            x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, target=pick([1, 2], i)
+        ),
+    ),
+    Case(
+        "upsampling",
+        _tiny,
+        lambda m, x, i: UpsamplingActivationMapping(m, "conv2").attribute(
+            x, target=3, threshold=0.5
+        ),
+    ),
+    Case(
+        "occlusion-channel",
+        _tiny,
+        lambda m, x, i: OccluderDiscrepancyMapping(m, "conv2").attribute(
+            x, target=1, sliding_window_shapes=(4, 4), strides=(3, 3), perturbations_per_eval=5
+        ),
+    ),
+    Case(
+        "occlusion-output-noise",
+        _tiny,
+        lambda m, x, i: OccluderDiscrepancyMapping(m).attribute(
+            x, target=pick([0, 4], i), sliding_window_shapes=5, strides=4, baselines="noise"
+        ),
+    ),
+]
+# --- end of registry ---
+
+
+def _ids() -> list[str]:
+    return [case.id for case in CASES]
+
+
+@pytest.fixture(params=CASES, ids=_ids())
+def case(request: pytest.FixtureRequest) -> Case:
+    return request.param
+
+
+def test_registry_is_not_empty() -> None:
+    assert len(CASES) >= 1
+
+
+def test_model_and_inputs_untouched_no_hooks_left(case: Case) -> None:
+    model = case.make_model()
+    for p in model.parameters():
+        p.grad = None
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    training = model.training
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = _hook_count(model)
+    x = case.make_inputs(torch.float32)
+    x_copy, version = x.clone(), x._version
+    case.run(model, x, list(range(x.shape[0])))
+    assert _hook_count(model) == hooks
+    assert model.training == training
+    assert not first.requires_grad
+    assert all(p.requires_grad for p in model.parameters() if p is not first)
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    torch.testing.assert_close(x, x_copy, rtol=0, atol=0)
+    assert x._version == version
+    assert not x.requires_grad
+
+
+def test_no_hooks_left_after_exception(case: Case) -> None:
+    model = case.make_model()
+    hooks = _hook_count(model)
+    x = case.make_inputs(torch.float32)
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(module: nn.Module, args: Any, output: Any) -> None:
+        raise Boom("failure inside the forward pass")
+
+    # Fail inside the first module that runs, after the class has registered its hooks.
+    first_leaf = next(m for m in model.modules() if not list(m.children()))
+    handle = first_leaf.register_forward_hook(explode)
+    try:
+        with pytest.raises(Boom):
+            case.run(model, x, list(range(x.shape[0])))
+    finally:
+        handle.remove()
+    assert _hook_count(model) == hooks
+
+
+def test_batched_equals_one_by_one_and_deterministic(case: Case) -> None:
+    model = case.make_model()
+    x = case.make_inputs(torch.float32)
+    torch.manual_seed(0)
+    batched = _tensors(case.run(model, x, list(range(x.shape[0]))))
+    torch.manual_seed(0)
+    again = _tensors(case.run(model, x, list(range(x.shape[0]))))
+    assert batched, "the case returned no tensors"
+    for a, b in zip(batched, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if not case.batch_size_invariant:
+        return
+    singles = []
+    for k in range(x.shape[0]):
+        torch.manual_seed(0)
+        singles.append(_tensors(case.run(model, x[k : k + 1], [k])))
+    for index, whole in enumerate(batched):
+        if whole.dim() == 0 or whole.shape[0] != x.shape[0]:
+            continue
+        stacked = torch.cat([single[index] for single in singles])
+        torch.testing.assert_close(whole, stacked, rtol=1e-4, atol=case.atol)
+
+
+def test_dtype_and_device_kept(case: Case) -> None:
+    model = case.make_model().double()
+    x = case.make_inputs(torch.float64)
+    for out in _tensors(case.run(model, x, list(range(x.shape[0])))):
+        if out.is_floating_point():
+            assert out.dtype == torch.float64
+        assert out.device == x.device
