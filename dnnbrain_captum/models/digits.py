@@ -6,7 +6,7 @@ names as AlexNet) trained on scikit-learn's 8×8 handwritten digits, upsampled t
 tinted with a random foreground and background colour per image. Its weights ship inside the
 package and were produced by :mod:`dnnbrain_captum.models.train_digits` (deterministic).
 
-Held-out accuracy of the shipped weights: 99.2 % (357 of the 360 test digits) (the test suite
+Held-out accuracy of the shipped weights: 99.2 % (356 of the 359 test digits) (the test suite
 asserts at least 97 %).
 """
 
@@ -136,7 +136,7 @@ def digits_images(split: str = "test", n: int | None = None) -> tuple[Tensor, Te
     Parameters
     ----------
     split : {"test", "train"}
-        The held-out digits (default, 360 images) or the training digits.
+        The held-out digits (default, 359 images) or the training digits.
     n : int, optional
         Keep only the first ``n`` images.
 

@@ -44,6 +44,7 @@ class SumConv(nn.Module):
         self.relu = nn.ReLU()
         with torch.no_grad():
             self.conv.weight.fill_(1.0)
+        self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.relu(self.conv(x)).flatten(1)
@@ -60,6 +61,7 @@ class TwoChannel(nn.Module):
         with torch.no_grad():
             self.conv.weight.copy_(torch.tensor([1.0, -2.0]).view(2, 1, 1, 1))
             self.conv.bias.copy_(torch.tensor([0.0, 1.0]))
+        self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.relu(self.conv(x)).mean((2, 3))
