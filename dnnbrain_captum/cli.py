@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import importlib
 import json
 import os
@@ -975,6 +976,239 @@ _register(
         "--channel 5 --threshold 0.95 --out maps/",
         add_arguments=_add_upsample,
         run=_run_upsample,
+    )
+)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@dataclass
+class DemoPanel:
+    """One panel of ``index.html``: a title, a one-line explanation, its figures."""
+
+    title: str
+    explanation: str
+    command: str
+    files: list[str]
+    seconds: float = 0.0
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results already in DIR"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    parser.add_argument(
+        "--n-images", type=int, default=3, metavar="N", help="number of sample digits (1-8)"
+    )
+    parser.set_defaults(
+        model="digits", weights=None, layer=None, image_size=None, device="cpu", digits=None
+    )
+
+
+def _demo_channel(ctx: RunContext, layer: str) -> int:
+    """The channel of ``layer`` most active, on average, on the sample digits."""
+    from dnnbrain_captum._utils.hooks import run_to_layer
+
+    assert ctx.images is not None
+    with torch.no_grad():
+        output = run_to_layer(ctx.model, _resolve_layer(ctx.model, layer), (ctx.images,))
+    return int(output.mean(dim=(0, 2, 3)).argmax())
+
+
+PanelSpec = tuple[str, str, str, Callable[[], list[str]]]
+
+
+def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
+    """(title, explanation, equivalent command, make-figures) for every available algorithm."""
+    from dnnbrain_captum.visualization import (
+        activation_map_figure,
+        occlusion_figure,
+        saliency_figure,
+    )
+
+    assert ctx.images is not None and ctx.display is not None
+    images, display, model = ctx.images, ctx.display, ctx.model
+    with torch.no_grad():
+        classes = model(images).argmax(dim=1).tolist()
+    conv5 = _resolve_layer(model, "conv5")
+    c5 = _demo_channel(ctx, "conv5")
+    base = f"{PROG} {{}} --digits {n}"
+
+    def per_image(stem: str, make: Callable[[int], Any]) -> list[str]:
+        names = []
+        for k in range(n):
+            name = f"{stem}_{k}.png"
+            ctx.save_figure(name, make(k))
+            names.append(name)
+        return names
+
+    def vanilla() -> list[str]:
+        grads = saliency_arrays(model, None, images, classes)
+        return per_image(
+            "saliency_vanilla",
+            lambda k: saliency_figure(grads[k], display[k], title=f"class {classes[k]}"),
+        )
+
+    yield (
+        "Vanilla saliency",
+        "Gradient of the predicted class's logit with respect to each pixel (absolute value, "
+        "summed over colour): the pixels whose change moves the decision most.",
+        base.format("saliency") + " --out saliency/",
+        vanilla,
+    )
+
+    def guided() -> list[str]:
+        grads = saliency_arrays(model, conv5, images, c5, method="guided")
+        return per_image(
+            "saliency_guided",
+            lambda k: saliency_figure(grads[k], display[k], title=f"conv5 channel {c5}"),
+        )
+
+    yield (
+        f"Guided saliency, conv5 channel {c5}",
+        "Guided backpropagation of one conv5 channel's mean activation: only positive "
+        "evidence flows back, giving sharper edges than the vanilla gradient.",
+        base.format("saliency") + f" --method guided --layer conv5 --channel {c5} --out guided/",
+        guided,
+    )
+
+    def smooth() -> list[str]:
+        grads = saliency_arrays(model, None, images, classes, smooth=16, sigma_multiplier=0.1)
+        return per_image(
+            "saliency_smoothgrad",
+            lambda k: saliency_figure(
+                grads[k], display[k], title=f"SmoothGrad, class {classes[k]}"
+            ),
+        )
+
+    yield (
+        "SmoothGrad",
+        "The vanilla gradient averaged over 16 noisy copies of the image (noise std 0.1 x the "
+        "image's range, DNNBrain's setting), which removes most of the speckle.",
+        base.format("saliency") + " --smooth 16 --sigma-multiplier 0.1 --out smoothgrad/",
+        smooth,
+    )
+
+    def upsample() -> list[str]:
+        from dnnbrain_captum.attr import UpsamplingActivationMapping
+
+        maps = UpsamplingActivationMapping(model, conv5).attribute(images, target=c5)
+        return per_image(
+            "upsample",
+            lambda k: activation_map_figure(maps[k], display[k], title=f"conv5 channel {c5}"),
+        )
+
+    yield (
+        f"Upsampled activation map, conv5 channel {c5}",
+        "The 8x8 map of one conv5 channel interpolated (bicubic) to the 32x32 image: where "
+        "in the image this unit responds.",
+        base.format("upsample") + f" --layer conv5 --channel {c5} --out upsample/",
+        upsample,
+    )
+
+    def occlusion() -> list[str]:
+        from dnnbrain_captum.attr import OccluderDiscrepancyMapping
+
+        grid = OccluderDiscrepancyMapping(model).attribute(
+            images, target=classes, sliding_window_shapes=(8, 8), strides=(2, 2)
+        )
+        return per_image(
+            "occlusion",
+            lambda k: occlusion_figure(
+                grid[k], display[k], (8, 8), (2, 2), title=f"class {classes[k]}"
+            ),
+        )
+
+    yield (
+        "Occlusion",
+        "An 8x8 black square slides over the image in steps of 2 pixels; red marks where "
+        "covering the image lowers the predicted class's logit most.",
+        base.format("occlusion") + " --window 8 --stride 2 --out occlusion/",
+        occlusion,
+    )
+    yield from _demo_extra_panels(ctx, n, c5, base)
+
+
+def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[PanelSpec]:
+    """Panels of the algorithms written after the first release of the CLI."""
+    return iter(())
+
+
+def _write_index(out: Path, panels: list[DemoPanel], seconds: float, n: int) -> None:
+    from dnnbrain_captum import __version__
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>dnnbrain_captum demo</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "img{height:210px;margin:4px;border:1px solid #ddd}code{background:#f4f4f4;"
+        "padding:1px 4px}section{margin-bottom:2em}</style></head><body>",
+        "<h1>dnnbrain_captum demo</h1>",
+        f"<p>Every algorithm of dnnbrain_captum {html.escape(__version__)} on the bundled "
+        f"digits CNN (99% test accuracy) and {n} held-out digits; {seconds:.1f} s in all. "
+        "Channels are 0-based. Each panel gives the command that computes it on your own "
+        "images and model.</p>",
+    ]
+    for panel in panels:
+        parts.append("<section>")
+        parts.append(f"<h2>{html.escape(panel.title)}</h2>")
+        parts.append(f"<p>{html.escape(panel.explanation)}</p>")
+        parts.append(f"<p><code>{html.escape(panel.command)}</code></p>")
+        parts.append("<div>")
+        for name in panel.files:
+            alt = html.escape(f"{panel.title}: {name}")
+            parts.append(f'<img src="{html.escape(name)}" alt="{alt}">')
+        parts.append("</div></section>")
+    parts.append("</body></html>")
+    (out / "index.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def _run_demo(args: argparse.Namespace, ctx: RunContext) -> None:
+    from tqdm.auto import tqdm
+
+    from dnnbrain_captum.models import digits_images
+
+    n = args.n_images
+    if not 1 <= n <= 8:
+        raise CLIError(f"--n-images must lie in 1..8, got {n}")
+    started = time.perf_counter()
+    images, labels = digits_images(n=n)
+    ctx.images, ctx.display = images.to(ctx.device), images
+    ctx.names = [f"digit{k}" for k in range(n)]
+    ctx.sources = [f"digits:test[{k}] (label {int(labels[k])})" for k in range(n)]
+    panels: list[DemoPanel] = []
+    specs = list(_demo_panels(ctx, n))
+    for title, explanation, command, make in tqdm(
+        specs, desc="demo", unit="panel", disable=not ctx.progress, file=sys.stderr
+    ):
+        begin = time.perf_counter()
+        files = make()
+        panels.append(DemoPanel(title, explanation, command, files, time.perf_counter() - begin))
+    seconds = time.perf_counter() - started
+    _write_index(ctx.out, panels, seconds, n)
+    ctx.files.append("index.html")
+    ctx.record["panels"] = [
+        {"title": p.title, "files": p.files, "seconds": round(p.seconds, 3)} for p in panels
+    ]
+
+
+_register(
+    Subcommand(
+        name="demo",
+        help="every algorithm on the bundled model and sample digits; writes DIR/index.html",
+        description="Runs every algorithm of the package on the bundled digits CNN and a few "
+        "held-out digits, and writes DIR/index.html with one panel per algorithm (PNG figures "
+        "beside it). No download, no GPU; well under two minutes on two CPU cores.",
+        example=f"{PROG} demo --out demo/ && open demo/index.html",
+        add_arguments=_add_demo,
+        run=_run_demo,
+        needs_images=False,
+        needs_layer=False,
+        takes_images=False,
     )
 )
 
