@@ -8,6 +8,7 @@ from dnnbrain_captum.attr import (
     smoothgrad_stdev,
 )
 from dnnbrain_captum.models import digits_cnn, digits_images
+from dnnbrain_captum.runner import read_results, run_over
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,7 @@ __all__ = [
     "__version__",
     "digits_cnn",
     "digits_images",
+    "read_results",
+    "run_over",
     "smoothgrad_stdev",
 ]
