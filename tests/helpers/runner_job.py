@@ -1,0 +1,77 @@
+"""A run_over job for subprocess tests (plain python or torchrun).
+
+    python tests/helpers/runner_job.py OUT METHOD N BATCH [--die-after K] [--folder DIR]
+
+METHOD is "saliency" or "occlusion". ``--die-after K`` makes the process exit abruptly
+(``os._exit``, no cleanup, like a kill) when ``attribute`` is called for the (K+1)-th time, so
+exactly K chunks are complete and the chunk in flight is lost. ``--folder`` runs over image
+files instead of the digits tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from dnnbrain_captum import (
+    OccluderDiscrepancyMapping,
+    VanillaSaliencyImage,
+    digits_cnn,
+    digits_images,
+    run_over,
+)
+from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
+
+OCCLUSION_KWARGS = {"sliding_window_shapes": (8, 8), "strides": (4, 4)}
+
+
+def make(method: str):  # noqa: ANN201 - test helper
+    model = digits_cnn()
+    if method == "saliency":
+        return VanillaSaliencyImage(model, "conv5"), {}
+    return OccluderDiscrepancyMapping(model, "conv5"), dict(OCCLUSION_KWARGS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("method")
+    parser.add_argument("n", type=int)
+    parser.add_argument("batch", type=int)
+    parser.add_argument("--die-after", type=int, default=None)
+    parser.add_argument("--folder", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    attribution, kwargs = make(args.method)
+    if args.die_after is not None:
+        original = type(attribution).attribute
+        calls = {"n": 0}
+
+        def dying(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if calls["n"] == args.die_after:
+                os._exit(3)
+            calls["n"] += 1
+            return original(self, *a, **k)
+
+        type(attribution).attribute = dying  # class name (the run's identity) unchanged
+    if args.folder:
+        data = ImageFolderDataset(args.folder, transform=preprocessing_for("digits"))
+        targets = 3
+        on_error = "skip"
+    else:
+        images, labels = digits_images(n=args.n)
+        data, targets, on_error = images, labels, "raise"
+    summary = run_over(attribution, data, targets=targets, out=args.out, batch_size=args.batch,
+                       on_error=on_error, **kwargs)
+    sys.stdout.write("SUMMARY " + json.dumps({
+        "rank": summary.rank, "world": summary.world_size, "computed": summary.computed,
+        "reused": summary.reused,
+    }) + "\n")
+
+
+if __name__ == "__main__":
+    main()
