@@ -500,7 +500,7 @@ def _load_images(
 
         digits, labels = digits_images(n=args.digits)
         if digits.shape[-2:] != torch.Size(size):
-            digits = Preprocess(size=size)(digits)
+            digits = torch.stack([resize(d) for d in digits])
         for k in range(digits.shape[0]):
             display.append(digits[k])
             sources.append(f"digits:test[{k}] (label {int(labels[k])})")

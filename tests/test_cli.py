@@ -1,0 +1,374 @@
+"""The ``dnnbrain-captum`` command, run in-process through ``main([...])``.
+
+Every subcommand runs end to end on the bundled model in a temporary folder; its arrays must
+equal the library call on the same images. Every user error exits with status 2 after one
+line on stderr, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dnnbrain_captum import cli
+from dnnbrain_captum.attr import (
+    GuidedSaliencyImage,
+    OccluderDiscrepancyMapping,
+    UpsamplingActivationMapping,
+    VanillaSaliencyImage,
+)
+from dnnbrain_captum.io import Preprocess, find_images, load_image
+from dnnbrain_captum.models import digits_cnn, digits_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: Sequence[str]) -> int:
+    """``main(args)``; the exit status (0 when it returns)."""
+    try:
+        return cli.main([str(a) for a in args])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three held-out digits saved as PNG files (one in a sub-folder)."""
+    folder = tmp_path_factory.mktemp("digits")
+    images, _ = digits_images(n=3)
+    (folder / "sub").mkdir()
+    for k in range(3):
+        array = (images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        target = folder / ("sub" if k == 2 else "") / f"d{k}.png"
+        Image.fromarray(array).save(target)
+    return folder
+
+
+def loaded(folder: Path) -> torch.Tensor:
+    """The images as the CLI reads them for the digits model."""
+    resize = Preprocess(size=(32, 32))
+    return torch.stack([resize(load_image(p)) for p in find_images(folder)])
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return digits_cnn()
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def check_manifest(out: Path, arrays: Sequence[str], n_figures: int) -> dict:
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["files"]) == files_in(out)
+    for name in arrays:
+        assert name in record["files"]
+    pngs = [f for f in record["files"] if f.endswith(".png")]
+    assert len(pngs) == n_figures
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return record
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_saliency_layer_channel(tmp_path: Path, digit_folder: Path, model) -> None:
+    out = tmp_path / "sal"
+    assert run(["saliency", digit_folder, "--layer", "conv5", "--channel", 3, "--out", out]) == 0
+    record = check_manifest(out, ["saliency.npy"], 3)
+    assert record["images"] == [str(p) for p in find_images(digit_folder)]
+    expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(digit_folder), target=3)
+    np.testing.assert_array_equal(np.load(out / "saliency.npy"), expected.numpy())
+
+
+def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path, model) -> None:
+    out = tmp_path / "sg"
+    args = ["saliency", digit_folder, "--method", "guided", "--smooth", 3]
+    assert run([*args, "--sigma-multiplier", 0.2, "--out", out]) == 0
+    check_manifest(out, ["saliency.npy"], 3)
+    from captum.attr import NoiseTunnel
+
+    from dnnbrain_captum import smoothgrad_stdev
+
+    x = loaded(digit_folder)
+    classes = model(x).argmax(1).tolist()
+    expected = []
+    for k in range(3):
+        torch.manual_seed(0)
+        expected.append(
+            NoiseTunnel(GuidedSaliencyImage(model)).attribute(
+                x[k : k + 1],
+                nt_type="smoothgrad",
+                nt_samples=3,
+                stdevs=smoothgrad_stdev(x[k : k + 1], 0.2),
+                target=[classes[k]],
+                abs=False,
+            )
+        )
+    np.testing.assert_allclose(
+        np.load(out / "saliency.npy"), torch.cat(expected).numpy(), rtol=1e-6, atol=1e-7
+    )
+    assert json.loads((out / "results.json").read_text())["targets"] == classes
+
+
+def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
+    out = tmp_path / "occ"
+    args = ["occlusion", digit_folder, "--layer", "conv4", "--channel", 7, "--window", 6, 4]
+    assert run([*args, "--stride", 3, "--baseline", 0.5, "--out", out]) == 0
+    check_manifest(out, ["occlusion.npy"], 3)
+    expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
+        loaded(digit_folder), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
+        baselines=0.5,
+    )
+    result = np.load(out / "occlusion.npy")
+    assert result.shape == (3, 9, 10)
+    np.testing.assert_allclose(result, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
+    out = tmp_path / "up"
+    args = ["upsample", digit_folder, "--digits", 2, "--layer", "features.10", "--channel", 5]
+    assert run([*args, "--threshold", 0.5, "--interpolate", "bilinear", "--out", out]) == 0
+    check_manifest(out, ["upsample.npy"], 5)
+    digits, _ = digits_images(n=2)
+    x = torch.cat([loaded(digit_folder), digits])
+    expected = UpsamplingActivationMapping(model, "conv5").attribute(
+        x, target=5, interpolate_mode="bilinear", threshold=0.5
+    )
+    np.testing.assert_array_equal(np.load(out / "upsample.npy"), expected.numpy())
+
+
+def test_demo_index_references_existing_images(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    started = time.perf_counter()
+    assert run(["demo", "--out", out, "--n-images", 2, "--quiet"]) == 0
+    seconds = time.perf_counter() - started
+    assert seconds < 120, seconds
+
+    class Images(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sources: list[str] = []
+            self.sections = 0
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+            if tag == "section":
+                self.sections += 1
+
+    parser = Images()
+    parser.feed((out / "index.html").read_text())
+    assert parser.sections >= 5
+    assert len(parser.sources) == 2 * parser.sections
+    for source in parser.sources:
+        assert (out / source).is_file(), source
+        assert not source.startswith(("/", "http"))
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["files"]) == files_in(out)
+
+
+def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    assert run(["upsample", "--digits", 3, "--layer", "conv3", "--channel", 1, "--out", out]) == 0
+    assert len([f for f in files_in(out) if f.endswith(".png")]) == 3
+    (out / "mine.txt").write_text("keep me")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # refused without --overwrite: nothing changes
+    assert run(["upsample", "--digits", 1, "--layer", "conv3", "--channel", 2, "--out", out]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    args = ["upsample", "--digits", 1, "--layer", "conv3", "--channel", 2, "--out", out]
+    assert run([*args, "--overwrite"]) == 0
+    assert files_in(out) == {"mine.txt", "results.json", "upsample.npy",
+                             "000_digit0_label6_upsample.png"}
+    assert np.load(out / "upsample.npy").shape == (1, 32, 32)
+
+
+def test_out_may_be_an_existing_empty_folder_and_no_figures(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert run(["saliency", "--digits", 2, "--no-figures", "--out", out]) == 0
+    assert files_in(out) == {"saliency.npy", "results.json"}
+
+
+def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    args = ["upsample", "--digits", 2, "--layer", "conv2", "--channel", 0]
+    assert run([*args, "--weights", weights, "--out", tmp_path / "a"]) == 0
+    assert run([*args, "--out", tmp_path / "b"]) == 0
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "upsample.npy"), np.load(tmp_path / "b" / "upsample.npy")
+    )
+    args = ["saliency", "--digits", 1, "--model", "tests.helpers.models:TinyConvNet"]
+    assert run([*args, "--image-size", 12, "--layer", "conv2", "--channel", 1,
+                "--out", tmp_path / "c"]) == 0
+    assert np.load(tmp_path / "c" / "saliency.npy").shape == (1, 3, 12, 12)
+
+
+def test_torchvision_model_by_name(tmp_path: Path) -> None:
+    args = ["upsample", "--digits", 1, "--model", "alexnet", "--layer", "conv5"]
+    assert run([*args, "--channel", 255, "--out", tmp_path / "tv", "--quiet"]) == 0
+    assert np.load(tmp_path / "tv" / "upsample.npy").shape == (1, 224, 224)
+
+
+@pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
+def test_every_subcommand_has_help_with_an_example(command: str, capsys) -> None:
+    assert run([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "example:" in text and f"dnnbrain-captum {command}" in text
+    if "--channel" in text:
+        assert "0-BASED" in text
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _not_an_image(tmp: Path) -> list[str]:
+    bad = tmp / "broken.png"
+    bad.write_text("not a png")
+    return [str(bad), "--layer", "conv5", "--channel", "0"]
+
+
+ERRORS = {
+    "missing image": (
+        lambda tmp: [str(tmp / "nope.png"), "--layer", "conv5", "--channel", "0"],
+        "nope.png",
+    ),
+    "unreadable image": (_not_an_image, "broken.png"),
+    "unknown layer": (lambda tmp: ["--digits", "1", "--layer", "conv9", "--channel", "0"],
+                      "conv9"),
+    "unknown model": (
+        lambda tmp: ["--digits", "1", "--model", "alexnett", "--layer", "conv5", "--channel", "0"],
+        "alexnett",
+    ),
+    "bad factory": (
+        lambda tmp: ["--digits", "1", "--model", "no_such_pkg.mod:make", "--layer", "x",
+                     "--channel", "0"],
+        "no_such_pkg",
+    ),
+    "channel out of range": (
+        lambda tmp: ["--digits", "1", "--layer", "conv5", "--channel", "64"],
+        "--channel 64",
+    ),
+    "negative channel": (
+        lambda tmp: ["--digits", "1", "--layer", "conv1", "--channel", "-1"],
+        "--channel -1",
+    ),
+    "missing weights file": (
+        lambda tmp: ["--digits", "1", "--weights", str(tmp / "w.pt"), "--layer", "conv5",
+                     "--channel", "0"],
+        "w.pt",
+    ),
+    "weights not cached": (
+        lambda tmp: ["--digits", "1", "--model", "alexnet", "--weights", "IMAGENET1K_V1",
+                     "--layer", "conv5", "--channel", "0"],
+        "IMAGENET1K_V1",
+    ),
+    "no images": (lambda tmp: ["--layer", "conv5", "--channel", "0"], "images"),
+    "missing layer": (lambda tmp: ["--digits", "1", "--channel", "0"], "--layer"),
+    "bad option value": (
+        lambda tmp: ["--digits", "1", "--layer", "conv5", "--channel", "three"],
+        "three",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_user_errors_exit_2_with_one_line_and_write_nothing(
+    case: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached there
+    make_args, culprit = ERRORS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    before = files_in(work)
+    assert run(["upsample", *make_args(tmp_path), "--out", out]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert culprit in lines[0] and "error" in lines[0]
+    assert "Traceback" not in captured.err
+    assert files_in(work) == before  # no output folder, no temporary folder left
+
+
+def test_output_folder_not_writable(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert run(["saliency", "--digits", 1, "--out", blocker / "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not writable" in err[0] and "file.txt" in err[0]
+    assert run(["saliency", "--digits", 1, "--out", blocker]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert files_in(tmp_path) == {"file.txt"}
+
+
+def test_failure_during_the_run_leaves_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise ValueError("simulated failure\nwith two lines")
+
+    monkeypatch.setattr(cli, "saliency_arrays", boom)
+    out = tmp_path / "out"
+    assert run(["saliency", "--digits", 1, "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dnnbrain-captum saliency: error: simulated failure with two lines"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_results_are_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.npy").write_bytes(b"x")
+    assert run(["demo", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and str(out) in err[0]
+    assert files_in(out) == {"old.npy"}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def test_entry_point_is_declared_and_runs_as_a_program(tmp_path: Path) -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^dnnbrain-captum = "dnnbrain_captum.cli:main"$', pyproject, re.M)
+    from importlib.metadata import entry_points
+
+    installed = [e for e in entry_points(group="console_scripts") if e.name == "dnnbrain-captum"]
+    for entry in installed:
+        assert entry.value == "dnnbrain_captum.cli:main"
+    program = (
+        [str(Path(sys.executable).with_name("dnnbrain-captum"))]
+        if installed and Path(sys.executable).with_name("dnnbrain-captum").exists()
+        else [sys.executable, "-m", "dnnbrain_captum.cli"]
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    missing = tmp_path / "missing.jpg"
+    done = subprocess.run(
+        [*program, "saliency", str(missing), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"dnnbrain-captum saliency: error: no such file or folder: {missing}"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_version(capsys) -> None:
+    assert run(["--version"]) == 0
+    assert re.match(r"dnnbrain-captum \d", capsys.readouterr().out)
