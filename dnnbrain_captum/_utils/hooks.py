@@ -22,6 +22,7 @@ __all__ = [
     "removing",
     "run_to_layer",
     "warn_if_training",
+    "watching_modules",
 ]
 
 _WARNED_TRAINING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -177,6 +178,34 @@ def run_to_layer(
             "of the model's forward computation?"
         )
     return capture.value
+
+
+@contextmanager
+def watching_modules(
+    model: nn.Module,
+    before: Callable[[str, nn.Module], None],
+    after: Callable[[str, nn.Module, Any], None],
+) -> Iterator[None]:
+    """Call ``before(path, module)`` and ``after(path, module, output)`` around every
+    submodule's forward (the root included, path ``""``) while active; hooks removed on exit.
+    """
+    handles: list[RemovableHandle] = []
+
+    def make(path: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+            before(path, module)
+
+        def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            after(path, module, output)
+
+        return pre, post
+
+    with removing(handles):
+        for path, module in model.named_modules():
+            pre, post = make(path)
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+        yield
 
 
 class _ClampNegativeGradient(torch.autograd.Function):
