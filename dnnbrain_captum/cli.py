@@ -980,6 +980,101 @@ _register(
 )
 
 
+def _unit_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--unit", type=int, nargs=2, default=None, metavar=("ROW", "COL"), help=help_text
+    )
+
+
+def _add_rf(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser)
+    _unit_option(
+        parser,
+        "0-based unit (row, column) of --layer whose field is drawn (default: the centre unit)",
+    )
+
+
+def receptive_field_rows(table: Any) -> list[dict[str, Any]]:
+    """The rows of a ``ReceptiveFieldTable`` as JSON-ready dictionaries."""
+    aliases = table.aliases()
+    by_path = {path: alias for alias, path in aliases.items()}
+    rows = []
+    for key in table:
+        if key in aliases:
+            continue
+        entry = table[key]
+        rows.append(
+            {
+                "layer": key,
+                "alias": by_path.get(key),
+                "module": entry.module_type,
+                "spatial": entry.spatial,
+                "size": None if entry.size is None else list(entry.size),
+                "stride": None if entry.stride is None else list(entry.stride),
+                "padding": None if entry.padding is None else list(entry.padding),
+                "output_size": None if entry.output_size is None else list(entry.output_size),
+                "box": [list(pair) for pair in entry.box],
+            }
+        )
+    return rows
+
+
+def _run_rf(args: argparse.Namespace, ctx: RunContext) -> None:
+    from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+    from dnnbrain_captum.visualization import receptive_field_figure
+
+    analysis = TheoreticalReceptiveField(ctx.model, (3, *ctx.image_size))
+    try:
+        table = analysis.compute()
+    except NotImplementedError as err:
+        raise CLIError(f"--model {ctx.model_name}: {_one_line(err)}") from None
+    ctx.save_json("receptive_field.json", receptive_field_rows(table))
+    (ctx.out / "receptive_field.txt").write_text(table.to_text() + "\n", encoding="utf-8")
+    ctx.files.append("receptive_field.txt")
+    if ctx.layer is None:
+        return
+    entry = analysis[ctx.layer]
+    if not entry.spatial:
+        raise CLIError(
+            f"layer {ctx.layer_name} has no spatial units (flattened or Linear); its units "
+            f"together see rows {entry.box[0]} and columns {entry.box[1]}"
+        )
+    assert entry.output_size is not None
+    unit = tuple(args.unit) if args.unit is not None else (
+        entry.output_size[0] // 2, entry.output_size[1] // 2
+    )
+    region = analysis.find_region(ctx.layer, unit)
+    ctx.save_array("region.npy", np.asarray(region, dtype=np.int64))
+    ctx.record["region"] = {"layer": ctx.layer_name, "unit": list(unit),
+                            "rows": list(region[0]), "columns": list(region[1])}
+    label = [f"{ctx.layer_name} unit {unit}: rows {region[0]}, cols {region[1]}"]
+    if ctx.display is None:
+        canvas = torch.full((3, *ctx.image_size), 0.5)
+        ctx.save_figure("receptive_field.png", receptive_field_figure(canvas, [region], label))
+        return
+    for k in range(ctx.display.shape[0]):
+        fig = receptive_field_figure(ctx.display[k], [region], label)
+        ctx.save_figure(ctx.figure_name(k, "rf"), fig)
+
+
+_register(
+    Subcommand(
+        name="rf",
+        help="theoretical receptive field of every layer; a unit's field drawn on the images",
+        description="Theoretical receptive fields (size, stride, effective padding, output size) "
+        "of every layer of the model at the input size, from its actual computation graph. "
+        "Writes receptive_field.json and receptive_field.txt; with --layer (and --unit) also "
+        "region.npy, the unit's half-open pixel box [[h0, h1], [w0, w1]], and a figure per "
+        "image (or one on a grey canvas when no image is given).",
+        example=f"{PROG} rf --model alexnet --layer conv5 --unit 6 6 --out rf/",
+        add_arguments=_add_rf,
+        run=_run_rf,
+        needs_images=False,
+        needs_layer=False,
+    )
+)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -1133,8 +1228,30 @@ def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
 
 
 def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[PanelSpec]:
-    """Panels of the algorithms written after the first release of the CLI."""
-    return iter(())
+    """Panels of the receptive-field, synthesis, masked and minimal-image algorithms."""
+    from dnnbrain_captum.visualization import receptive_field_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    model, display = ctx.model, ctx.display
+
+    def theoretical() -> list[str]:
+        from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+
+        analysis = TheoreticalReceptiveField(model, (3, *ctx.image_size))
+        layers = ("conv1", "conv3", "conv5")
+        regions = [analysis.find_region(name, (4, 4) if name != "conv1" else (16, 16))
+                   for name in layers]
+        labels = [f"{name}: {analysis[name].size[0]} px" for name in layers]
+        ctx.save_figure("rf_theoretical.png", receptive_field_figure(display[0], regions, labels))
+        return ["rf_theoretical.png"]
+
+    yield (
+        "Theoretical receptive fields",
+        "The pixels one unit in the middle of conv1, conv3 and conv5 can see, from the "
+        "network's computation graph (fields grow with depth; conv5's covers the digit).",
+        f"{PROG} rf --digits 1 --layer conv5 --unit 4 4 --out rf/",
+        theoretical,
+    )
 
 
 def _write_index(out: Path, panels: list[DemoPanel], seconds: float, n: int) -> None:

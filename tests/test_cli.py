@@ -152,6 +152,35 @@ def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
     np.testing.assert_array_equal(np.load(out / "upsample.npy"), expected.numpy())
 
 
+def test_rf_table_and_region(tmp_path: Path, model) -> None:
+    from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+
+    out = tmp_path / "rf"
+    assert run(["rf", "--digits", 2, "--layer", "conv3", "--unit", 0, 5, "--out", out]) == 0
+    check_manifest(out, ["region.npy", "receptive_field.json", "receptive_field.txt"], 2)
+    analysis = TheoreticalReceptiveField(model, (3, 32, 32))
+    np.testing.assert_array_equal(
+        np.load(out / "region.npy"), np.array(analysis.find_region("conv3", (0, 5)))
+    )
+    rows = {row["layer"]: row for row in json.loads((out / "receptive_field.json").read_text())}
+    table = analysis.compute()
+    assert rows["features.10"]["alias"] == "conv5"
+    for path, row in rows.items():
+        entry = table[path]
+        assert row["size"] == (None if entry.size is None else list(entry.size))
+        assert row["output_size"] == (
+            None if entry.output_size is None else list(entry.output_size)
+        )
+    assert (out / "receptive_field.txt").read_text().strip() == table.to_text()
+    # no images: the table, and one figure on a grey canvas for the centre unit
+    out = tmp_path / "rf2"
+    assert run(["rf", "--layer", "conv5", "--out", out]) == 0
+    assert files_in(out) >= {"receptive_field.png", "region.npy"}
+    np.testing.assert_array_equal(
+        np.load(out / "region.npy"), np.array(analysis.find_region("conv5", (4, 4)))
+    )
+
+
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     started = time.perf_counter()
@@ -173,8 +202,8 @@ def test_demo_index_references_existing_images(tmp_path: Path) -> None:
 
     parser = Images()
     parser.feed((out / "index.html").read_text())
-    assert parser.sections >= 5
-    assert len(parser.sources) == 2 * parser.sections
+    assert parser.sections >= 6
+    assert len(parser.sources) >= 2 * (parser.sections - 1)
     for source in parser.sources:
         assert (out / source).is_file(), source
         assert not source.startswith(("/", "http"))
@@ -305,6 +334,13 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(
     assert culprit in lines[0] and "error" in lines[0]
     assert "Traceback" not in captured.err
     assert files_in(work) == before  # no output folder, no temporary folder left
+
+
+def test_unit_outside_the_map(tmp_path: Path, capsys) -> None:
+    assert run(["rf", "--layer", "conv3", "--unit", 8, 0, "--out", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--unit 8 0" in err[0] and "8x8" in err[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_folder_not_writable(tmp_path: Path, capsys) -> None:
