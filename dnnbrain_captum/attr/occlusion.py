@@ -241,25 +241,27 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
         per_image = grid[0] * grid[1]
         total = n * per_image
         entries = per_example_targets(target, n)
-        rows = torch.arange(x.shape[-2], device=x.device)
-        cols = torch.arange(x.shape[-1], device=x.device)
+        window_rows = torch.arange(window[0], device=x.device)
+        window_cols = torch.arange(window[1], device=x.device)
+        fill_nhwc = fill.expand(x.shape[0] if fill.shape[0] > 1 else 1, *x.shape[1:])
+        fill_nhwc = fill_nhwc.permute(0, 2, 3, 1)
         starts = range(0, total, batch)
-        bar = tqdm(
-            starts,
-            desc="Occluder discrepancy mapping",
-            disable=not show_progress,
-            total=len(starts),
-        )
+        bar = tqdm(starts, desc="Occluder discrepancy mapping", disable=not show_progress,
+                   total=len(starts))
         for start in bar:
             flat = torch.arange(start, min(start + batch, total), device=x.device)
             example, position = flat // per_image, flat % per_image
             top = (position // grid[1]) * stride[0]
             left = (position % grid[1]) * stride[1]
-            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + window[0])
-            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + window[1])
-            mask = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
-            background = fill[example] if fill.shape[0] > 1 else fill
-            occluded = torch.where(mask, background, x[example])
+            occluded = self._batch_layout(x[example])
+            # Index every occluded pixel at once: (B, h, 1) rows against (B, 1, w) columns.
+            slot = torch.arange(len(flat), device=x.device)[:, None, None]
+            pixel_rows = (top[:, None] + window_rows)[:, :, None]
+            pixel_cols = (left[:, None] + window_cols)[:, None, :]
+            source = example[:, None, None] if fill_nhwc.shape[0] > 1 else slot.new_zeros(())
+            occluded.permute(0, 2, 3, 1)[slot, pixel_rows, pixel_cols] = fill_nhwc[
+                source, pixel_rows, pixel_cols
+            ]
             chunk_target = target
             if entries is not None:
                 chunk_target = [entries[k] for k in example.tolist()]
@@ -267,3 +269,14 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
             yield evaluate_target(
                 self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
             )
+
+    def _batch_layout(self, images: Tensor) -> Tensor:
+        """A private copy of the images, channels-last when the forward stops at a layer.
+
+        Convolutions on CPU run about twice as fast on channels-last batches. A model whose
+        forward reshapes with ``view`` before the target layer would reject them, so the
+        whole-model path (``layer=None``) keeps the default layout.
+        """
+        if self.layer is None:
+            return images  # indexing by example already made a copy
+        return images.contiguous(memory_format=torch.channels_last)
