@@ -8,6 +8,8 @@ from dnnbrain_captum.attr import (
     smoothgrad_stdev,
 )
 from dnnbrain_captum.models import digits_cnn, digits_images
+from dnnbrain_captum.optim import SynthesisImage, SynthesisResult, random_images
+from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
 from dnnbrain_captum.runner import read_results, run_over
 
 __version__ = "0.1.0"
@@ -15,11 +17,15 @@ __version__ = "0.1.0"
 __all__ = [
     "GuidedSaliencyImage",
     "OccluderDiscrepancyMapping",
+    "SynthesisImage",
+    "SynthesisResult",
+    "TheoreticalReceptiveField",
     "UpsamplingActivationMapping",
     "VanillaSaliencyImage",
     "__version__",
     "digits_cnn",
     "digits_images",
+    "random_images",
     "read_results",
     "run_over",
     "smoothgrad_stdev",
