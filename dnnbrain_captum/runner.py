@@ -352,9 +352,10 @@ def _ids_of(data: Any, n: int, ids: Sequence[Any] | None) -> list[str]:
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None], binary: bool) -> None:
+def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(binary_file)`` to a temporary name, then rename over ``path``."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+    with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
 
@@ -365,7 +366,8 @@ def _json_default(value: Any) -> Any:
 
 def _dump_json(path: Path, obj: Any) -> None:
     text = json.dumps(_nan_to_text(obj), indent=1, default=_json_default, allow_nan=False)
-    _write_atomic(path, lambda f: f.write(text + "\n"), binary=False)
+    data = (text + "\n").encode("utf-8")
+    _write_atomic(path, lambda f: f.write(data))
 
 
 def _nan_to_text(obj: Any) -> Any:
@@ -771,8 +773,7 @@ def _work(
                     array = full
             name = _chunk_name(batch.chunk)
             if array is not None:
-                _write_atomic(folder / f"{name}.npy", lambda f, a=array: np.save(f, a),
-                              binary=True)
+                _write_atomic(folder / f"{name}.npy", lambda f, a=array: np.save(f, a))
             _dump_json(folder / f"{name}.json", {
                 "chunk": batch.chunk,
                 "start": batch.indices[0],
@@ -835,23 +836,24 @@ def _finalise(
     del first
     if assemble:
         tmp = out / f"{RESULT}.tmp-{os.getpid()}"
-        result = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, *item_shape))
-        for k in range(n_chunks):
-            record = done[k]
-            rows = slice(record["start"], record["stop"])
-            if record["file"] is None:
-                result[rows] = fill
-                continue
-            chunk = np.load(folder / record["file"], mmap_mode="r")
-            if chunk.shape[1:] != item_shape or chunk.dtype != dtype:
-                raise ValueError(
-                    f"chunk {k} has items of shape {chunk.shape[1:]} {chunk.dtype}, chunk "
-                    f"{with_data[0]['chunk']} has {item_shape} {dtype}; attribute() must return "
-                    "the same shape for every item"
-                )
-            result[rows] = chunk
-        result.flush()
-        del result
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (n, *item_shape)}
+        with open(tmp, "wb") as f:  # a .npy file written sequentially, chunk after chunk
+            np.lib.format.write_array_header_2_0(f, header)
+            for k in range(n_chunks):
+                record = done[k]
+                if record["file"] is None:
+                    rows = record["stop"] - record["start"]
+                    np.full((rows, *item_shape), fill, dtype=dtype).tofile(f)
+                    continue
+                chunk = np.load(folder / record["file"])
+                if chunk.shape[1:] != item_shape or chunk.dtype != dtype:
+                    raise ValueError(
+                        f"chunk {k} has items of shape {chunk.shape[1:]} {chunk.dtype}, chunk "
+                        f"{with_data[0]['chunk']} has {item_shape} {dtype}; attribute() must "
+                        "return the same shape for every item"
+                    )
+                np.ascontiguousarray(chunk).tofile(f)
         os.replace(tmp, out / RESULT)
     else:
         for k in range(n_chunks):
@@ -859,7 +861,7 @@ def _finalise(
                 rows = done[k]["stop"] - done[k]["start"]
                 name = _chunk_name(k) + ".npy"
                 filled = np.full((rows, *item_shape), fill, dtype=dtype)
-                _write_atomic(folder / name, lambda f, a=filled: np.save(f, a), binary=True)
+                _write_atomic(folder / name, lambda f, a=filled: np.save(f, a))
                 done[k]["file"] = name
     manifest = read_manifest(out)
     import captum

@@ -1,0 +1,146 @@
+"""Throughput of run_over: 1 process vs torchrun with 2 processes, and its overhead vs a bare loop.
+
+    python benchmarks/bench_runner.py [--n 256] [--batch 32] [--repeats 3]
+
+For saliency (VanillaSaliencyImage, conv5, target = each image's label as a conv5 channel) and
+occlusion (OccluderDiscrepancyMapping, conv5, 8×8 windows, stride 4 -> 7×7 map) over the first
+``n`` held-out digits images, with one thread per process:
+
+* ``bare loop``: ``attribute`` on consecutive batches, results kept in memory (no files);
+* ``run_over, 1 process``: the runner into a fresh folder (chunks, manifest, assembly);
+* ``torchrun, 2 processes``: the runner under ``torchrun --nproc_per_node=2`` (gloo, loopback),
+  timed inside rank 0 around the ``run_over`` call (includes the ranks' barrier, assembly and
+  manifest); the end-to-end wall time of the ``torchrun`` command (process start-up, imports,
+  process-group set-up) is reported beside it.
+
+Each in-process timing is the best of ``--repeats`` interleaved runs. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dnnbrain_captum import (  # noqa: E402
+    OccluderDiscrepancyMapping,
+    VanillaSaliencyImage,
+    digits_cnn,
+    digits_images,
+    read_results,
+    run_over,
+)
+
+OCCLUSION = {"sliding_window_shapes": (8, 8), "strides": (4, 4)}
+
+
+def make(method: str):  # noqa: ANN201
+    model = digits_cnn()
+    if method == "saliency":
+        return VanillaSaliencyImage(model, "conv5"), {}
+    return OccluderDiscrepancyMapping(model, "conv5"), dict(OCCLUSION)
+
+
+def bare_loop(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    attribution, kwargs = make(method)
+    start = time.perf_counter()
+    parts = []
+    for i in range(0, len(images), batch):
+        target = labels[i : i + batch].tolist()
+        parts.append(attribution.attribute(images[i : i + batch], target=target, **kwargs))
+    torch.cat(parts)
+    return time.perf_counter() - start
+
+
+def runner(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    attribution, kwargs = make(method)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        run_over(attribution, images, targets=labels.tolist(), out=folder, batch_size=batch,
+                 **kwargs)
+        seconds = time.perf_counter() - start
+        assert read_results(folder).shape[0] == len(images)
+    return seconds
+
+
+def worker(method: str, n: int, batch: int, out: str) -> None:
+    """One torchrun rank: time run_over and print rank 0's seconds."""
+    torch.set_num_threads(1)
+    images, labels = digits_images(n=n)
+    attribution, kwargs = make(method)
+    start = time.perf_counter()
+    summary = run_over(attribution, images, targets=labels.tolist(), out=out,
+                       batch_size=batch, **kwargs)
+    seconds = time.perf_counter() - start
+    if summary.rank == 0:
+        sys.stdout.write("RESULT " + json.dumps({"seconds": seconds}) + "\n")
+
+
+def torchrun(method: str, n: int, batch: int) -> tuple[float, float]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+             "--master_addr=127.0.0.1", f"--master_port={port}", __file__, "worker",
+             method, str(n), str(batch), folder],
+            capture_output=True, text=True, env=env, check=False,
+        )
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[7:])["seconds"], wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default="saliency,occlusion")
+    if sys.argv[1:2] == ["worker"]:  # a torchrun rank: worker METHOD N BATCH OUT
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    images, labels = digits_images(n=args.n)
+    rows = []
+    for method in args.methods.split(","):
+        bare_loop(method, images[: args.batch], labels[: args.batch], args.batch)  # warm-up
+        bare, run = [], []
+        for _ in range(args.repeats):
+            bare.append(bare_loop(method, images, labels, args.batch))
+            run.append(runner(method, images, labels, args.batch))
+        dist = [torchrun(method, args.n, args.batch) for _ in range(max(1, args.repeats - 1))]
+        inner = min(d[0] for d in dist)
+        wall = min(d[1] for d in dist)
+        b, r = min(bare), min(run)
+        rows.append((method, args.n / b, args.n / r, 100 * (r - b) / b, args.n / inner,
+                     args.n / wall))
+    print(f"n={args.n} batch={args.batch} repeats={args.repeats} torch={torch.__version__} "
+          f"cpus={os.cpu_count()}")
+    print("| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead | "
+          "torchrun 2 processes, run_over (items/s) | torchrun 2 processes, end to end "
+          "(items/s) |")
+    print("|---|---|---|---|---|---|")
+    for method, b, r, overhead, inner, wall in rows:
+        print(f"| {method} | {b:.0f} | {r:.0f} | {overhead:+.1f} % | {inner:.0f} | {wall:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
