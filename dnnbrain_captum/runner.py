@@ -15,7 +15,8 @@ Output folder layout (an open format: plain ``numpy`` and ``json`` read it)
       ``attribution`` (``class``, ``inner_class`` for wrappers such as NoiseTunnel, ``layer``
       dotted path or null, ``model`` class, ``model_sha256`` of its parameters and buffers),
       ``parameters`` (the ``attribute`` keyword arguments; tensors as
-      ``{"tensor_sha256", "shape", "dtype"}``), ``n_items``, ``chunk_size``, ``stimulus_ids``
+      ``{"tensor_sha256", "shape", "dtype"}``), ``n_items``, ``chunk_size``, ``seed``,
+      ``stimulus_ids``
       (one string per item) and ``targets`` (``{"kind": "none" | "single" | "per_item",
       "value": ...}``);
     * on completion: ``result`` (``"result.npy"``, or null when the chunks were kept),
@@ -48,6 +49,7 @@ yourself (e.g. from ``LOCAL_RANK``); inputs follow the model's device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -496,6 +498,7 @@ def run_over(
     assemble: bool = True,
     num_workers: int | None = None,
     device: torch.device | str | None = None,
+    seed: int | None = 0,
     show_progress: bool = False,
     **attribute_kwargs: Any,
 ) -> RunSummary:
@@ -538,6 +541,11 @@ def run_over(
         DataLoader worker processes for loading (default: the loader's, else 0).
     device : torch.device or str, optional
         Where inputs go (default: the device of the model's first parameter).
+    seed : int or None
+        Chunk ``K`` is computed with the random generators seeded to ``seed + K`` (inside
+        ``torch.random.fork_rng``, so the caller's generator state is untouched): stochastic
+        methods (NoiseTunnel's noise, random baselines) give the same result whatever the number
+        of processes and after a resume. None leaves the generators alone.
     show_progress : bool
         A tqdm progress bar per rank.
     **attribute_kwargs
@@ -611,14 +619,19 @@ def run_over(
         "parameters": {k: _jsonable(v, model) for k, v in sorted(attribute_kwargs.items())},
         "n_items": n,
         "chunk_size": batch_size,
+        "seed": seed,
         "stimulus_ids": stimulus_ids,
         "targets": {"kind": kind, "value": target_json},
     }
     request = json.loads(json.dumps(_nan_to_text(request)))  # canonical JSON form
     n_chunks = math.ceil(n / batch_size)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
     if device is None and isinstance(model, nn.Module):
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else None
+    if device is not None:
+        device = torch.device(device)
 
     dist = _Dist()
     try:
@@ -627,7 +640,7 @@ def run_over(
         if dist.rank == 0:
             try:
                 verdict["complete"] = _prepare(out, request, overwrite, assemble)
-            except (ValueError, FileExistsError) as err:
+            except Exception as err:  # noqa: BLE001 - every rank raises it below
                 verdict["error"] = err
         verdict = dist.broadcast(verdict)
         if verdict["error"] is not None:
@@ -653,7 +666,7 @@ def run_over(
             computed, seconds = _work(
                 attribution, data, todo, batch_size, n, stimulus_ids, kind, target_value,
                 on_error, num_workers, pin_memory, device, show_progress, dist, out,
-                attribute_kwargs,
+                attribute_kwargs, seed,
             )
         except Exception as err:  # noqa: BLE001 - re-raised after telling the other ranks
             error = err
@@ -736,6 +749,7 @@ def _work(
     attribution: Any, data: Any, todo: list[int], batch_size: int, n: int, ids: list[str],
     kind: str, target_value: Any, on_error: str, num_workers: int, pin_memory: bool,
     device: Any, show_progress: bool, dist: _Dist, out: Path, kwargs: dict[str, Any],
+    seed: int | None,
 ) -> tuple[int, float]:
     folder = out / CHUNKS
     total = sum(min((k + 1) * batch_size, n) - k * batch_size for k in todo)
@@ -764,7 +778,8 @@ def _work(
                     target = [target_value[i] for i in positions]
                 else:
                     target = target_value
-                result = attribution.attribute(images, target=target, **kwargs)
+                with _seeded(seed, batch.chunk, device):
+                    result = attribution.attribute(images, target=target, **kwargs)
                 array = _to_numpy(result, len(positions))
                 if batch.errors:
                     full = np.full((len(batch.indices), *array.shape[1:]),
@@ -787,6 +802,20 @@ def _work(
             computed += len(batch.indices)
             bar.update(len(batch.indices))
     return computed, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, chunk: int, device: torch.device | None) -> Iterator[None]:
+    """Seed the CPU generator (and ``device``'s) with ``seed + chunk``, restoring them after."""
+    if seed is None:
+        yield
+        return
+    on_device = device is not None and device.type != "cpu"
+    with torch.random.fork_rng(
+        devices=[device] if on_device else [], device_type=device.type if on_device else "cpu"
+    ):
+        torch.manual_seed(seed + chunk)
+        yield
 
 
 def _to_numpy(result: Any, n: int) -> np.ndarray:

@@ -100,6 +100,30 @@ def test_occlusion_upsampling_guided_tuple_items_and_loader(model, data, tmp_pat
     assert np.array_equal(read_results(tmp_path / "gd"), _loop(guided, images, (2, 1, 1), 4))
 
 
+def test_noise_tunnel_is_seeded_per_chunk(model, data, tmp_path) -> None:  # noqa: ANN001
+    from captum.attr import NoiseTunnel
+
+    images, labels = data
+    tunnel = NoiseTunnel(VanillaSaliencyImage(model, "conv5"))
+    smooth = {"nt_type": "smoothgrad", "nt_samples": 3, "stdevs": 0.1}
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    run_over(tunnel, images, targets=labels, out=tmp_path / "a", batch_size=4, **smooth)
+    assert torch.equal(torch.random.get_rng_state(), state)  # caller's generator untouched
+    run_over(tunnel, images, targets=labels, out=tmp_path / "b", batch_size=4, **smooth)
+    parts = []
+    for k in range(3):  # chunk k is computed with seed 0 + k
+        torch.manual_seed(k)
+        rows = slice(4 * k, 4 * k + 4)
+        parts.append(tunnel.attribute(images[rows], target=labels[rows].tolist(), **smooth))
+    expected = torch.cat(parts).numpy()
+    assert np.array_equal(read_results(tmp_path / "a"), expected)
+    assert np.array_equal(read_results(tmp_path / "b"), expected)
+    manifest = read_manifest(tmp_path / "a")
+    assert manifest["request"]["attribution"]["inner_class"].endswith("VanillaSaliencyImage")
+    assert manifest["request"]["seed"] == 0 and manifest["request"]["parameters"]["stdevs"] == 0.1
+
+
 def test_manifest_records_the_run(model, data, tmp_path) -> None:  # noqa: ANN001
     images, labels = data
     occlusion = OccluderDiscrepancyMapping(model, "conv5")
