@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -691,6 +691,7 @@ class IncrementalOcclusion:
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
         self.graph = analyse(model, layer)
         self.clean_values: list[Tensor] = []
+        self._targets: list[tuple[int, tuple[int, int] | None]] = []
 
     # -- clean pass ---------------------------------------------------------------------------
     def run_clean(self, x: Tensor) -> Tensor:
@@ -837,7 +838,6 @@ class IncrementalOcclusion:
     def occluded(
         self,
         plan: _Plan,
-        image: int,
         rows: Tensor,
         cols: Tensor,
         fill: Tensor,
@@ -927,59 +927,69 @@ class IncrementalOcclusion:
         return region[:size].view(b, nh, nw, channels).permute(0, 3, 1, 2)
 
     # -- the whole map ------------------------------------------------------------------------
-    def values(
+    def clean_targets(self, x: Tensor, target: Any, reduction: str) -> Tensor:
+        """Run the clean pass and return the target's clean value per image, shape (N,)."""
+        n = x.shape[0]
+        target_map = self.run_clean(x)
+        entries = per_example_targets(target, n)
+        self._targets = [
+            _target_of(entry, target_map.shape[1:])
+            for entry in (entries if entries is not None else [target] * n)
+        ]
+        return torch.cat(
+            [
+                _reduce_maps(target_map[k, channel][None], reduction, unit)
+                for k, (channel, unit) in enumerate(self._targets)
+            ]
+        )
+
+    def occluded_values(
         self,
-        x: Tensor,
         fill: Tensor,
-        target: Any,
         reduction: str,
         window: tuple[int, int],
         stride: tuple[int, int],
         grid: tuple[int, int],
         batch: int,
-        progress: Callable[[], None] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Clean and occluded target values.
+        positions: Tensor | None = None,
+    ) -> Iterator[Tensor]:
+        """Occluded target values, one tensor per batch of windows, image after image.
 
-        Returns
-        -------
-        clean : Tensor of shape (N,)
-        occluded : Tensor of shape (N · n_rows · n_cols,), image-major, row-major windows
+        Call :meth:`clean_targets` first. ``fill`` is the occluder content (N or 1, C, H, W);
+        ``positions`` optionally restricts the windows (flat row-major grid indices, the same
+        for every image; used by benchmarks).
         """
-        n = x.shape[0]
-        target_map = self.run_clean(x)
-        entries = per_example_targets(target, n)
-        per_image = entries if entries is not None else [target] * n
+        target_map = self.clean_values[self.graph.target]
+        device = target_map.device
         plans: dict[int, _Plan] = {}
-        clean_out: list[Tensor] = []
-        occluded_out: list[Tensor] = []
-        positions = grid[0] * grid[1]
-        for image in range(n):
-            channel, unit = _target_of(per_image[image], target_map.shape[1:])
+        if positions is None:
+            positions = torch.arange(grid[0] * grid[1], device=device)
+        for image, (channel, unit) in enumerate(self._targets):
             if channel not in plans:
                 plans[channel] = self.plan([channel], window, stride, grid)
             plan = plans[channel]
             clean_map = target_map[image, channel]
-            clean_out.append(_reduce_maps(clean_map[None], reduction, unit))
-            fill_image = fill[image if fill.shape[0] > 1 else 0].expand(x.shape[1:])
+            fill_image = fill[image if fill.shape[0] > 1 else 0].expand(
+                self.clean_values[0].shape[1:]
+            )
             padded = self._padded_clean(plan, image)
             ah, aw = plan.axes[self.graph.target]
+            start_r, start_c = ah.start.to(device), aw.start.to(device)
+            ar_h = torch.arange(ah.length, device=device)
+            ar_w = torch.arange(aw.length, device=device)
             height, width = clean_map.shape
             flat_clean = clean_map.reshape(-1)
-            for begin in range(0, positions, batch):
-                index = torch.arange(begin, min(begin + batch, positions), device=x.device)
+            for begin in range(0, len(positions), batch):
+                index = positions[begin : begin + batch]
                 rows, cols = index // grid[1], index % grid[1]
-                patch = self.occluded(plan, image, rows, cols, fill_image, padded)[:, 0]
+                patch = self.occluded(plan, rows, cols, fill_image, padded)[:, 0]
                 b = patch.shape[0]
-                rr = ah.start.to(x.device)[rows][:, None] + torch.arange(ah.length, device=x.device)
-                cc = aw.start.to(x.device)[cols][:, None] + torch.arange(aw.length, device=x.device)
+                rr = start_r[rows][:, None] + ar_h
+                cc = start_c[cols][:, None] + ar_w
                 spots = (rr[:, :, None] * width + cc[:, None, :]).reshape(b, -1)
                 maps = flat_clean.expand(b, -1).clone()
                 maps.scatter_(1, spots, patch.reshape(b, -1))
-                occluded_out.append(_reduce_maps(maps.view(b, height, width), reduction, unit))
-                if progress is not None:
-                    progress()
-        return torch.stack([c[0] for c in clean_out]), torch.cat(occluded_out)
+                yield _reduce_maps(maps.view(b, height, width), reduction, unit)
 
     # -- arithmetic ---------------------------------------------------------------------------
     def macs_per_window(self, plan: _Plan) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,8 +16,13 @@ from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.targets import check_reduction, evaluate_target, per_example_targets
 from dnnbrain_captum._utils.validation import check_image_batch, pair
+from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("auto", "incremental", "full")
 
 
 def occlusion_grid_shape(
@@ -149,6 +155,7 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
+        method: str = "auto",
     ) -> Tensor:
         """Occluder discrepancy map of ``target``.
 
@@ -178,6 +185,13 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
             Show a tqdm progress bar.
         seed : int
             Seed of the ``"noise"`` occluder.
+        method : {"auto", "incremental", "full"}
+            How occluded images are evaluated. ``"full"``: every occluded image runs through
+            the model up to ``layer``. ``"incremental"``: only the patch of each layer's
+            activation that the window changes is recomputed, from clean activations cached
+            once per image (see Notes); raises ``ValueError`` saying why when that is not
+            possible. ``"auto"`` (default): incremental when possible, else full (the reason
+            is logged at DEBUG level on this module's logger).
 
         Returns
         -------
@@ -189,6 +203,8 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
         stride = pair(strides, "strides")
         image_size = (x.shape[-2], x.shape[-1])
         _check_window(image_size, window)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if (
             isinstance(perturbations_per_eval, bool)
             or not isinstance(perturbations_per_eval, int)
@@ -204,25 +220,93 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
             original = evaluate_target(
                 self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
             )
-            occluded = torch.cat(
-                list(
-                    self._occluded_values(
-                        x,
-                        fill,
-                        target,
-                        reduction,
-                        additional_forward_args,
-                        window,
-                        stride,
-                        grid,
-                        perturbations_per_eval,
-                        show_progress,
+            occluded = self._incremental(
+                method,
+                x,
+                fill,
+                original,
+                target,
+                reduction,
+                additional_forward_args,
+                window,
+                stride,
+                grid,
+                perturbations_per_eval,
+                show_progress,
+            )
+            if occluded is None:
+                occluded = torch.cat(
+                    list(
+                        self._occluded_values(
+                            x,
+                            fill,
+                            target,
+                            reduction,
+                            additional_forward_args,
+                            window,
+                            stride,
+                            grid,
+                            perturbations_per_eval,
+                            show_progress,
+                        )
                     )
                 )
-            )
         n = x.shape[0]
         discrepancy = original.repeat_interleave(grid[0] * grid[1]) - occluded
         return discrepancy.view(n, *grid).to(x.dtype)
+
+    def _incremental(
+        self,
+        method: str,
+        x: Tensor,
+        fill: Tensor,
+        original: Tensor,
+        target: Any,
+        reduction: str,
+        additional_forward_args: Any,
+        window: tuple[int, int],
+        stride: tuple[int, int],
+        grid: tuple[int, int],
+        batch: int,
+        show_progress: bool,
+    ) -> Tensor | None:
+        """Occluded values by incremental inference, or None to use the full recompute."""
+        if method == "full":
+            return None
+        try:
+            if not isinstance(self.forward_func, nn.Module):
+                raise IncrementalUnsupported("the forward function is not an nn.Module")
+            if self.layer is None:
+                raise IncrementalUnsupported("layer=None explains the model output")
+            if additional_forward_args is not None:
+                raise IncrementalUnsupported("additional_forward_args are given")
+            if callable(target) and not isinstance(target, Tensor):
+                raise IncrementalUnsupported("the target is a callable")
+            engine = IncrementalOcclusion(self.forward_func, self.layer)
+            clean = engine.clean_targets(x, target, reduction)
+            scale = original.abs().max().item()
+            if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+                raise IncrementalUnsupported(
+                    "the traced graph does not reproduce the model's value at the layer"
+                )
+        except IncrementalUnsupported as reason:
+            if method == "incremental":
+                raise ValueError(f"method='incremental' is not possible here: {reason}") from None
+            logger.debug("occlusion map by full recompute: %s", reason)
+            return None
+        logger.debug("occlusion map by incremental inference")
+        per_image = grid[0] * grid[1]
+        bar = tqdm(
+            total=x.shape[0] * -(-per_image // batch),
+            desc="Occluder discrepancy mapping",
+            disable=not show_progress,
+        )
+        values = []
+        with bar:
+            for chunk in engine.occluded_values(fill, reduction, window, stride, grid, batch):
+                values.append(chunk)
+                bar.update()
+        return torch.cat(values)
 
     def _occluded_values(
         self,
