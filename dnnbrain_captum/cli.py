@@ -399,6 +399,8 @@ class RunContext:
     layer_name: str | None
     image_size: tuple[int, int]
     normalize: Callable[[Tensor], Tensor]
+    mean: tuple[float, ...] | None = None  # the model's input normalisation (None: none)
+    std: tuple[float, ...] | None = None
     images: Tensor | None = None  # model-ready (N, 3, H, W)
     display: Tensor | None = None  # the same images in [0, 1] (N, 3, H, W), for figures
     sources: list[str] = field(default_factory=list)
@@ -509,14 +511,21 @@ def _load_images(
     return normalize(stacked), stacked, sources, names
 
 
-def _normalizer(model_name: str) -> Callable[[Tensor], Tensor]:
+def _normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     from dnnbrain_captum.io import preprocessing_for
 
     step = preprocessing_for(model_name)
     if step.mean is None or step.std is None:
+        return None
+    return tuple(step.mean), tuple(step.std)
+
+
+def _normalizer(model_name: str) -> Callable[[Tensor], Tensor]:
+    stats = _normalization(model_name)
+    if stats is None:
         return lambda x: x
-    mean = torch.tensor(step.mean).view(1, -1, 1, 1)
-    std = torch.tensor(step.std).view(1, -1, 1, 1)
+    mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     return lambda x: (x - mean) / std
 
 
@@ -1075,6 +1084,140 @@ _register(
 )
 
 
+def _add_synthesize(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser)
+    _channel_option(parser, multiple=True)
+    _unit_option(parser, "maximise this 0-based unit (row, column) of each channel instead of "
+                 "the channel's mean")
+    parser.add_argument(
+        "--preset",
+        choices=("default", "lucent", "dnnbrain", "dnnbrain-guide"),
+        default="default",
+        help="named settings (default: Fourier parametrisation with colour decorrelation and "
+        "random transforms; dnnbrain: the DNNBrain paper's pixels + TV settings)",
+    )
+    parser.add_argument("--n-iter", type=int, default=None, help="optimisation steps")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    parser.add_argument("--param", choices=("pixel", "fft"), default=None,
+                        help="image parametrisation")
+    parser.add_argument("--tv", type=float, default=None, metavar="W",
+                        help="total-variation regulariser weight")
+    parser.add_argument("--l1", type=float, default=None, metavar="W", help="L1 weight")
+    parser.add_argument("--l2", type=float, default=None, metavar="W", help="L2 weight")
+    parser.add_argument("--blur-sigma", type=float, default=None,
+                        help="Gaussian-blur preconditioning sigma in pixels (DNNBrain's GB)")
+    parser.add_argument("--fourier-factor", type=float, default=None,
+                        help="Fourier gradient smoothing factor (DNNBrain's smooth_metric)")
+    parser.add_argument("--no-transforms", action="store_true",
+                        help="no random jitter/scale/rotation during optimisation")
+    parser.add_argument("--init", choices=("grey", "uniform"), default="grey",
+                        help="random start when no IMAGE is given (one image, or one per "
+                        "channel, may be given instead)")
+    _reduction_option(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the start and transforms")
+
+
+def synthesis_options(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
+    """Keyword arguments of ``SynthesisImage.attribute`` from the command line."""
+    regularizers = {
+        name: weight
+        for name, weight in (("tv", args.tv), ("l1", args.l1), ("l2", args.l2))
+        if weight is not None
+    }
+    options: dict[str, Any] = {
+        "preset": args.preset,
+        "reduction": args.reduction,
+        "mean": ctx.mean,
+        "std": ctx.std,
+        "seed": args.seed,
+        "return_history": True,
+    }
+    for key, value in (
+        ("n_iter", args.n_iter),
+        ("lr", args.lr),
+        ("param", args.param),
+        ("blur_sigma", args.blur_sigma),
+        ("fourier_factor", args.fourier_factor),
+    ):
+        if value is not None:
+            options[key] = value
+    if regularizers:
+        options["regularizers"] = regularizers
+    if args.no_transforms:
+        options["transforms"] = "none"
+    return options
+
+
+def synthesis_start(args: argparse.Namespace, ctx: RunContext, n: int) -> Tensor:
+    """The initial images: the given images (one, or one per channel) or random ones."""
+    from dnnbrain_captum.optim import random_images
+
+    if ctx.images is None:
+        return random_images(
+            n, ctx.image_size, kind=args.init, seed=args.seed, mean=ctx.mean, std=ctx.std,
+            device=ctx.device,
+        )
+    if ctx.images.shape[0] == 1:
+        return ctx.images.expand(n, -1, -1, -1).clone()
+    if ctx.images.shape[0] != n:
+        raise CLIError(
+            f"give one start image or one per channel: got {ctx.images.shape[0]} images for "
+            f"{n} channels"
+        )
+    return ctx.images
+
+
+def _run_synthesize(args: argparse.Namespace, ctx: RunContext) -> None:
+    from dnnbrain_captum.optim import SynthesisImage
+    from dnnbrain_captum.visualization import synthesis_grid
+
+    if not args.channel:
+        what = f"a channel of {ctx.layer_name}" if ctx.layer is not None else "a class"
+        raise CLIError(f"synthesize needs --channel ({what}, 0-based; e.g. 0-7)")
+    channels = list(args.channel)
+    if args.unit is not None and ctx.layer is None:
+        raise CLIError("--unit needs --layer")
+    targets: list[Any] = (
+        [(c, args.unit[0], args.unit[1]) for c in channels] if args.unit is not None
+        else channels
+    )
+    start = synthesis_start(args, ctx, len(channels))
+    options = synthesis_options(args, ctx)
+    result = SynthesisImage(ctx.model, ctx.layer).attribute(
+        start, target=targets, show_progress=ctx.progress, **options
+    )
+    ctx.save_array("synthesis.npy", result.images.detach())
+    ctx.save_array("activation.npy", result.activation.detach())
+    ctx.record["targets"] = [list(t) if isinstance(t, tuple) else t for t in targets]
+    shown = result.images.detach().cpu()
+    if ctx.mean is not None and ctx.std is not None:
+        shown = shown * torch.tensor(ctx.std).view(1, -1, 1, 1) + torch.tensor(
+            ctx.mean
+        ).view(1, -1, 1, 1)
+    where = ctx.layer_name or "class"
+    final = result.activation[:, -1].tolist()
+    titles = [f"{where} {c}: {v:.3g}" for c, v in zip(channels, final, strict=True)]
+    ctx.save_figure("synthesis.png", synthesis_grid(shown.clamp(0, 1), titles))
+
+
+_register(
+    Subcommand(
+        name="synthesize",
+        help="images that maximise channels (activation maximisation), one per channel",
+        description="Activation maximisation: optimise one image per --channel (a list such as "
+        "0-7 synthesises a whole grid in one batch) so that the channel's mean (or --unit, or a "
+        "class logit without --layer) is as large as possible. Writes synthesis.npy (K, 3, H, "
+        "W) in model space, activation.npy (K, n_iter + 1), the target's value along the "
+        "optimisation, and synthesis.png.",
+        example=f"{PROG} synthesize --layer conv5 --channel 0-7 --n-iter 64 --out synth/",
+        add_arguments=_add_synthesize,
+        run=_run_synthesize,
+        needs_images=False,
+        needs_layer=False,
+    )
+)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -1227,6 +1370,15 @@ def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
     yield from _demo_extra_panels(ctx, n, c5, base)
 
 
+def _available(module: str) -> bool:
+    """Whether an algorithm module is part of this installation."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[PanelSpec]:
     """Panels of the receptive-field, synthesis, masked and minimal-image algorithms."""
     from dnnbrain_captum.visualization import receptive_field_figure
@@ -1244,6 +1396,32 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
         labels = [f"{name}: {analysis[name].size[0]} px" for name in layers]
         ctx.save_figure("rf_theoretical.png", receptive_field_figure(display[0], regions, labels))
         return ["rf_theoretical.png"]
+
+    if _available("dnnbrain_captum.optim"):
+
+        def synthesis() -> list[str]:
+            from dnnbrain_captum.optim import SynthesisImage, random_images
+            from dnnbrain_captum.visualization import synthesis_grid
+
+            classes = list(range(10))
+            result = SynthesisImage(model).attribute(
+                random_images(10, ctx.image_size), target=classes, n_iter=48,
+                return_history=True,
+            )
+            titles = [f"class {c}: {v:.0f}" for c, v in
+                      zip(classes, result.activation[:, -1].tolist(), strict=True)]
+            fig = synthesis_grid(result.images.detach().clamp(0, 1), titles, ncols=5)
+            ctx.save_figure("synthesis.png", fig)
+            return ["synthesis.png"]
+
+        yield (
+            "Synthesised images (activation maximisation)",
+            "For each digit class, an image optimised from grey to maximise the class logit "
+            "(Fourier parametrisation, random jitter/scale/rotation, 48 Adam steps); the "
+            "title gives the logit reached.",
+            f"{PROG} synthesize --channel 0-9 --n-iter 48 --out synthesis/",
+            synthesis,
+        )
 
     yield (
         "Theoretical receptive fields",
@@ -1350,7 +1528,9 @@ def _make_context(args: argparse.Namespace, command: Subcommand) -> RunContext:
         names = ", ".join(layer_names(model)[-6:])
         raise CLIError(f"{command.name} needs --layer (a module path or alias, e.g. {names})")
     size = _image_size(args, args.model)
-    normalize = _normalizer(args.model if args.model == "digits" else "imagenet")
+    kind = args.model if args.model == "digits" else "imagenet"
+    normalize = _normalizer(kind)
+    stats = _normalization(kind)
     ctx = RunContext(
         model=model,
         model_name=args.model,
@@ -1359,6 +1539,8 @@ def _make_context(args: argparse.Namespace, command: Subcommand) -> RunContext:
         layer_name=args.layer,
         image_size=size,
         normalize=normalize,
+        mean=None if stats is None else stats[0],
+        std=None if stats is None else stats[1],
         figures=not getattr(args, "no_figures", False),
         progress=not args.quiet and sys.stderr.isatty(),
     )

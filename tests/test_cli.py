@@ -181,6 +181,32 @@ def test_rf_table_and_region(tmp_path: Path, model) -> None:
     )
 
 
+def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
+    from dnnbrain_captum.optim import SynthesisImage, random_images
+
+    out = tmp_path / "syn"
+    args = ["synthesize", "--layer", "conv5", "--channel", "2,5", "--n-iter", 3]
+    assert run([*args, "--tv", 0.01, "--out", out]) == 0
+    check_manifest(out, ["synthesis.npy", "activation.npy"], 1)
+    expected = SynthesisImage(model, "conv5").attribute(
+        random_images(2, 32), target=[2, 5], n_iter=3, regularizers={"tv": 0.01},
+        return_history=True,
+    )
+    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.images.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "activation.npy"), expected.activation.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    # classes of the output, from one given start image, DNNBrain's pixel preset
+    out = tmp_path / "syn2"
+    args = ["synthesize", "--digits", 1, "--channel", "3-4", "--preset", "dnnbrain"]
+    assert run([*args, "--n-iter", 2, "--unit", 0, 0, "--out", out]) == 2  # unit needs a layer
+    assert run([*args, "--n-iter", 2, "--out", out]) == 0
+    start = digits_images(n=1)[0].expand(2, -1, -1, -1)
+    expected = SynthesisImage(model).attribute(start, target=[3, 4], preset="dnnbrain", n_iter=2)
+    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     started = time.perf_counter()
