@@ -831,6 +831,13 @@ def _add_occlusion(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="occluded copies per forward pass",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "incremental", "full"),
+        default="auto",
+        help="incremental: recompute only the part of each layer a window changes (exact); "
+        "full: whole forward passes; auto: incremental where the model allows it",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch")
 
 
@@ -852,6 +859,7 @@ def occlusion_options(args: argparse.Namespace, model_name: str) -> dict[str, An
         "strides": _pair_arg(args.stride, "--stride") or (2, 2),
         "baselines": _baseline_value(args.baseline),
         "reduction": args.reduction,
+        "method": args.engine,
         "perturbations_per_eval": _positive(
             args.perturbations_per_eval, "--perturbations-per-eval"
         ),
