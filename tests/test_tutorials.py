@@ -13,7 +13,7 @@ TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.p
 
 def test_there_is_a_tutorial_per_algorithm_family() -> None:
     names = {path.stem for path in TUTORIALS}
-    assert {"01_saliency", "02_activation_maps", "03_receptive_fields"} <= names
+    assert {"01_saliency", "02_activation_maps", "03_receptive_fields", "04_synthesis"} <= names
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
