@@ -23,18 +23,19 @@ Output folder layout (an open format: plain ``numpy`` and ``json`` read it)
       ``shape``, ``dtype``, ``item_shape``, ``fill_value`` (rows of skipped items),
       ``skipped`` (``[{"index", "id", "error"}]``), ``on_error``, ``world_size``,
       ``chunks`` (``[{"chunk", "start", "stop", "rank", "file"}]``, item ranges
-      ``[start, stop)``; ``file`` is null once assembled), ``software`` versions.
+      ``[start, stop)``; ``rank`` computed it, null when an earlier, interrupted call did;
+      ``file`` is null once assembled), ``software`` versions.
 
 ``result.npy``
     The whole result, shape ``(n_items, *item_shape)``, row ``i`` = item ``i``; written when
     the run completes (``np.load(path, mmap_mode="r")``).
 
-``chunks/chunk-KKKKKK.npy`` and ``chunks/chunk-KKKKKK.json``
+``chunks/chunk-KKKKKK.npy`` (and ``chunks/chunk-KKKKKK.json``)
     While a run is in progress (and after it with ``assemble=False``): chunk ``K`` holds items
-    ``[K·chunk_size, min((K+1)·chunk_size, n_items))``; its JSON sidecar (written last, so its
-    presence marks the chunk done) records the range, the rank that computed it and the items
-    skipped in it. Both are written to a temporary name and renamed, so a killed run never
-    leaves a half-written chunk.
+    ``[K·chunk_size, min((K+1)·chunk_size, n_items))``. It is written to a temporary name and
+    renamed, so its presence marks the chunk done and a killed run never leaves a half-written
+    chunk. A chunk with unreadable items also gets a JSON sidecar (written before the ``.npy``)
+    listing them; ``"file": null`` there means none of its items loaded.
 
 Distributed runs
 ----------------
@@ -401,19 +402,34 @@ def _chunk_name(k: int) -> str:
 
 
 def _done_chunks(out: Path, n_chunks: int) -> dict[int, dict[str, Any]]:
-    done = {}
+    """Chunks already computed: ``{k: {"chunk", "start", "stop", "file", "skipped"}}``.
+
+    Chunk ``k`` is done when ``chunk-k.npy`` exists (it is renamed into place whole), or when its
+    sidecar ``chunk-k.json`` says that none of its items loaded (``"file": null``). The sidecar
+    is only written for chunks with skipped items, before the ``.npy``.
+    """
+    done: dict[int, dict[str, Any]] = {}
     folder = out / CHUNKS
     if not folder.is_dir():
         return done
+    sidecars: dict[int, dict[str, Any]] = {}
     for path in folder.glob("chunk-*.json"):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            k = int(record["chunk"])
+            sidecars[int(record["chunk"])] = record
         except (ValueError, KeyError, TypeError):
             continue
-        data_ok = record.get("file") is None or (folder / record["file"]).is_file()
-        if 0 <= k < n_chunks and data_ok:
-            done[k] = record
+    for path in folder.glob("chunk-*.npy"):
+        try:
+            k = int(path.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if 0 <= k < n_chunks:
+            done[k] = {"chunk": k, "file": path.name,
+                       "skipped": sidecars.get(k, {}).get("skipped", [])}
+    for k, record in sidecars.items():
+        if 0 <= k < n_chunks and record.get("file") is None and k not in done:
+            done[k] = {"chunk": k, "file": None, "skipped": record.get("skipped", [])}
     return done
 
 
@@ -471,15 +487,18 @@ class _Dist:
             torch.distributed.destroy_process_group()
 
 
-def _agree(dist: _Dist, error: BaseException | None) -> None:
-    """Collective: raise on every rank if any rank failed (its own error on that rank)."""
-    messages = dist.gather(None if error is None else f"{type(error).__name__}: {error}")
+def _agree(dist: _Dist, error: BaseException | None, payload: Any = None) -> list[Any]:
+    """Collective: raise on every rank if any rank failed (its own error on that rank), else
+    return every rank's ``payload``."""
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    gathered = dist.gather((message, payload))
     if error is not None:
         raise error
-    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    failed = [(r, m) for r, (m, _) in enumerate(gathered) if m is not None]
     if failed:
         rank, message = failed[0]
         raise RuntimeError(f"rank {rank} failed: {message}")
+    return [p for _, p in gathered]
 
 
 # ----------------------------------------------------------------------------- main
@@ -661,22 +680,22 @@ def run_over(
         todo = [k for k in range(n_chunks) if k % dist.world == dist.rank and k not in done]
         reused = sum(min((k + 1) * batch_size, n) - k * batch_size for k in done)
         error: BaseException | None = None
-        computed, seconds = 0, 0.0
+        computed, seconds, mine = 0, 0.0, []
         try:
-            computed, seconds = _work(
+            computed, seconds, mine = _work(
                 attribution, data, todo, batch_size, n, stimulus_ids, kind, target_value,
                 on_error, num_workers, pin_memory, device, show_progress, dist, out,
                 attribute_kwargs, seed,
             )
         except Exception as err:  # noqa: BLE001 - re-raised after telling the other ranks
             error = err
-        _agree(dist, error)
+        ranks = {k: r for r, chunks in enumerate(_agree(dist, error, mine)) for k in chunks}
 
         # 3. rank 0 assembles and writes the final manifest
         error = None
         if dist.rank == 0:
             try:
-                _finalise(out, request, n_chunks, n, on_error, dist.world, assemble)
+                _finalise(out, n_chunks, batch_size, n, on_error, dist.world, assemble, ranks)
             except Exception as err:  # noqa: BLE001
                 error = err
         _agree(dist, error)
@@ -750,12 +769,13 @@ def _work(
     kind: str, target_value: Any, on_error: str, num_workers: int, pin_memory: bool,
     device: Any, show_progress: bool, dist: _Dist, out: Path, kwargs: dict[str, Any],
     seed: int | None,
-) -> tuple[int, float]:
+) -> tuple[int, float, list[int]]:
     folder = out / CHUNKS
     total = sum(min((k + 1) * batch_size, n) - k * batch_size for k in todo)
     start = time.perf_counter()
     computed = 0
     desc = type(attribution).__name__ + (f" rank {dist.rank}" if dist.world > 1 else "")
+    mine: list[int] = []
     with tqdm(total=total, desc=desc, unit="item", disable=not show_progress,
               position=dist.rank if dist.world > 1 else None, leave=True) as bar:
         for batch in _batches(data, todo, batch_size, n, num_workers, pin_memory):
@@ -787,21 +807,18 @@ def _work(
                     full[batch.ok] = array
                     array = full
             name = _chunk_name(batch.chunk)
+            if skipped:  # the sidecar goes first: a chunk is done once its .npy exists
+                _dump_json(folder / f"{name}.json", {
+                    "chunk": batch.chunk,
+                    "file": f"{name}.npy" if array is not None else None,
+                    "skipped": skipped,
+                })
             if array is not None:
                 _write_atomic(folder / f"{name}.npy", lambda f, a=array: np.save(f, a))
-            _dump_json(folder / f"{name}.json", {
-                "chunk": batch.chunk,
-                "start": batch.indices[0],
-                "stop": batch.indices[-1] + 1,
-                "rank": dist.rank,
-                "file": f"{name}.npy" if array is not None else None,
-                "shape": list(array.shape) if array is not None else None,
-                "dtype": str(array.dtype) if array is not None else None,
-                "skipped": skipped,
-            })
+            mine.append(batch.chunk)
             computed += len(batch.indices)
             bar.update(len(batch.indices))
-    return computed, time.perf_counter() - start
+    return computed, time.perf_counter() - start, mine
 
 
 @contextlib.contextmanager
@@ -844,11 +861,13 @@ def _fill_value(dtype: np.dtype) -> Any:
 
 
 def _finalise(
-    out: Path, request: dict[str, Any], n_chunks: int, n: int, on_error: str, world: int,
-    assemble: bool,
+    out: Path, n_chunks: int, chunk_size: int, n: int, on_error: str, world: int,
+    assemble: bool, ranks: dict[int, int],
 ) -> None:
     folder = out / CHUNKS
     done = _done_chunks(out, n_chunks)
+    for k, record in done.items():
+        record["start"], record["stop"] = k * chunk_size, min((k + 1) * chunk_size, n)
     missing = [k for k in range(n_chunks) if k not in done]
     if missing:
         raise RuntimeError(f"chunks {missing[:10]} of {out} are missing after the run")
@@ -910,7 +929,7 @@ def _finalise(
         "world_size": world,
         "chunks": [
             {"chunk": k, "start": done[k]["start"], "stop": done[k]["stop"],
-             "rank": done[k]["rank"],
+             "rank": ranks.get(k),
              "file": None if assemble else f"{CHUNKS}/{done[k]['file']}"}
             for k in range(n_chunks)
         ],
