@@ -2,6 +2,12 @@
 
 from dnnbrain_captum.attr import (
     GuidedSaliencyImage,
+    MaskedImage,
+    MaskedImages,
+    MinimalComponentImage,
+    MinimalComponents,
+    MinimalParcelImage,
+    MinimalParcels,
     OccluderDiscrepancyMapping,
     UpsamplingActivationMapping,
     VanillaSaliencyImage,
@@ -16,6 +22,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GuidedSaliencyImage",
+    "MaskedImage",
+    "MaskedImages",
+    "MinimalComponentImage",
+    "MinimalComponents",
+    "MinimalParcelImage",
+    "MinimalParcels",
     "OccluderDiscrepancyMapping",
     "SynthesisImage",
     "SynthesisResult",

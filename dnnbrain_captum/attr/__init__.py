@@ -1,5 +1,8 @@
 """Attribution classes: saliency, upsampling, occlusion, masked and minimal images."""
 
+from dnnbrain_captum.attr.masked import MaskedImage, MaskedImages
+from dnnbrain_captum.attr.minimal import MinimalParcelImage, MinimalParcels
+from dnnbrain_captum.attr.minimal_component import MinimalComponentImage, MinimalComponents
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.saliency import (
     GuidedSaliencyImage,
@@ -10,6 +13,12 @@ from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
 
 __all__ = [
     "GuidedSaliencyImage",
+    "MaskedImage",
+    "MaskedImages",
+    "MinimalComponentImage",
+    "MinimalComponents",
+    "MinimalParcelImage",
+    "MinimalParcels",
     "OccluderDiscrepancyMapping",
     "UpsamplingActivationMapping",
     "VanillaSaliencyImage",
