@@ -34,4 +34,4 @@ def test_training_script_is_deterministic() -> None:
         first.state_dict().items(), second.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
-    torch.use_deterministic_algorithms(False)
+    assert not torch.are_deterministic_algorithms_enabled()

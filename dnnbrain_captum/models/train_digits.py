@@ -36,9 +36,21 @@ def _shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2)
 
 
 def train(epochs: int = 30, seed: int = 0, batch_size: int = 64, lr: float = 2e-3) -> DigitsCNN:
-    """Train a :class:`DigitsCNN` from scratch and return it in eval mode."""
-    torch.manual_seed(seed)
+    """Train a :class:`DigitsCNN` from scratch and return it in eval mode.
+
+    PyTorch's deterministic algorithms are switched on during training and the previous
+    setting is restored afterwards.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(epochs, seed, batch_size, lr)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(epochs: int, seed: int, batch_size: int, lr: float) -> DigitsCNN:
+    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     raw, labels = digits_split("train")
     model = DigitsCNN()
