@@ -85,18 +85,21 @@ class LayerReceptiveField:
             return None
         return (self.size[0] / 2 - self.padding[0], self.size[1] / 2 - self.padding[1])
 
-    def region(self, unit: Sequence[int]) -> Box:
+    def region(self, unit: Sequence[int], *, label: str | None = None) -> Box:
         """The pixel box ``[(h0, h1), (w0, w1)]`` (half-open, clipped) of unit (i, j).
+
+        ``label`` is the layer name to use in error messages (default: the entry's name).
 
         Raises
         ------
         ValueError
             If the layer is not spatial or the unit lies outside its output.
         """
+        name = self.name if label in (None, self.name) else f"{label} ({self.name})"
         if not self.spatial or self._rows is None or self._cols is None:
             (h0, h1), (w0, w1) = self.box
             raise ValueError(
-                f"layer {self.name!r} ({self.module_type}) has no spatial grid of units (its "
+                f"layer {name!r} ({self.module_type}) has no spatial grid of units (its "
                 f"output was flattened or globally pooled); together its units see rows "
                 f"[{h0}, {h1}) and columns [{w0}, {w1}). find_region needs a layer with a "
                 "spatial output; use the table entry's `box` for the whole layer")
@@ -107,7 +110,7 @@ class LayerReceptiveField:
         (n_h, n_w), (i, j) = self.output_size, unit
         if not (0 <= i < n_h and 0 <= j < n_w):
             raise ValueError(
-                f"unit {tuple(unit)} is outside the {n_h}x{n_w} output of layer {self.name!r}: "
+                f"unit {tuple(unit)} is outside the {n_h}x{n_w} output of layer {name!r}: "
                 f"rows must be in [0, {n_h - 1}] and columns in [0, {n_w - 1}]")
         return [_interval(self._rows, i), _interval(self._cols, j)]
 
@@ -176,7 +179,7 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
     def find_region(self, layer: str, unit: Sequence[int]) -> Box:
         """Pixel box ``[(h0, h1), (w0, w1)]`` of unit (row, col) of ``layer``; see
         :meth:`TheoreticalReceptiveField.find_region`."""
-        return self.entry(layer).region(unit)
+        return self.entry(layer).region(unit, label=layer)
 
     def to_text(self) -> str:
         """The table as aligned text: layer, alias, module, output, size, stride, padding."""
@@ -343,7 +346,8 @@ class TheoreticalReceptiveField:
             For an unknown layer, a unit outside the layer's output, or a layer without a
             spatial output (flattened, ``Linear``, global pooling without ``keepdim``).
         """
-        return self[layer].region(unit)
+        label = layer if isinstance(layer, str) else None
+        return self[layer].region(unit, label=label)
 
     def _key(self, layer: LayerSpec) -> str:
         if isinstance(layer, str) and layer in self.table:
