@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,11 @@ __all__ = ["CLIError", "build_parser", "main"]
 PROG = "dnnbrain-captum"
 MANIFEST = "results.json"
 _TMP_PREFIX = ".dnnbrain-captum-tmp-"
+# expected warnings that say nothing to a command-line user
+_QUIET_WARNINGS = (
+    ".*did not already require gradients.*",
+    ".*Setting backward hooks on ReLU activations.*",
+)
 
 
 class CLIError(Exception):
@@ -455,6 +461,15 @@ class RunContext:
                 batch = self.images[start : start + batch_size]
                 yield start, batch
                 bar.update(batch.shape[0])
+
+    def to_display(self, images: Tensor) -> Tensor:
+        """Model-space images (N, 3, H, W) back to [0, 1] for figures."""
+        shown = images.detach().cpu()
+        if self.mean is not None and self.std is not None:
+            std = torch.tensor(self.std, dtype=shown.dtype).view(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, dtype=shown.dtype).view(1, -1, 1, 1)
+            shown = shown * std + mean
+        return shown.clamp(0, 1)
 
     def figure_name(self, index: int, suffix: str) -> str:
         """``003_cat_saliency.png`` for image 3 named cat.jpg."""
@@ -1197,15 +1212,11 @@ def _run_synthesize(args: argparse.Namespace, ctx: RunContext) -> None:
     ctx.save_array("synthesis.npy", result.images.detach())
     ctx.save_array("activation.npy", result.activation.detach())
     ctx.record["targets"] = [list(t) if isinstance(t, tuple) else t for t in targets]
-    shown = result.images.detach().cpu()
-    if ctx.mean is not None and ctx.std is not None:
-        shown = shown * torch.tensor(ctx.std).view(1, -1, 1, 1) + torch.tensor(
-            ctx.mean
-        ).view(1, -1, 1, 1)
+    shown = ctx.to_display(result.images)
     where = ctx.layer_name or "class"
     final = result.activation[:, -1].tolist()
     titles = [f"{where} {c}: {v:.3g}" for c, v in zip(channels, final, strict=True)]
-    ctx.save_figure("synthesis.png", synthesis_grid(shown.clamp(0, 1), titles))
+    ctx.save_figure("synthesis.png", synthesis_grid(shown, titles))
 
 
 _register(
@@ -1224,6 +1235,255 @@ _register(
         needs_layer=False,
     )
 )
+
+
+def _target_with_unit(
+    ctx: RunContext, args: argparse.Namespace, batch: Tensor
+) -> tuple[Any, list[Any]]:
+    """The target of a batch (channel, unit or predicted classes) and its per-image record."""
+    unit = getattr(args, "unit", None)
+    if unit is not None:
+        if ctx.layer is None:
+            raise CLIError("--unit needs --layer")
+        if args.channel is None:
+            raise CLIError(f"--channel is required with --layer {ctx.layer_name} (0-based)")
+        target: Any = (args.channel, unit[0], unit[1])
+        return target, [list(target)] * batch.shape[0]
+    target = _targets_for(ctx, args.channel, batch)
+    return target, target if isinstance(target, list) else [target] * batch.shape[0]
+
+
+def _add_mask(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser)
+    _channel_option(parser)
+    _unit_option(parser, "explain this 0-based unit (row, column) of the channel")
+    parser.add_argument("--stdev-size-thr", type=float, default=1.0,
+                        help="contrast threshold in standard deviations")
+    parser.add_argument("--filter-sigma", type=float, default=1.0,
+                        help="Gaussian blur of the mask in pixels")
+    parser.add_argument("--ratio", type=float, default=0.9,
+                        help="erode until the activation is at most RATIO x the hull's")
+    parser.add_argument("--max-iter", type=int, default=100, help="most erosions tried")
+    _reduction_option(parser)
+    parser.add_argument("--perturbations-per-eval", type=int, default=16, metavar="K",
+                        help="erosion depths per forward pass")
+
+
+def mask_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``MaskedImage.attribute`` from the command line."""
+    return {
+        "stdev_size_thr": args.stdev_size_thr,
+        "filter_sigma": args.filter_sigma,
+        "target_reduction_ratio": args.ratio,
+        "max_iter": args.max_iter,
+        "reduction": args.reduction,
+        "perturbations_per_eval": args.perturbations_per_eval,
+        "return_masks": True,
+    }
+
+
+def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
+    from dnnbrain_captum.attr.masked import MaskedImage
+    from dnnbrain_captum.visualization import minimal_image_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    target, used = _target_with_unit(ctx, args, ctx.images)
+    result = MaskedImage(ctx.model, ctx.layer).attribute(
+        ctx.images, target=target, show_progress=ctx.progress, **mask_options(args)
+    )
+    ctx.save_array("masked.npy", result.images)
+    ctx.save_array("masks.npy", result.masks)
+    ctx.record["targets"] = used
+    ctx.record["activation"] = result.activation.tolist()
+    ctx.record["baseline"] = result.baseline.tolist()
+    ctx.record["n_erosions"] = result.n_erosions.tolist()
+    shown = ctx.to_display(result.images)
+    for k in range(shown.shape[0]):
+        fig = minimal_image_figure(
+            ctx.display[k], shown[k], result.masks[k, 0],
+            ("original", f"masked ({int(result.n_erosions[k])} erosions)", "mask"),
+        )
+        ctx.save_figure(ctx.figure_name(k, "mask"), fig)
+
+
+PARCEL_METHODS = ("felzenszwalb", "slic", "quickshift")
+COMPONENT_METHODS = ("pca", "ica")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _add_minimal(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser)
+    _channel_option(parser)
+    _unit_option(parser, "explain this 0-based unit (row, column) of the channel")
+    parser.add_argument(
+        "--method",
+        choices=PARCEL_METHODS + COMPONENT_METHODS,
+        default="felzenszwalb",
+        help="superpixels (felzenszwalb, slic, quickshift: MinimalParcelImage) or image "
+        "components (pca, ica: MinimalComponentImage)",
+    )
+    parser.add_argument(
+        "--search",
+        choices=("max", "fitting_curve", "threshold", "removal"),
+        default="max",
+        help="how the kept parcels/components are chosen",
+    )
+    parser.add_argument(
+        "--activation-criterion",
+        choices=("max", "mean", "median", "L1", "L2"),
+        default="max",
+        help="pooling of a channel's map into one activation",
+    )
+    parser.add_argument("--ratio", type=float, default=0.9,
+                        help="fraction of the original activation to keep (threshold, removal)")
+    parser.add_argument("--max-parts", type=int, default=None, metavar="K",
+                        help="longest ranking prefix considered (DNNBrain: 10)")
+    parser.add_argument("--segment", type=_key_value, action="append", default=None,
+                        metavar="KEY=VALUE",
+                        help="segmentation option, e.g. n_segments=50 (repeatable)")
+    parser.add_argument("--baseline", default="0",
+                        help="value of removed pixels in model space, or 'mean' (parcels)")
+    parser.add_argument("--sampling", choices=("patches", "pixels"), default="patches",
+                        help="what a sample is for pca/ica")
+    parser.add_argument("--patch-size", type=int, default=8, help="tile side for pca/ica")
+    parser.add_argument("--n-components", type=int, default=None,
+                        help="components per image for pca/ica (default: full rank)")
+    parser.add_argument("--seed", type=int, default=0, help="FastICA's random state")
+    parser.add_argument("--perturbations-per-eval", type=int, default=64, metavar="K",
+                        help="candidate images per forward pass")
+
+
+def minimal_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of the minimal-image class chosen by ``--method``."""
+    common: dict[str, Any] = {
+        "search_criterion": args.search,
+        "activation_criterion": args.activation_criterion,
+        "activation_ratio": args.ratio,
+        "perturbations_per_eval": args.perturbations_per_eval,
+    }
+    if args.method in COMPONENT_METHODS:
+        return {
+            **common,
+            "decomposition": args.method,
+            "sampling": args.sampling,
+            "patch_size": args.patch_size,
+            "n_components": args.n_components,
+            "max_components": args.max_parts,
+            "seed": args.seed,
+        }
+    baseline: Any = args.baseline
+    if baseline != "mean":
+        try:
+            baseline = float(baseline)
+        except ValueError:
+            raise CLIError(f"--baseline must be a number or 'mean', got {baseline!r}") from None
+    return {
+        **common,
+        "segmentation": args.method,
+        "segmentation_kwargs": dict(args.segment) if args.segment else None,
+        "baselines": baseline,
+        "max_parcels": args.max_parts,
+    }
+
+
+def _run_minimal(args: argparse.Namespace, ctx: RunContext) -> None:
+    from dnnbrain_captum.visualization import minimal_image_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    target, used = _target_with_unit(ctx, args, ctx.images)
+    options = minimal_options(args)
+    components = args.method in COMPONENT_METHODS
+    if components:
+        from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
+
+        explainer: Any = MinimalComponentImage(ctx.model, ctx.layer)
+    else:
+        from dnnbrain_captum.attr.minimal import MinimalParcelImage
+
+        explainer = MinimalParcelImage(ctx.model, ctx.layer)
+    result = explainer.attribute(
+        ctx.images, target=target, show_progress=ctx.progress, **options
+    )
+    ctx.save_array("minimal.npy", result.images)
+    if components:
+        ctx.save_array("selected.npy", result.selected)
+        total = [int(result.selected.shape[1])] * result.images.shape[0]
+    else:
+        ctx.save_array("kept.npy", result.masks)
+        ctx.save_array("parcels.npy", result.labels)
+        total = result.n_parcels.tolist()
+    ctx.record["targets"] = used
+    ctx.record["n_selected"] = result.n_selected.tolist()
+    ctx.record["n_total"] = total
+    ctx.record["activation"] = result.activation.tolist()
+    ctx.record["original_activation"] = result.original_activation.tolist()
+    shown = ctx.to_display(result.images)
+    part = "components" if components else "parcels"
+    for k in range(shown.shape[0]):
+        kept = None if components else result.masks[k].float()
+        titles = ("original", f"minimal: {int(result.n_selected[k])} of {total[k]} {part}",
+                  "kept pixels")
+        fig = minimal_image_figure(ctx.display[k], shown[k], kept, titles)
+        ctx.save_figure(ctx.figure_name(k, "minimal"), fig)
+
+
+def _has_module(name: str) -> bool:
+    """Whether a module exists, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+if _has_module("dnnbrain_captum.attr.masked"):
+    _register(
+        Subcommand(
+            name="mask",
+            help="tight mask around the high-contrast region that still drives a channel",
+            description="Masked image (Walker et al. 2019; DNNBrain's MaskedImage): the convex "
+            "hull of the image's high-contrast pixels, blurred, then eroded until the target's "
+            "activation falls to --ratio of the hull image's. Writes masked.npy (N, 3, H, W) in "
+            "model space, masks.npy (N, 1, H, W) and one figure per image; activations and "
+            "erosion counts go into results.json.",
+            example=f"{PROG} mask --digits 4 --layer conv5 --channel 3 --ratio 0.9 --out mask/",
+            add_arguments=_add_mask,
+            run=_run_mask,
+            needs_layer=False,
+        )
+    )
+if _has_module("dnnbrain_captum.attr.minimal") and _has_module(
+    "dnnbrain_captum.attr.minimal_component"
+):
+    _register(
+        Subcommand(
+            name="minimal",
+            help="the fewest superpixels (or PCA/ICA components) that still drive a channel",
+            description="Minimal image: cut each image into superpixels (felzenszwalb, slic, "
+            "quickshift; MinimalParcelImage) or image components (pca, ica; "
+            "MinimalComponentImage) and keep the fewest that still drive the target (--search). "
+            "Writes minimal.npy (N, 3, H, W) in model space, kept.npy (N, H, W) and parcels.npy "
+            "(N, H, W) for superpixels or selected.npy (N, K) for components, and one figure "
+            "per image.",
+            example=f"{PROG} minimal photo.jpg --model alexnet --weights alexnet.pth --layer "
+            "conv5 --channel 121 --method slic --segment n_segments=100 --out minimal/",
+            add_arguments=_add_minimal,
+            run=_run_minimal,
+            needs_layer=False,
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- demo
@@ -1431,6 +1691,96 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             synthesis,
         )
 
+    from dnnbrain_captum.visualization import minimal_image_figure
+
+    with torch.no_grad():
+        classes = model(ctx.images).argmax(dim=1).tolist()
+
+    if "mask" in SUBCOMMANDS:
+
+        def masked() -> list[str]:
+            from dnnbrain_captum.attr.masked import MaskedImage
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = MaskedImage(model).attribute(
+                    ctx.images, target=classes, return_masks=True
+                )
+            names = []
+            for k in range(n):
+                fig = minimal_image_figure(
+                    display[k], result.images[k].clamp(0, 1), result.masks[k, 0],
+                    ("original", f"masked, class {classes[k]}", "mask"),
+                )
+                names.append(f"mask_{k}.png")
+                ctx.save_figure(names[-1], fig)
+            return names
+
+        yield (
+            "Masked image (tight mask)",
+            "The convex hull of the digit's high-contrast pixels, blurred and eroded until the "
+            "predicted class's logit falls to 90 % of its value on the hull image (Walker et "
+            "al. 2019).",
+            base.format("mask") + " --out mask/",
+            masked,
+        )
+
+    if "minimal" in SUBCOMMANDS:
+
+        def minimal_parcels() -> list[str]:
+            from dnnbrain_captum.attr.minimal import MinimalParcelImage
+
+            result = MinimalParcelImage(model).attribute(
+                ctx.images, target=classes, segmentation="slic",
+                segmentation_kwargs={"n_segments": 30}, search_criterion="removal",
+            )
+            names = []
+            for k in range(n):
+                fig = minimal_image_figure(
+                    display[k], result.images[k].clamp(0, 1), result.masks[k].float(),
+                    ("original", f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} "
+                     "parcels", "kept pixels"),
+                )
+                names.append(f"minimal_parcels_{k}.png")
+                ctx.save_figure(names[-1], fig)
+            return names
+
+        yield (
+            "Minimal image (superpixels)",
+            "The digit cut into about 30 SLIC superpixels; superpixels are removed (set to "
+            "black) as long as the predicted class keeps 90 % of its logit.",
+            base.format("minimal") + " --method slic --segment n_segments=30 --search removal "
+            "--out minimal/",
+            minimal_parcels,
+        )
+
+        def minimal_components() -> list[str]:
+            from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
+
+            result = MinimalComponentImage(model).attribute(
+                ctx.images, target=classes, decomposition="pca", patch_size=4,
+                search_criterion="threshold",
+            )
+            total = int(result.selected.shape[1])
+            names = []
+            for k in range(n):
+                fig = minimal_image_figure(
+                    display[k], result.images[k].clamp(0, 1), None,
+                    ("original", f"{int(result.n_selected[k])} of {total} PCA components"),
+                )
+                names.append(f"minimal_components_{k}.png")
+                ctx.save_figure(names[-1], fig)
+            return names
+
+        yield (
+            "Minimal image (PCA components)",
+            "The digit rebuilt from the fewest principal components of its 4x4 tiles, "
+            "ranked by the logit each one alone gives, that keep 90 % of the class logit.",
+            base.format("minimal") + " --method pca --patch-size 4 --search threshold "
+            "--out minimal_pca/",
+            minimal_components,
+        )
+
     yield (
         "Theoretical receptive fields",
         "The pixels one unit in the middle of conv1, conv3 and conv5 can see, from the "
@@ -1590,7 +1940,13 @@ def _run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     with _staging(out, args.overwrite) as staging:
         ctx.out = staging
-        command.run(args, ctx)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for quiet in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=quiet)
+            command.run(args, ctx)
+        notes = list(dict.fromkeys(_one_line(w.message) for w in caught))
+        ctx.record["warnings"] = notes
         ctx.record.update(
             {
                 "command": args.command,
@@ -1605,6 +1961,8 @@ def _run(args: argparse.Namespace) -> None:
         ctx.record["files"] = files + [MANIFEST]
         (staging / MANIFEST).write_text(json.dumps(ctx.record, indent=2) + "\n", "utf-8")
     if not args.quiet:
+        for note in notes:
+            sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")
         sys.stderr.write(f"{PROG} {args.command}: wrote {len(files) + 1} files to {out}\n")
 
 
@@ -1623,13 +1981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    import warnings
-
     try:
-        with warnings.catch_warnings():
-            if args.quiet:
-                warnings.simplefilter("ignore")
-            _run(args)
+        _run(args)
     except CLIError as err:
         _fail(args.command, str(err))
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:

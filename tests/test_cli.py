@@ -207,6 +207,61 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
                                rtol=1e-5, atol=1e-6)
 
 
+def test_mask(tmp_path: Path, model) -> None:
+    from dnnbrain_captum.attr.masked import MaskedImage
+
+    out = tmp_path / "mask"
+    args = ["mask", "--digits", 2, "--layer", "conv4", "--channel", 13, "--unit", 2, 3]
+    assert run([*args, "--filter-sigma", 0.5, "--out", out]) == 0
+    record = check_manifest(out, ["masked.npy", "masks.npy"], 2)
+    expected = MaskedImage(model, "conv4").attribute(
+        digits_images(n=2)[0], target=(13, 2, 3), filter_sigma=0.5, return_masks=True
+    )
+    np.testing.assert_allclose(np.load(out / "masked.npy"), expected.images.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "masks.npy"), expected.masks.numpy(), atol=1e-6)
+    assert record["n_erosions"] == expected.n_erosions.tolist() == [5, 3]
+    assert record["targets"] == [[13, 2, 3], [13, 2, 3]]
+    assert record["warnings"] == []
+
+
+def test_library_warnings_become_notes(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mask"
+    assert run(["mask", "--digits", 1, "--layer", "conv5", "--channel", 43, "--out", out]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert len(record["warnings"]) == 1 and "not positive" in record["warnings"][0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"dnnbrain-captum mask: note: {record['warnings'][0]}"
+
+
+def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
+    from dnnbrain_captum.attr.minimal import MinimalParcelImage
+    from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
+
+    x, _ = digits_images(n=2)
+    classes = model(x).argmax(1).tolist()
+    out = tmp_path / "parcels"
+    args = ["minimal", "--digits", 2, "--method", "slic", "--segment", "n_segments=20"]
+    assert run([*args, "--search", "removal", "--out", out]) == 0
+    record = check_manifest(out, ["minimal.npy", "kept.npy", "parcels.npy"], 2)
+    expected = MinimalParcelImage(model).attribute(
+        x, target=classes, segmentation="slic", segmentation_kwargs={"n_segments": 20},
+        search_criterion="removal",
+    )
+    np.testing.assert_array_equal(np.load(out / "minimal.npy"), expected.images.numpy())
+    np.testing.assert_array_equal(np.load(out / "kept.npy"), expected.masks.numpy())
+    np.testing.assert_array_equal(np.load(out / "parcels.npy"), expected.labels.numpy())
+    assert record["n_selected"] == expected.n_selected.tolist()
+    out = tmp_path / "components"
+    args = ["minimal", "--digits", 2, "--layer", "conv3", "--channel", 4, "--method", "pca"]
+    assert run([*args, "--patch-size", 4, "--search", "threshold", "--out", out]) == 0
+    check_manifest(out, ["minimal.npy", "selected.npy"], 2)
+    expected = MinimalComponentImage(model, "conv3").attribute(
+        x, target=4, decomposition="pca", patch_size=4, search_criterion="threshold"
+    )
+    np.testing.assert_allclose(np.load(out / "minimal.npy"), expected.images.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.load(out / "selected.npy"), expected.selected.numpy())
+
+
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     started = time.perf_counter()
