@@ -15,12 +15,13 @@ from dnnbrain_captum.attr import (
 )
 from dnnbrain_captum.models import digits_cnn, digits_images
 from dnnbrain_captum.optim import SynthesisImage, SynthesisResult, random_images
-from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+from dnnbrain_captum.receptive_field import EmpiricalReceptiveField, TheoreticalReceptiveField
 from dnnbrain_captum.runner import read_results, run_over
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EmpiricalReceptiveField",
     "GuidedSaliencyImage",
     "MaskedImage",
     "MaskedImages",

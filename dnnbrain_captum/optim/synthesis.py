@@ -1,0 +1,511 @@
+"""Activation maximisation: synthesise the images that drive a channel, unit or class.
+
+DNNBrain's ``SynthesisImage`` (every option, its bugs fixed) together with the techniques of
+Lucid-style feature visualisation (Olah et al. 2017): 1/f Fourier parametrisation, colour
+decorrelation and transformation robustness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from captum.attr import GradientAttribution, NeuronAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
+from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
+from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.optim._objectives import (
+    FOURIER_VARIANTS,
+    REGULARIZERS,
+    check_regularizers,
+)
+from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange
+from dnnbrain_captum.optim._transforms import Transform, standard_transforms
+
+__all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
+
+#: Named settings; every entry can be overridden by passing the argument explicitly.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Our default: Lucid-style parametrisation and robustness, tuned to converge in few steps.
+    "default": {
+        "param": "fft",
+        "decorrelate": True,
+        "transforms": "standard",
+        "lr": 0.2,
+        "n_iter": 128,
+        "regularizers": {},
+        "blur_sigma": 0.0,
+        "fourier_factor": 0.0,
+    },
+    # Lucent's render_vis defaults: fft + decorrelation, standard transforms, Adam lr 0.05.
+    "lucent": {
+        "param": "fft",
+        "decorrelate": True,
+        "transforms": "standard",
+        "lr": 0.05,
+        "n_iter": 512,
+        "regularizers": {},
+        "blur_sigma": 0.0,
+        "fourier_factor": 0.0,
+    },
+    # The DNNBrain paper's figures (visualize_DNN tutorial): pixels, TV λ = 0.1, Adam lr 1.0.
+    "dnnbrain": {
+        "param": "pixel",
+        "decorrelate": False,
+        "transforms": "none",
+        "lr": 1.0,
+        "n_iter": 500,
+        "regularizers": {"tv": 0.1},
+        "blur_sigma": 0.0,
+        "fourier_factor": 0.0,
+    },
+    # DNNBrain's user-guide example: TV λ 0.01, blur σ 0.3, Fourier factor 0.3, lr 0.1.
+    "dnnbrain-guide": {
+        "param": "pixel",
+        "decorrelate": False,
+        "transforms": "none",
+        "lr": 0.1,
+        "n_iter": 150,
+        "regularizers": {"tv": 0.01},
+        "blur_sigma": 0.3,
+        "fourier_factor": 0.3,
+    },
+}
+
+
+class SynthesisResult(NamedTuple):
+    """What :meth:`SynthesisImage.attribute` returns with ``return_history`` or snapshots.
+
+    Attributes
+    ----------
+    images : Tensor of shape (N, C, H, W)
+        The optimised images in model space.
+    activation : Tensor of shape (N, n_iter + 1)
+        The target's value: entry ``i < n_iter`` is what step ``i`` maximised (on the
+        transformed image it saw, before its update); entry ``n_iter`` is the value for
+        ``images`` as returned (no transforms).
+    penalty : Tensor of shape (N, n_iter + 1)
+        The weighted sum of the regularisers at the same moments (zeros without any).
+        The minimised loss is ``penalty − activation``.
+    snapshots : Tensor of shape (N, S, C, H, W) or None
+        The image after ``snapshot_steps[s]`` updates (0 = the initial image), if requested.
+    snapshot_steps : tuple of int
+        The step of each snapshot: ``0, k, 2k, … <= n_iter``.
+    """
+
+    images: Tensor
+    activation: Tensor
+    penalty: Tensor
+    snapshots: Tensor | None
+    snapshot_steps: tuple[int, ...]
+
+
+def random_images(
+    n: int,
+    size: int | tuple[int, int] = 32,
+    channels: int = 3,
+    kind: str = "grey",
+    seed: int = 0,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Random initial images for :class:`SynthesisImage`, in model space.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    size : int or (H, W)
+        Image size.
+    channels : int
+        Colour channels.
+    kind : {"grey", "uniform"}
+        ``"grey"``: mid-range grey plus Gaussian noise of 1 % of the range (Lucid's start,
+        good for every parametrisation); ``"uniform"``: uniform noise over the whole range
+        (DNNBrain's ``torch.rand`` start, best with ``param="pixel"``).
+    seed : int
+        Seed; image ``k`` depends only on ``(seed, k)`` and the image shape.
+    mean, std : float or sequence of float, optional
+        The model's input normalisation (model = (value − mean) / std); default none.
+    value_range : (low, high)
+        Valid unnormalised values.
+    dtype, device
+        Of the result.
+
+    Returns
+    -------
+    Tensor of shape (n, channels, H, W)
+
+    Examples
+    --------
+    >>> x = random_images(2, 8)
+    >>> tuple(x.shape), bool(x.min() >= 0) and bool(x.max() <= 1)
+    ((2, 3, 8, 8), True)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    height, width = (size, size) if isinstance(size, int) else size
+    if kind not in ("grey", "uniform"):
+        raise ValueError(f"kind must be 'grey' or 'uniform', got {kind!r}")
+    low, high = value_range
+    images = []
+    for k in range(n):
+        generator = torch.Generator().manual_seed(_mix_seed(seed, k))
+        if kind == "uniform":
+            unit = torch.rand(channels, height, width, generator=generator, dtype=torch.float64)
+        else:
+            noise = torch.randn(channels, height, width, generator=generator, dtype=torch.float64)
+            unit = (0.5 + 0.01 * noise).clamp(0, 1)
+        images.append(low + (high - low) * unit)
+    value = torch.stack(images).to(dtype=dtype, device=device)
+    scale = ValueRange(channels, mean, std, value_range, dtype, value.device)
+    return scale.to_model(value)
+
+
+def _mix_seed(seed: int, k: int) -> int:
+    return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_non_negative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _resolve_transforms(
+    transforms: str | Sequence[Transform] | None, size: tuple[int, int]
+) -> list[Transform]:
+    if transforms is None:
+        return []
+    if isinstance(transforms, str):
+        if transforms == "standard":
+            return standard_transforms(size)
+        if transforms == "none":
+            return []
+        raise ValueError(
+            f"transforms must be 'standard', 'none' or a sequence of transforms, got {transforms!r}"
+        )
+    items = list(transforms)
+    for item in items:
+        if not callable(item):
+            raise TypeError(
+                f"every transform must be callable as t(images, generator), got {item!r}"
+            )
+    return items
+
+
+class SynthesisImage(NeuronAttribution, GradientAttribution):
+    """Activation maximisation: images that maximise a channel, a unit or a class score.
+
+    Starting from ``inputs``, each image is optimised by Adam so that its own target
+    (one per example, so a whole layer's channels synthesise in one batch) is as large as
+    possible, minus weighted regularisers. Only the image is optimised: gradients are taken
+    with respect to the image parameters alone, and the forward pass stops at ``layer``.
+
+    Parameters
+    ----------
+    forward_func : nn.Module or callable
+        The model.
+    layer : nn.Module, str or None
+        The layer whose channel or unit is maximised (module, dotted path or DNNBrain alias);
+        None maximises a model output (e.g. a class logit) selected by Captum's target.
+
+    Notes
+    -----
+    One step: render the image from its parameters; apply the random transforms (one draw
+    per step for the whole batch, from a generator seeded with ``seed``; the result is resized
+    back to the input size if a transform changed it); evaluate the target up to ``layer``;
+    take the gradient of ``Σ_n (penalty_n − activation_n)`` with respect to the parameters;
+    optionally smooth it in the Fourier domain; take an Adam step; optionally blur the
+    parameters; project plain pixels back into the valid range.
+
+    Because each example's loss involves only its own image, Adam acts element-wise and the
+    random transforms are shared by the batch, a batched run gives each example exactly what a
+    run on that example alone (same seed) gives, up to floating-point rounding.
+
+    Differences from DNNBrain's ``SynthesisImage`` (bugs fixed): the regulariser weight
+    defaults to no regulariser instead of crashing; Gaussian-blur preconditioning blurs each
+    colour channel in 2-D and keeps Adam's state (DNNBrain blurred across colours and restarted
+    Adam every step); Fourier smoothing uses the true FFT frequencies by default
+    (``fourier_variant="dnnbrain"`` gives the original off-by-one filter) and runs on current
+    PyTorch; the image is kept in the valid range (``clamp``) given the model's ``mean``/``std``;
+    nothing is printed or saved, snapshots come back in memory; the return type does not change
+    with the options you pass, only with ``return_history``/``snapshot_every``; channels are
+    0-based.
+
+    Presets (:data:`PRESETS`; explicit arguments override them):
+
+    * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms,
+      Adam lr 0.2, 128 steps.
+    * ``"lucent"``: as Lucent's ``render_vis``: FFT + decorrelation, standard transforms,
+      lr 0.05, 512 steps.
+    * ``"dnnbrain"``: the DNNBrain paper's figures: pixels, no transforms, TV λ = 0.1,
+      lr 1.0, 500 steps (the tutorial's settings for AlexNet fc3).
+    * ``"dnnbrain-guide"``: DNNBrain's user-guide example: pixels, TV λ = 0.01, blur σ 0.3,
+      Fourier factor 0.3, lr 0.1, 150 steps.
+
+    References
+    ----------
+    .. [1] Erhan, D., Bengio, Y., Courville, A., Vincent, P. (2009). Visualizing higher-layer
+       features of a deep network. University of Montreal technical report 1341.
+    .. [2] Olah, C., Mordvintsev, A., Schubert, L. (2017). Feature visualization. Distill.
+    .. [3] Walker, E. Y. et al. (2019). Inception loops discover what excites neurons most
+       using deep predictive models. Nature Neuroscience 22, 2060–2065.
+    .. [4] Chen, X. et al. (2020). DNNBrain: a unifying toolbox for mapping deep neural
+       networks and brains. Front. Comput. Neurosci. 14:580632.
+
+    Examples
+    --------
+    >>> from dnnbrain_captum.models import digits_cnn
+    >>> model = digits_cnn()
+    >>> start = random_images(2, 32)
+    >>> images = SynthesisImage(model, "conv5").attribute(start, target=[0, 1], n_iter=8)
+    >>> tuple(images.shape)
+    (2, 3, 32, 32)
+    >>> result = SynthesisImage(model).attribute(
+    ...     start, target=[3, 7], n_iter=8, return_history=True)
+    >>> tuple(result.activation.shape)
+    (2, 9)
+    """
+
+    def __init__(
+        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
+    ) -> None:
+        module = resolve_layer(forward_func, layer)
+        NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
+        GradientAttribution.__init__(self, forward_func)
+
+    @log_usage()
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Tensor,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        preset: str = "default",
+        n_iter: int | None = None,
+        lr: float | None = None,
+        reduction: str = "mean",
+        param: str | None = None,
+        decorrelate: bool | None = None,
+        transforms: str | Sequence[Transform] | None = None,
+        regularizers: Mapping[str, float] | None = None,
+        blur_sigma: float | None = None,
+        blur_every: int = 1,
+        fourier_factor: float | None = None,
+        fourier_variant: str = "fftfreq",
+        mean: Sequence[float] | float | None = None,
+        std: Sequence[float] | float | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        clamp: bool = True,
+        seed: int = 0,
+        snapshot_every: int | None = None,
+        return_history: bool = False,
+        show_progress: bool = False,
+    ) -> Tensor | SynthesisResult:
+        """Synthesise one image per example that maximises its target.
+
+        Arguments left as None take their value from ``preset``.
+
+        Parameters
+        ----------
+        inputs : Tensor of shape (N, C, H, W)
+            Initial images in model space (e.g. from :func:`random_images`).
+        target : int, tuple, callable, list or Tensor
+            With a layer: a channel, a unit ``(c, i, j)``, a callable
+            ``f(layer_output) -> (N,)`` or one of these per example (0-based). Without a
+            layer: Captum's target on the model output (e.g. the class index per example).
+        additional_forward_args : Any, optional
+            Further positional arguments of the model.
+        preset : {"default", "lucent", "dnnbrain", "dnnbrain-guide"}
+            Named settings for the arguments left as None.
+        n_iter : int
+            Number of optimisation steps, >= 1.
+        lr : float
+            Adam's learning rate, > 0 (in parameter units; for plain pixels, model-space units).
+        reduction : {"mean", "max", "sum"}
+            How a channel becomes one scalar (DNNBrain's ``activ_metric``).
+        param : {"pixel", "fft"}
+            Image parametrisation: plain pixels or a 1/f-scaled Fourier spectrum.
+        decorrelate : bool
+            Optimise in a decorrelated colour space (3-channel images only).
+        transforms : "standard", "none" or sequence of Transform
+            Random transforms applied before each forward pass (see :mod:`._transforms`).
+        regularizers : mapping {name: weight}
+            Any of ``"l1"``, ``"l2"``, ``"tv"`` (case-insensitive) with weight λ >= 0, measured
+            on the model-space image: ``{"tv": 0.1}`` is DNNBrain's ``('TV', 0.1)``.
+        blur_sigma : float
+            Gaussian-blur preconditioning: blur the parameters with this σ (pixels) after
+            every ``blur_every``-th step; 0 turns it off (DNNBrain's ``GB_radius``).
+        blur_every : int
+            Blur period in steps, >= 1.
+        fourier_factor : float
+            Fourier gradient smoothing strength (DNNBrain's ``factor``); 0 turns it off.
+        fourier_variant : {"fftfreq", "dnnbrain"}
+            Frequency indexing of the smoothing filter (see :func:`fourier_filter`).
+        mean, std : float or sequence of float, optional
+            The model's input normalisation, ``model = (value − mean) / std``; default none
+            (the model takes values directly, like the digits CNN).
+        value_range : (low, high)
+            Valid unnormalised pixel values.
+        clamp : bool
+            Keep the image inside ``value_range`` (projection for plain pixels, a sigmoid for
+            the other parametrisations) and clamp the result. False reproduces DNNBrain's
+            unconstrained images.
+        seed : int
+            Seed of the random transforms.
+        snapshot_every : int, optional
+            Keep the image every ``k`` steps (returned in :class:`SynthesisResult`).
+        return_history : bool
+            Return a :class:`SynthesisResult` with the activation and penalty history.
+        show_progress : bool
+            Show a tqdm progress bar.
+
+        Returns
+        -------
+        Tensor of shape (N, C, H, W) or SynthesisResult
+            The optimised images in model space, or a :class:`SynthesisResult` when
+            ``return_history`` is True or ``snapshot_every`` is given.
+
+        Raises
+        ------
+        ValueError
+            For an unknown preset, parametrisation, regulariser or variant, a negative weight,
+            ``n_iter < 1``, a target out of range, or ``decorrelate`` on non-RGB images.
+        TypeError
+            For arguments of the wrong type.
+        """
+        x = check_image_batch(inputs)
+        check_reduction(reduction)
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        settings = PRESETS[preset]
+        param = settings["param"] if param is None else param
+        decorrelate = settings["decorrelate"] if decorrelate is None else decorrelate
+        transforms = settings["transforms"] if transforms is None else transforms
+        lr = settings["lr"] if lr is None else lr
+        n_iter = settings["n_iter"] if n_iter is None else n_iter
+        regularizers = settings["regularizers"] if regularizers is None else regularizers
+        blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
+        fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
+
+        if param not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"unknown parametrisation param={param!r}; choose from {PARAMETRIZATIONS}"
+            )
+        if not isinstance(decorrelate, bool):
+            raise TypeError(f"decorrelate must be a bool, got {decorrelate!r}")
+        if decorrelate and x.shape[1] != 3:
+            raise ValueError(
+                f"decorrelate=True needs 3-channel (RGB) images, got {x.shape[1]} channels"
+            )
+        n_iter = _check_positive_int(n_iter, "n_iter")
+        lr = _check_non_negative(lr, "lr")
+        if lr == 0:
+            raise ValueError("lr must be > 0, got 0")
+        weights = check_regularizers(regularizers)
+        blur_sigma = _check_non_negative(blur_sigma, "blur_sigma")
+        blur_every = _check_positive_int(blur_every, "blur_every")
+        fourier_factor = _check_non_negative(fourier_factor, "fourier_factor")
+        if fourier_variant not in FOURIER_VARIANTS:
+            raise ValueError(
+                f"fourier_variant must be one of {FOURIER_VARIANTS}, got {fourier_variant!r}"
+            )
+        if snapshot_every is not None:
+            snapshot_every = _check_positive_int(snapshot_every, "snapshot_every")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        size = (x.shape[-2], x.shape[-1])
+        steps = _resolve_transforms(transforms, size)
+        scale = ValueRange(x.shape[1], mean, std, value_range, x.dtype, x.device)
+        warn_if_training(self.forward_func)
+
+        image = ImageParam(x, param, decorrelate, scale, clamp)
+        optimizer = torch.optim.Adam([image.tensor], lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        activations: list[Tensor] = []
+        penalties: list[Tensor] = []
+        snapshots: list[Tensor] = []
+        snapshot_steps: list[int] = []
+
+        def penalty_of(rendered: Tensor) -> Tensor:
+            total = torch.zeros(rendered.shape[0], dtype=rendered.dtype, device=rendered.device)
+            for name, weight in weights.items():
+                if weight:
+                    total = total + weight * REGULARIZERS[name](rendered)
+            return total
+
+        bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
+        for step in bar:
+            if snapshot_every is not None and step % snapshot_every == 0:
+                snapshots.append(image.result())
+                snapshot_steps.append(step)
+            with torch.enable_grad():
+                rendered = image.render()
+                seen = rendered
+                for transform in steps:
+                    seen = transform(seen, generator)
+                if tuple(seen.shape[-2:]) != size:
+                    seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
+                activation = evaluate_target(
+                    self.forward_func,
+                    self.layer,
+                    (seen,),
+                    target,
+                    reduction,
+                    additional_forward_args,
+                )
+                penalty = penalty_of(rendered)
+                loss = (penalty - activation).sum()
+                (grad,) = torch.autograd.grad(loss, [image.tensor])
+            activations.append(activation.detach())
+            penalties.append(penalty.detach())
+            if fourier_factor > 0:
+                grad = image.smooth_gradient(grad, fourier_factor, fourier_variant)
+            image.tensor.grad = grad
+            optimizer.step()
+            image.tensor.grad = None
+            if blur_sigma > 0 and (step + 1) % blur_every == 0:
+                image.blur_(blur_sigma)
+            image.project_()
+            if show_progress:
+                bar.set_postfix(activation=float(activation.detach().mean()))
+        bar.close()
+
+        result = image.result()
+        if not return_history and snapshot_every is None:
+            return result
+        if snapshot_every is not None and n_iter % snapshot_every == 0:
+            snapshots.append(result)
+            snapshot_steps.append(n_iter)
+        with torch.no_grad():
+            final = evaluate_target(
+                self.forward_func, self.layer, (result,), target, reduction, additional_forward_args
+            )
+        activations.append(final.detach())
+        penalties.append(penalty_of(result).detach())
+        return SynthesisResult(
+            images=result,
+            activation=torch.stack(activations, dim=1),
+            penalty=torch.stack(penalties, dim=1),
+            snapshots=torch.stack(snapshots, dim=1) if snapshots else None,
+            snapshot_steps=tuple(snapshot_steps),
+        )
