@@ -1,5 +1,10 @@
 """Receptive fields: theoretical (graph analysis of any model) and empirical."""
 
+from dnnbrain_captum.receptive_field.empirical import (
+    EmpiricalReceptiveField,
+    EmpiricalRF,
+    occlusion_pixel_map,
+)
 from dnnbrain_captum.receptive_field.theoretical import (
     LayerReceptiveField,
     ReceptiveFieldTable,
@@ -8,8 +13,11 @@ from dnnbrain_captum.receptive_field.theoretical import (
 )
 
 __all__ = [
+    "EmpiricalRF",
+    "EmpiricalReceptiveField",
     "LayerReceptiveField",
     "ReceptiveFieldTable",
     "TheoreticalReceptiveField",
     "UnsupportedOperationError",
+    "occlusion_pixel_map",
 ]
