@@ -1,0 +1,151 @@
+"""MaskedImage: contrast hull, blur, erosion semantics, edge cases, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from dnnbrain_captum import MaskedImage
+from dnnbrain_captum.attr.masked import contrast_hull, gaussian_blur
+from tests.helpers.region_models import RegionModel
+
+
+def _object_image(channels: int = 3, size: tuple[int, int] = (16, 16)) -> torch.Tensor:
+    """Faint noise everywhere, a bright square at rows 4:12, cols 4:12 (the model's window)."""
+    generator = torch.Generator().manual_seed(0)
+    x = 0.05 * torch.rand(1, channels, *size, generator=generator)
+    x[..., 4:12, 4:12] += 1.0
+    return x
+
+
+def _window(size: tuple[int, int] = (16, 16)) -> torch.Tensor:
+    inside = torch.zeros(size, dtype=torch.bool)
+    inside[4:12, 4:12] = True
+    return inside
+
+
+def test_hull_is_the_convex_hull_of_the_contrast_pixels() -> None:
+    image = torch.zeros(1, 9, 9)
+    image[0, 1, 1] = image[0, 1, 7] = image[0, 7, 1] = 1.0  # a right triangle
+    hull = contrast_hull(image)
+    expected = torch.zeros(9, 9, dtype=torch.bool)
+    for r in range(1, 8):
+        expected[r, 1 : 9 - r] = True
+    assert torch.equal(hull, expected)
+
+
+def test_gaussian_blur_matches_scipy() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.rand(1, 1, 11, 13, dtype=torch.float64)
+    for sigma in (0.7, 1.0, 2.5, 6.0):
+        expected = gaussian_filter(x[0, 0].numpy(), sigma=sigma)
+        torch.testing.assert_close(gaussian_blur(x, sigma)[0, 0], torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("channels, size", [(3, (16, 16)), (1, (16, 16)), (1, (20, 28))])
+def test_keeps_the_region_the_channel_sees_and_discards_the_rest(
+    channels: int, size: tuple[int, int]
+) -> None:
+    model = RegionModel(size=size, in_channels=channels)
+    x = _object_image(channels, size)
+    out = MaskedImage(model, "detector").attribute(
+        x, target=0, return_masks=True, perturbations_per_eval=4
+    )
+    inside = _window(size)
+    mask = out.masks[0, 0]
+    # The centre of the object survives, everything a blur-width away from it is gone.
+    assert float(mask[7:9, 7:9].min()) > 0.9
+    outside = ~torch.nn.functional.max_pool2d(inside[None].float(), 7, 1, 3)[0].bool()
+    assert float(mask[outside].max()) < 1e-3
+    mean = x.mean(dim=(2, 3))[0]
+    background = out.images[0][:, outside]
+    torch.testing.assert_close(background, mean[:, None].expand_as(background), atol=1e-3, rtol=0)
+    # Semantics: the first erosion depth whose activation is <= 0.9 × baseline ...
+    assert float(out.activation[0]) <= 0.9 * float(out.baseline[0])
+    assert int(out.n_erosions[0]) >= 1
+    # ... so one erosion fewer still kept more than 0.9 × baseline (max_iter stops there).
+    depth = int(out.n_erosions[0])
+    if depth > 1:
+        with pytest.warns(UserWarning, match="did not fall"):
+            previous = MaskedImage(model, "detector").attribute(
+                x, target=0, return_masks=True, max_iter=depth - 1
+            )
+        assert float(previous.activation[0]) > 0.9 * float(out.baseline[0])
+
+
+def test_batched_erosion_equals_one_depth_per_forward() -> None:
+    model = RegionModel()
+    x = torch.cat([_object_image(), _object_image().flip(-1)])
+    a = MaskedImage(model, "detector").attribute(x, target=0, return_masks=True)
+    b = MaskedImage(model, "detector").attribute(
+        x, target=0, return_masks=True, perturbations_per_eval=1
+    )
+    for left, right in zip(a, b, strict=True):
+        torch.testing.assert_close(left, right)
+
+
+def test_non_positive_baseline_warns_and_returns_the_hull_mask() -> None:
+    model = RegionModel()
+    x = _object_image()
+    with pytest.warns(UserWarning, match="baseline activation is not positive"):
+        out = MaskedImage(model, "detector").attribute(x, target=1, return_masks=True)
+    assert int(out.n_erosions[0]) == 0
+    assert float(out.baseline[0]) == 0.0
+    soft = gaussian_blur(contrast_hull(x[0]).double()[None, None], 1.0).float()
+    torch.testing.assert_close(out.masks, soft)
+
+
+def test_max_iter_reached_warns_and_returns_the_lowest_activation_mask() -> None:
+    model = RegionModel()
+    x = _object_image()
+    with pytest.warns(UserWarning, match="within max_iter=1 erosions"):
+        out = MaskedImage(model, "detector").attribute(
+            x, target=0, return_masks=True, target_reduction_ratio=0.01, max_iter=1
+        )
+    assert int(out.n_erosions[0]) == 1
+    assert float(out.activation[0]) < float(out.baseline[0])
+
+
+def test_mask_vanishing_before_the_ratio_warns() -> None:
+    model = RegionModel()
+    x = _object_image() + 5.0  # the mean background alone drives the channel strongly
+    with pytest.warns(UserWarning, match="mask vanished"):
+        out = MaskedImage(model, "detector").attribute(
+            x, target=0, return_masks=True, target_reduction_ratio=0.5
+        )
+    assert int(out.n_erosions[0]) <= 8  # a 16×16 mask vanishes after 8 erosions
+
+
+def test_model_output_and_plain_tensor_return() -> None:
+    model = RegionModel()
+    x = _object_image()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images = MaskedImage(model).attribute(x, target=0)
+    assert images.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"target_reduction_ratio": 1.0}, ValueError, "strictly between 0 and 1"),
+        ({"target_reduction_ratio": 0.0}, ValueError, "strictly between 0 and 1"),
+        ({"target_reduction_ratio": "0.5"}, TypeError, "float in"),
+        ({"stdev_size_thr": -1.0}, ValueError, "stdev_size_thr must be a number >= 0"),
+        ({"filter_sigma": -0.5}, ValueError, "filter_sigma must be a number >= 0"),
+        ({"max_iter": 0}, ValueError, "max_iter must be an int >= 1"),
+        ({"reduction": "median"}, ValueError, "reduction must be one of"),
+        ({"stdev_size_thr": 100.0}, ValueError, "no pixel exceeds the contrast threshold"),
+    ],
+)
+def test_bad_input(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        MaskedImage(RegionModel(), "detector").attribute(_object_image(), target=0, **kwargs)
+
+
+def test_uniform_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="uniform"):
+        MaskedImage(RegionModel(), "detector").attribute(torch.ones(1, 3, 16, 16), target=0)
