@@ -24,6 +24,7 @@ from dnnbrain_captum import (
     UpsamplingActivationMapping,
     VanillaSaliencyImage,
 )
+from dnnbrain_captum.optim import SynthesisImage
 from tests.helpers.models import TinyConvNet
 
 
@@ -132,6 +133,37 @@ CASES += [
         _tiny,
         lambda m, x, i: OccluderDiscrepancyMapping(m).attribute(
             x, target=pick([0, 4], i), sliding_window_shapes=5, strides=4, baselines="noise"
+        ),
+    ),
+]
+# --- synthesis (activation maximisation) ---
+CASES += [
+    Case(
+        "synthesis-channels-default",
+        _tiny,
+        lambda m, x, i: SynthesisImage(m, "conv2").attribute(
+            x, target=pick([0, 3, 1, 2], i), n_iter=4, seed=3, return_history=True
+        ),
+    ),
+    Case(
+        "synthesis-output-dnnbrain-guide",
+        _tiny,
+        lambda m, x, i: SynthesisImage(m).attribute(
+            x, target=pick([1, 4, 0, 2], i), preset="dnnbrain-guide", n_iter=3, snapshot_every=2
+        ),
+        atol=1e-4,
+    ),
+    Case(
+        "synthesis-unit-pixel-l1",
+        _tiny,
+        lambda m, x, i: SynthesisImage(m, m.relu2).attribute(
+            x,
+            target=(1, 2, 3),
+            param="pixel",
+            decorrelate=False,
+            regularizers={"l1": 0.01, "l2": 0.1},
+            n_iter=3,
+            lr=0.01,
         ),
     ),
 ]
