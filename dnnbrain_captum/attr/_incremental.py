@@ -166,7 +166,7 @@ class _Conv(_Node):
         groups = module.groups
         region = regions[0]
         if channels is not None:
-            index = torch.tensor(channels, device=weight.device)
+            index = torch.tensor(channels, dtype=torch.long, device=weight.device)
             weight = weight.index_select(0, index)
             bias = None if bias is None else bias.index_select(0, index)
             if groups > 1:
@@ -179,7 +179,9 @@ class _Conv(_Node):
                 expand = [
                     position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)
                 ]
-                region = region.index_select(1, torch.tensor(expand, device=region.device))
+                region = region.index_select(
+                    1, torch.tensor(expand, dtype=torch.long, device=region.device)
+                )
                 groups = len(channels)
             else:
                 groups = 1
@@ -291,8 +293,8 @@ class _Cat(_Node):
             offset += count
         return out
 
-    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
-        return torch.cat([r for r in regions if r.shape[1] > 0], 1)
+    def patch(self, regions: Sequence[Tensor | None], channels: Channels) -> Tensor:  # type: ignore[override]
+        return torch.cat([r for r in regions if r is not None], 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +404,7 @@ def _batch_norm(module: nn.BatchNorm2d) -> Callable[[Tensor, Channels], Tensor]:
         mean, var = module.running_mean, module.running_var
         weight, bias = module.weight, module.bias
         if channels is not None:
-            index = torch.tensor(channels, device=x.device)
+            index = torch.tensor(channels, dtype=torch.long, device=x.device)
             mean, var = mean.index_select(0, index), var.index_select(0, index)  # type: ignore[union-attr]
             weight = None if weight is None else weight.index_select(0, index)
             bias = None if bias is None else bias.index_select(0, index)
@@ -733,6 +735,8 @@ class IncrementalOcclusion:
             channels = None if mine is None else sorted(mine)  # type: ignore[arg-type]
             needs = nodes[k].input_channels(channels, [shapes[i] for i in nodes[k].inputs])
             for i, need in zip(nodes[k].inputs, needs, strict=True):
+                if need is not None and not need:
+                    continue  # none of this input's channels is needed (concatenation)
                 if need is None or wanted[i] is None:
                     wanted[i] = None
                 elif wanted[i] is False:
@@ -749,19 +753,22 @@ class IncrementalOcclusion:
             row: list[Tensor | None] = []
             for i, need in zip(node.inputs, needs, strict=True):
                 have = stored[i]
+                if need is not None and not need:
+                    row.append(torch.empty(0, dtype=torch.long, device=values[i].device))
+                    continue
                 if need is None or (
                     have is None and len(need) == shapes[i][1] and need == list(range(shapes[i][1]))
                 ):
                     row.append(None)
                 elif have is None:
-                    row.append(torch.tensor(need, device=values[i].device))
+                    row.append(torch.tensor(need, dtype=torch.long, device=values[i].device))
                 else:
                     where = {c: p for p, c in enumerate(have)}
                     positions = [where[c] for c in need]
                     row.append(
                         None
                         if positions == list(range(len(have)))
-                        else torch.tensor(positions, device=values[i].device)
+                        else torch.tensor(positions, dtype=torch.long, device=values[i].device)
                     )
             select.append(row)
         # Geometry, per axis.
@@ -822,8 +829,12 @@ class IncrementalOcclusion:
                 clean = self.clean_values[i][image]
                 have = plan.channels[i]
                 if have is not None:
-                    clean = clean.index_select(0, torch.tensor(have, device=clean.device))
+                    clean = clean.index_select(
+                        0, torch.tensor(have, dtype=torch.long, device=clean.device)
+                    )
                 sel = plan.select[k][slot]
+                if sel is not None and sel.numel() == 0:
+                    continue
                 if sel is not None:
                     clean = clean.index_select(0, sel)
                 er, ec = pair_
@@ -859,14 +870,19 @@ class IncrementalOcclusion:
         in_patch = fill[:, (r0[:, None] + ar_h)[:, :, None], (c0[:, None] + ar_w)[:, None, :]]
         in_patch = in_patch.permute(1, 0, 2, 3)  # (B, C, h, w)
         if plan.channels[0] is not None:
-            in_patch = in_patch.index_select(1, torch.tensor(plan.channels[0], device=device))
+            in_patch = in_patch.index_select(
+                1, torch.tensor(plan.channels[0], dtype=torch.long, device=device)
+            )
         patches[0] = in_patch
         for k in plan.order:
             node = nodes[k]
             regions = []
             for slot, i in enumerate(node.inputs):
-                source = patches[i]
                 sel = plan.select[k][slot]
+                if sel is not None and sel.numel() == 0:
+                    regions.append(None)
+                    continue
+                source = patches[i]
                 if sel is not None:
                     source = source.index_select(1, sel)
                 pair_ = plan.edges[k][slot]
