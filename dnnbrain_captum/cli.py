@@ -1486,6 +1486,122 @@ if _has_module("dnnbrain_captum.attr.minimal") and _has_module(
     )
 
 
+def _add_empirical_rf(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser)
+    _channel_option(parser)
+    parser.add_argument("--engine", choices=("upsample", "occlusion"), default="upsample",
+                        help="the map measured on each image")
+    parser.add_argument("--alignment", choices=("activation", "map"), default="activation",
+                        help="best unit per image: highest activation (Zhou et al.) or "
+                        "highest mean map over its field (DNNBrain)")
+    parser.add_argument("--size-threshold", type=float, default=0.5,
+                        help="fraction of the mean map's range that defines the size (0.5: "
+                        "full width at half maximum)")
+    parser.add_argument("--interpolate", choices=("nearest", "bilinear", "bicubic", "area"),
+                        default="bicubic", help="upsample engine: interpolation")
+    parser.add_argument("--threshold", type=float, default=None, metavar="Q",
+                        help="upsample engine: floor below the Q-quantile (DNNBrain used 0.5)")
+    parser.add_argument("--window", type=_window, nargs="+", default=None, metavar="PX",
+                        help="occlusion engine: window height [width] (default: 8 for "
+                        "digits, 11 otherwise)")
+    parser.add_argument("--stride", type=_window, nargs="+", default=None, metavar="PX",
+                        help="occlusion engine: step height [width] (default: 2)")
+    parser.add_argument("--baseline", default="0",
+                        help="occlusion engine: occluder value in model space, or 'noise'")
+    _reduction_option(parser)
+    parser.add_argument("--perturbations-per-eval", type=int, default=64, metavar="K",
+                        help="occlusion engine: occluded copies per forward pass")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
+
+
+def empirical_rf_options(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
+    """Keyword arguments of ``EmpiricalReceptiveField.attribute`` (engine options included)."""
+    options: dict[str, Any] = {
+        "alignment": args.alignment,
+        "size_threshold": args.size_threshold,
+    }
+    if args.engine == "upsample":
+        options.update(interpolate_mode=args.interpolate, threshold=args.threshold)
+    else:
+        default_window = 8 if model_name == "digits" else 11
+        options.update(
+            sliding_window_shapes=_pair_arg(args.window, "--window")
+            or (default_window, default_window),
+            strides=_pair_arg(args.stride, "--stride") or (2, 2),
+            baselines=_baseline_value(args.baseline),
+            reduction=args.reduction,
+            perturbations_per_eval=_positive(
+                args.perturbations_per_eval, "--perturbations-per-eval"
+            ),
+        )
+    return options
+
+
+def _run_empirical_rf(args: argparse.Namespace, ctx: RunContext) -> None:
+    from dnnbrain_captum.attr import OccluderDiscrepancyMapping, UpsamplingActivationMapping
+    from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
+    from dnnbrain_captum.visualization import empirical_rf_figure
+
+    assert ctx.images is not None
+    if args.channel is None:
+        raise CLIError(f"--channel is required with --layer {ctx.layer_name} (0-based)")
+    if not 0.0 < args.size_threshold < 1.0:
+        raise CLIError(f"--size-threshold must lie in (0, 1), got {args.size_threshold}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise CLIError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    options = empirical_rf_options(args, ctx.model_name)
+    if args.engine == "occlusion":
+        window = options["sliding_window_shapes"]
+        if window[0] > ctx.image_size[0] or window[1] > ctx.image_size[1]:
+            raise CLIError(
+                f"--window {window[0]} {window[1]} is larger than the {ctx.image_size[0]}x"
+                f"{ctx.image_size[1]} images"
+            )
+        engine: Any = OccluderDiscrepancyMapping(ctx.model, ctx.layer)
+    else:
+        engine = UpsamplingActivationMapping(ctx.model, ctx.layer)
+    measure = EmpiricalReceptiveField(engine)
+    batch_size = _positive(args.batch_size, "--batch-size")
+    batches = [batch for _, batch in ctx.batches(batch_size, "empirical-rf")]
+    result = measure.attribute(
+        batches if len(batches) > 1 else batches[0], target=args.channel, **options
+    )
+    theory = measure.theoretical((3, *ctx.image_size))
+    size = [int(v) for v in result.size.tolist()]
+    ctx.save_array("empirical_rf.npy", result.map)
+    ctx.save_json(
+        "empirical_rf.json",
+        {
+            "layer": ctx.layer_name,
+            "channel": args.channel,
+            "engine": args.engine,
+            "n_images": int(ctx.images.shape[0]),
+            "size": size,
+            "theoretical_size": list(theory.size) if theory.size is not None else None,
+        },
+    )
+    title = f"{ctx.layer_name} channel {args.channel} ({args.engine})"
+    ctx.save_figure("empirical_rf.png", empirical_rf_figure(result.map, size, title=title))
+
+
+if _has_module("dnnbrain_captum.receptive_field.empirical"):
+    _register(
+        Subcommand(
+            name="empirical-rf",
+            help="the receptive field a channel actually uses, averaged over images",
+            description="Empirical receptive field (Zhou et al. 2015): each image's upsampled "
+            "activation map (--engine upsample) or occlusion map (--engine occlusion) is cut out "
+            "over the theoretical field of the image's best unit, and the cut-outs are averaged. "
+            "Writes empirical_rf.npy (R, R), empirical_rf.json (the size estimate in pixels "
+            "next to the theoretical size) and empirical_rf.png.",
+            example=f"{PROG} empirical-rf images/ --model alexnet --weights alexnet.pth "
+            "--layer conv5 --channel 121 --engine upsample --threshold 0.5 --out erf/",
+            add_arguments=_add_empirical_rf,
+            run=_run_empirical_rf,
+        )
+    )
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -1779,6 +1895,35 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             base.format("minimal") + " --method pca --patch-size 4 --search threshold "
             "--out minimal_pca/",
             minimal_components,
+        )
+
+    if "empirical-rf" in SUBCOMMANDS:
+
+        def empirical() -> list[str]:
+            from dnnbrain_captum.attr import UpsamplingActivationMapping
+            from dnnbrain_captum.models import digits_images
+            from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
+            from dnnbrain_captum.visualization import empirical_rf_figure
+
+            many, _ = digits_images(n=64)
+            measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
+            c3 = _demo_channel(ctx, "conv3")
+            result = measure.attribute(many.to(ctx.device), target=c3)
+            theory = measure.theoretical((3, *ctx.image_size)).size
+            fig = empirical_rf_figure(
+                result.map, result.size.tolist(),
+                title=f"conv3 channel {c3}, 64 digits (theoretical {theory[0]} px)",
+            )
+            ctx.save_figure("rf_empirical.png", fig)
+            return ["rf_empirical.png"]
+
+        yield (
+            "Empirical receptive field",
+            "The upsampled map of one conv3 channel on 64 digits, each cut out over the "
+            "theoretical field of the image's most active unit and averaged: the part of the "
+            "field the channel actually uses (dashed: half-maximum extent).",
+            f"{PROG} empirical-rf --digits 64 --layer conv3 --channel C --out erf/",
+            empirical,
         )
 
     yield (

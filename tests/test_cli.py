@@ -262,6 +262,33 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
     np.testing.assert_array_equal(np.load(out / "selected.npy"), expected.selected.numpy())
 
 
+def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
+    from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
+
+    x, _ = digits_images(n=5)
+    out = tmp_path / "erf"
+    args = ["empirical-rf", "--digits", 5, "--layer", "conv3", "--channel", 5]
+    assert run([*args, "--batch-size", 2, "--threshold", 0.5, "--out", out]) == 0
+    check_manifest(out, ["empirical_rf.npy", "empirical_rf.json"], 1)
+    expected = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3")).attribute(
+        x, target=5, threshold=0.5
+    )
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
+                               atol=1e-6)
+    summary = json.loads((out / "empirical_rf.json").read_text())
+    assert summary["size"] == expected.size.tolist()
+    assert summary["theoretical_size"] == [18, 18] and summary["n_images"] == 5
+    out = tmp_path / "erf2"
+    args = ["empirical-rf", "--digits", 2, "--layer", "conv5", "--channel", 1]
+    assert run([*args, "--engine", "occlusion", "--window", 6, "--stride", 4, "--alignment",
+                "map", "--out", out]) == 0
+    expected = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv5")).attribute(
+        x[:2], target=1, alignment="map", sliding_window_shapes=(6, 6), strides=(4, 4)
+    )
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
+                               atol=1e-5)
+
+
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     started = time.perf_counter()
