@@ -19,8 +19,10 @@ from captum.attr import NoiseTunnel
 from torch import Tensor, nn
 
 from dnnbrain_captum import (
+    EmpiricalReceptiveField,
     GuidedSaliencyImage,
     OccluderDiscrepancyMapping,
+    TheoreticalReceptiveField,
     UpsamplingActivationMapping,
     VanillaSaliencyImage,
 )
@@ -165,6 +167,39 @@ CASES += [
             n_iter=3,
             lr=0.01,
         ),
+    ),
+]
+# --- receptive fields ---
+
+
+def _rf_theoretical(model: nn.Module, x: Tensor, index: list[int]) -> Tensor:
+    # The table depends on the input size only; returned as a tensor so the checks apply.
+    rf = TheoreticalReceptiveField(model, tuple(x.shape[1:]))
+    entry = rf.compute()["conv2"]
+    region = rf.find_region("conv2", (2, 3))
+    values = [*entry.size, *entry.stride, *entry.padding, *region[0], *region[1]]
+    return torch.tensor(values, device=x.device)
+
+
+CASES += [
+    # Not batch-size invariant by design: the table does not depend on the images, and the
+    # empirical field is a mean over the whole batch.
+    Case("rf-theoretical", _tiny, _rf_theoretical, batch_size_invariant=False),
+    Case(
+        "rf-empirical-upsampling",
+        _tiny,
+        lambda m, x, i: EmpiricalReceptiveField(UpsamplingActivationMapping(m, "conv2")).attribute(
+            x, target=1
+        ),
+        batch_size_invariant=False,
+    ),
+    Case(
+        "rf-empirical-occlusion",
+        _tiny,
+        lambda m, x, i: EmpiricalReceptiveField(OccluderDiscrepancyMapping(m, m.relu2)).attribute(
+            x, target=2, sliding_window_shapes=3, strides=2, perturbations_per_eval=8
+        ),
+        batch_size_invariant=False,
     ),
 ]
 # --- end of registry ---

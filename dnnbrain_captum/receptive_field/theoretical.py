@@ -434,7 +434,9 @@ def _analyse(model: nn.Module, input_size: tuple[int, int, int],
                 break
 
     c, h, w = input_size
-    x = torch.empty((2, c, h, w), device="meta")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                 torch.get_default_dtype())
+    x = torch.empty((2, c, h, w), device="meta", dtype=dtype)
     tracer.set_state(x, Spatial((2, 3), (input_axis(h), input_axis(w))))
     with torch.no_grad(), watching_modules(model, before, after):
         try:
