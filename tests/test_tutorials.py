@@ -13,7 +13,13 @@ TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.p
 
 def test_there_is_a_tutorial_per_algorithm_family() -> None:
     names = {path.stem for path in TUTORIALS}
-    assert {"01_saliency", "02_activation_maps", "03_receptive_fields", "04_synthesis"} <= names
+    assert {
+        "01_saliency",
+        "02_activation_maps",
+        "03_receptive_fields",
+        "04_synthesis",
+        "05_masked_and_minimal_images",
+    } <= names
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
@@ -67,4 +73,4 @@ def test_migration_guide_maps_every_seed_class_and_method() -> None:
 
     for cls in SEED_API:
         if cls not in ("Algorithm", "SaliencyImage"):  # abstract bases in DNNBrain
-            assert hasattr(dnnbrain_captum, cls) or cls == "EmpiricalReceptiveField", cls
+            assert hasattr(dnnbrain_captum, cls), cls

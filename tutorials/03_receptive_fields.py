@@ -26,14 +26,18 @@
 
 # %%
 import os
+from pathlib import Path
 
+import torch
+
+from dnnbrain_captum import OccluderDiscrepancyMapping, UpsamplingActivationMapping
 from dnnbrain_captum.models import digits_cnn, digits_images
-from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
-from dnnbrain_captum.visualization import receptive_field_figure
+from dnnbrain_captum.receptive_field import EmpiricalReceptiveField, TheoreticalReceptiveField
+from dnnbrain_captum.visualization import empirical_rf_figure, receptive_field_figure
 
 FAST = os.environ.get("DNNBRAIN_CAPTUM_FAST") == "1"  # the test suite sets this
 model = digits_cnn()
-images, labels = digits_images(n=8)
+images, labels = digits_images(n=16 if FAST else 128)
 
 # %% [markdown]
 # ## The table of every layer
@@ -77,3 +81,54 @@ alexnet_table = TheoreticalReceptiveField(
     torchvision.models.alexnet(), input_size=(3, 224, 224)
 ).compute()
 print("AlexNet conv5:", alexnet_table["conv5"].size, "(DNNBrain: 163)")
+
+# %% [markdown]
+# ## The empirical receptive field
+#
+# `EmpiricalReceptiveField(engine)` takes an `UpsamplingActivationMapping` or an
+# `OccluderDiscrepancyMapping` built on the model and layer. For every image it finds the
+# channel's best unit, cuts the engine's map out over that unit's theoretical field and
+# averages the cut-outs; `size` is the half-maximum extent of the average, in pixels. It is
+# usually much smaller than the theoretical field (Zhou et al. 2015; Luo et al. 2016).
+
+# %%
+with torch.no_grad():
+    conv3_out = model.features[:7](images)  # conv3 = features.6
+channel = int(conv3_out.mean(dim=(0, 2, 3)).argmax())
+measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
+result = measure.attribute(images, target=channel)
+print(f"conv3 channel {channel}: empirical size {result.size.tolist()} px, "
+      f"theoretical {measure.theoretical((3, 32, 32)).size}")
+fig = empirical_rf_figure(result.map, result.size.tolist(), title=f"conv3 channel {channel}")
+fig  # noqa: B018 - a notebook shows the figure
+
+# %% [markdown]
+# The occlusion engine measures the same thing by covering the image: its grid is put into
+# pixel coordinates for you, whatever the window and stride. `alignment="map"` picks each
+# image's unit as DNNBrain did (the unit whose field holds the most map mass).
+
+# %%
+occlusion = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv3"))
+by_occlusion = occlusion.attribute(
+    images[:8], target=channel, sliding_window_shapes=(6, 6), strides=(4, 4) if FAST else (2, 2)
+)
+print("occlusion engine size:", by_occlusion.size.tolist(), "px")
+
+# %% [markdown]
+# ## An ImageNet model
+#
+# DNNBrain's example: AlexNet conv5 channel 122 (1-based, so 121), upsampling engine with
+# threshold 0.5, giving a 163 × 163 map. This cell runs when AlexNet's ImageNet weights are
+# already in the torch hub cache; use your own photos instead of the random images.
+
+# %%
+weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+if cached.is_file():
+    alexnet = torchvision.models.alexnet(weights=weights).eval()
+    photos = torch.stack([weights.transforms()(torch.rand(3, 256, 256)) for _ in range(4)])
+    erf = EmpiricalReceptiveField(UpsamplingActivationMapping(alexnet, "conv5"))
+    alex = erf.attribute(photos, target=121, threshold=0.5, alignment="map")
+    print("AlexNet conv5 channel 121:", tuple(alex.map.shape), alex.size.tolist())
+else:
+    print(f"skipped: {cached} is not on this machine")
