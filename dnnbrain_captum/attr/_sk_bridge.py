@@ -81,28 +81,41 @@ def fit_components(
     -------
     mean : Tensor of shape (D,)
     basis : Tensor of shape (K, D)
-        PCA: the principal axes (by decreasing variance). ICA: the mixing vectors.
+        PCA: the principal axes (by decreasing variance). ICA: the mixing vectors of FastICA
+        run on the K principal scores (so the whitening sees only the kept subspace).
     coefficients : Tensor of shape (L, K)
         Each sample's weight on each component.
     """
+    import numpy as np
     from sklearn.decomposition import PCA, FastICA
     from sklearn.exceptions import ConvergenceWarning
 
     data = samples.detach().to("cpu", torch.float64).numpy()
-    if method == "pca":
-        model = PCA(n_components=n_components, svd_solver="full")
-        coefficients = model.fit_transform(data)
-        basis, mean = model.components_, model.mean_
-    else:
+    pca = PCA(n_components=n_components, svd_solver="full")
+    coefficients = pca.fit_transform(data)
+    basis, mean = pca.components_, pca.mean_
+    if method == "ica":
+        # FastICA on the K principal scores: its whitening then only sees the K-dimensional
+        # signal, never the (near-)zero singular values of the discarded directions.
+        if pca.explained_variance_[-1] <= 1e-12 * max(pca.explained_variance_[0], 1e-300):
+            raise ValueError(
+                f"the samples span fewer than n_components={n_components} dimensions; "
+                "ICA needs fewer components"
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            model = FastICA(
+            ica = FastICA(
                 n_components=n_components,
                 whiten="unit-variance",
                 random_state=seed,
                 max_iter=max_iter,
             )
-            coefficients = model.fit_transform(data)
+            # A fixed random rotation: FastICA does not care, but it keeps sklearn's sign
+            # convention (u *= sign(u[0])) away from the exact zeros of decorrelated scores.
+            rotation, _ = np.linalg.qr(
+                np.random.default_rng(seed).standard_normal((n_components, n_components))
+            )
+            sources = ica.fit_transform(coefficients @ rotation)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             warnings.warn(
                 f"FastICA did not converge in {max_iter} iterations; the components are "
@@ -110,7 +123,11 @@ def fit_components(
                 UserWarning,
                 stacklevel=3,
             )
-        basis, mean = model.mixing_.T, model.mean_
+        # data = mean + scores @ basis, scores @ rotation = sources @ mixing.T + ica.mean_
+        basis = rotation.T @ basis  # orthogonal: scores = (scores @ rotation) @ rotation.T
+        mean = mean + ica.mean_ @ basis
+        basis = ica.mixing_.T @ basis
+        coefficients = sources
 
     def back(array: Any) -> Tensor:
         return torch.as_tensor(array.copy()).to(device=samples.device, dtype=samples.dtype)
