@@ -13,7 +13,10 @@ occlusion (OccluderDiscrepancyMapping, conv5, 8×8 windows, stride 4 -> 7×7 map
   manifest); the end-to-end wall time of the ``torchrun`` command (process start-up, imports,
   process-group set-up) is reported beside it.
 
-Each in-process timing is the best of ``--repeats`` interleaved runs. Prints a Markdown table.
+Items/s are the best of ``--repeats`` interleaved (bare, runner) pairs; the overhead is the
+median over the pairs of ``(runner − bare) / bare``, in wall time and in this process's CPU
+time (user + system, less sensitive to other programs on a busy machine). Prints a Markdown
+table.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,26 +56,34 @@ def make(method: str):  # noqa: ANN201
     return OccluderDiscrepancyMapping(model, "conv5"), dict(OCCLUSION)
 
 
-def bare_loop(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def bare_loop(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
+              ) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for attribute calls on consecutive batches."""
     attribution, kwargs = make(method)
-    start = time.perf_counter()
+    wall, cpu = _clocks()
     parts = []
     for i in range(0, len(images), batch):
         target = labels[i : i + batch].tolist()
         parts.append(attribution.attribute(images[i : i + batch], target=target, **kwargs))
     torch.cat(parts)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def runner(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+def runner(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
+           ) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of run_over into a fresh folder (chunks, manifest, assembly)."""
     attribution, kwargs = make(method)
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
+        wall, cpu = _clocks()
         run_over(attribution, images, targets=labels.tolist(), out=folder, batch_size=batch,
                  **kwargs)
-        seconds = time.perf_counter() - start
+        result = time.perf_counter() - wall, time.process_time() - cpu
         assert read_results(folder).shape[0] == len(images)
-    return seconds
+    return result
 
 
 def worker(method: str, n: int, batch: int, out: str) -> None:
@@ -123,23 +135,25 @@ def main() -> None:
     for method in args.methods.split(","):
         bare_loop(method, images[: args.batch], labels[: args.batch], args.batch)  # warm-up
         bare, run = [], []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # interleaved pairs
             bare.append(bare_loop(method, images, labels, args.batch))
             run.append(runner(method, images, labels, args.batch))
-        dist = [torchrun(method, args.n, args.batch) for _ in range(max(1, args.repeats - 1))]
-        inner = min(d[0] for d in dist)
-        wall = min(d[1] for d in dist)
-        b, r = min(bare), min(run)
-        rows.append((method, args.n / b, args.n / r, 100 * (r - b) / b, args.n / inner,
-                     args.n / wall))
+        dist = [torchrun(method, args.n, args.batch) for _ in range(max(1, args.repeats // 2))]
+        pairs = list(zip(bare, run, strict=True))
+        wall_overhead = statistics.median((r[0] - b[0]) / b[0] for b, r in pairs)
+        cpu_overhead = statistics.median((r[1] - b[1]) / b[1] for b, r in pairs)
+        rows.append((method, args.n / min(b[0] for b in bare), args.n / min(r[0] for r in run),
+                     100 * wall_overhead, 100 * cpu_overhead,
+                     args.n / min(d[0] for d in dist), args.n / min(d[1] for d in dist)))
     print(f"n={args.n} batch={args.batch} repeats={args.repeats} torch={torch.__version__} "
-          f"cpus={os.cpu_count()}")
-    print("| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead | "
-          "torchrun 2 processes, run_over (items/s) | torchrun 2 processes, end to end "
-          "(items/s) |")
-    print("|---|---|---|---|---|---|")
-    for method, b, r, overhead, inner, wall in rows:
-        print(f"| {method} | {b:.0f} | {r:.0f} | {overhead:+.1f} % | {inner:.0f} | {wall:.0f} |")
+          f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.1f}")
+    print("| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead, "
+          "wall (median of pairs) | runner overhead, CPU time | torchrun 2 processes, run_over "
+          "(items/s) | torchrun 2 processes, end to end (items/s) |")
+    print("|---|---|---|---|---|---|---|")
+    for method, b, r, wall, cpu, inner, end in rows:
+        print(f"| {method} | {b:.0f} | {r:.0f} | {wall:+.1f} % | {cpu:+.1f} % | {inner:.0f} | "
+              f"{end:.0f} |")
 
 
 if __name__ == "__main__":

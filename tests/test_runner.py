@@ -263,7 +263,7 @@ def test_corrupt_image_is_named_and_others_kept(model, data, tmp_path) -> None: 
     # the chunk before the bad one was kept; a rerun with on_error="skip" resumes
     assert (tmp_path / "out" / "chunks" / "chunk-000000.npy").is_file()
     summary = run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3,
-                       on_error="skip")
+                       on_error="skip", num_workers=2)  # loading in worker processes
     assert summary.reused == 3 and summary.computed == 7
     assert [(s["index"], s["id"]) for s in summary.skipped] == [(4, "digit04.png")]
     assert "digit04.png" in summary.skipped[0]["error"]
