@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from dnnbrain_captum import (
     EmpiricalReceptiveField,
     GuidedSaliencyImage,
+    MaskedImage,
+    MinimalComponentImage,
+    MinimalParcelImage,
     OccluderDiscrepancyMapping,
     TheoreticalReceptiveField,
     UpsamplingActivationMapping,
@@ -200,6 +203,60 @@ CASES += [
             x, target=2, sliding_window_shapes=3, strides=2, perturbations_per_eval=8
         ),
         batch_size_invariant=False,
+    ),
+]
+# --- incremental occlusion (issue 7) ---
+CASES += [
+    Case(
+        "occlusion-incremental",
+        _tiny,
+        lambda m, x, i: OccluderDiscrepancyMapping(m, "relu2").attribute(
+            x,
+            target=pick([1, 3], i),
+            sliding_window_shapes=(4, 3),
+            strides=(2, 3),
+            baselines="noise",
+            reduction="max",
+            perturbations_per_eval=7,
+            method="incremental",
+        ),
+    ),
+]
+# --- masked and minimal images (issue 5) ---
+_GRID = (torch.arange(12) // 4)[:, None] * 3 + (torch.arange(12) // 4)[None, :]
+CASES += [
+    Case(
+        "masked-channel",
+        _tiny,
+        lambda m, x, i: MaskedImage(m, "relu2").attribute(
+            x, target=2, return_masks=True, perturbations_per_eval=3
+        ),
+    ),
+    Case(
+        "minimal-parcel-removal",
+        _tiny,
+        lambda m, x, i: MinimalParcelImage(m, "relu2").attribute(
+            x, target=1, feature_mask=_GRID, search_criterion="removal", activation_criterion="L2"
+        ),
+    ),
+    Case(
+        "minimal-parcel-slic-output",
+        _tiny,
+        lambda m, x, i: MinimalParcelImage(m).attribute(
+            x,
+            target=pick([0, 4], i),
+            segmentation="slic",
+            segmentation_kwargs={"n_segments": 6},
+            search_criterion="fitting_curve",
+            perturbations_per_eval=2,
+        ),
+    ),
+    Case(
+        "minimal-component",
+        _tiny,
+        lambda m, x, i: MinimalComponentImage(m, "relu2").attribute(
+            x, target=1, patch_size=4, search_criterion="threshold"
+        ),
     ),
 ]
 # --- end of registry ---

@@ -51,22 +51,32 @@ def oracle(
     reduction: str = "mean",
     baselines: Any = 0.0,
 ) -> dict[tuple[int, int, int], float]:
-    """Original − occluded, one window and one image per whole-model forward pass."""
+    """Original − occluded, one window and one image per forward pass (stopped at the layer)."""
     fill = _baseline_images(x, baselines, 0)
     module = model.get_submodule(layer)
     captured: list[Tensor] = []
 
+    class Stop(Exception):
+        pass
+
     def keep(m: nn.Module, args: Any, out: Tensor) -> None:
         captured.append(out.detach().clone())
+        raise Stop  # nothing after the layer matters
+
+    def run(image: Tensor) -> Tensor:
+        captured.clear()
+        try:
+            model(image)
+        except Stop:
+            pass
+        return captured[0][0]
 
     handle = module.register_forward_hook(keep)
     values = {}
     try:
         with torch.no_grad():
             for k in range(x.shape[0]):
-                captured.clear()
-                model(x[k : k + 1])
-                original = _value(captured[0][0], targets[k], reduction)
+                original = _value(run(x[k : k + 1]), targets[k], reduction)
                 content = fill[k if fill.shape[0] > 1 else 0].expand(x.shape[1:])
                 for r, c in positions:
                     top, left = r * stride[0], c * stride[1]
@@ -74,15 +84,13 @@ def oracle(
                     image[:, top : top + window[0], left : left + window[1]] = content[
                         :, top : top + window[0], left : left + window[1]
                     ]
-                    captured.clear()
-                    model(image[None])
-                    values[(k, r, c)] = original - _value(captured[0][0], targets[k], reduction)
+                    values[(k, r, c)] = original - _value(run(image[None]), targets[k], reduction)
     finally:
         handle.remove()
     return values
 
 
-def _positions(grid: tuple[int, int], extra: int = 10) -> list[tuple[int, int]]:
+def _positions(grid: tuple[int, int], extra: int = 4) -> list[tuple[int, int]]:
     """Corners, border midpoints and a few interior windows (all of them on small grids)."""
     if grid[0] * grid[1] <= extra + 8:
         return [(r, c) for r in range(grid[0]) for c in range(grid[1])]
