@@ -265,3 +265,12 @@ def test_bad_images_and_layers(model: torch.nn.Module) -> None:
         SynthesisImage(model, "conv9")
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         random_images(0)
+
+
+def test_training_mode_warns_and_progress_bar_runs() -> None:
+    model = digits_cnn().train()
+    with pytest.warns(UserWarning, match="training mode"):
+        SynthesisImage(model, "conv2").attribute(
+            random_images(1, 16), target=0, n_iter=2, show_progress=True
+        )
+    assert model.training
