@@ -347,8 +347,6 @@ def _ids_of(data: Any, n: int, ids: Sequence[Any] | None) -> list[str]:
     ids = [str(i) for i in ids]
     if len(ids) != n:
         raise ValueError(f"ids has {len(ids)} entries but the data set has {n} items")
-    if len(set(ids)) != n:
-        raise ValueError("ids must be unique (one stimulus identifier per item)")
     return ids
 
 
