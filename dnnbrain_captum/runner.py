@@ -361,24 +361,10 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serialisable: {value!r}")
-
-
 def _dump_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_nan_to_text(obj), indent=1, default=_json_default, allow_nan=False)
-    data = (text + "\n").encode("utf-8")
+    """Strict JSON (no NaN), one line: the C encoder, fast for long id and target lists."""
+    data = (json.dumps(obj, allow_nan=False) + "\n").encode("utf-8")
     _write_atomic(path, lambda f: f.write(data))
-
-
-def _nan_to_text(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else repr(obj)
-    if isinstance(obj, dict):
-        return {k: _nan_to_text(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_text(v) for v in obj]
-    return obj
 
 
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -640,7 +626,8 @@ def run_over(
         "stimulus_ids": stimulus_ids,
         "targets": {"kind": kind, "value": target_json},
     }
-    request = json.loads(json.dumps(_nan_to_text(request)))  # canonical JSON form
+    request_text = json.dumps(request, allow_nan=False)
+    request = json.loads(request_text)  # canonical JSON form (lists, string keys)
     n_chunks = math.ceil(n / batch_size)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
@@ -662,7 +649,7 @@ def run_over(
         verdict = dist.broadcast(verdict)
         if verdict["error"] is not None:
             raise verdict["error"]
-        mine = dist.gather(hashlib.sha256(json.dumps(request).encode()).hexdigest())
+        mine = dist.gather(hashlib.sha256(request_text.encode()).hexdigest())
         if len(set(mine)) > 1:
             raise ValueError(
                 "ranks disagree on the run (data set, targets or parameters differ between "
@@ -829,7 +816,12 @@ def _seeded(seed: int | None, chunk: int, device: torch.device | None) -> Iterat
     with torch.random.fork_rng(
         devices=[device] if on_device else [], device_type=device.type if on_device else "cpu"
     ):
-        torch.manual_seed(seed + chunk)
+        if on_device:
+            torch.manual_seed(seed + chunk)  # every generator (the device's is initialised)
+        else:
+            # only the CPU generator: torch.manual_seed would also queue a lazy seeding (with a
+            # recorded stack trace) for each uninitialised accelerator backend, every chunk
+            torch.default_generator.manual_seed(seed + chunk)
         yield
 
 
@@ -921,7 +913,7 @@ def _finalise(
         "shape": [n, *item_shape],
         "item_shape": list(item_shape),
         "dtype": str(dtype),
-        "fill_value": float(fill) if isinstance(fill, float) else fill,
+        "fill_value": "NaN" if isinstance(fill, float) and math.isnan(fill) else fill,
         "on_error": on_error,
         "skipped": skipped,
         "world_size": world,
