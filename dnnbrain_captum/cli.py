@@ -13,7 +13,8 @@ into place when everything succeeded.
 
 Examples
 --------
->>> main(["saliency", "--help"])  # doctest: +SKIP
+>>> sorted(SUBCOMMANDS)[:4]
+['demo', 'empirical-rf', 'mask', 'minimal']
 """
 
 from __future__ import annotations
@@ -1625,6 +1626,11 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-images", type=int, default=3, metavar="N", help="number of sample digits (1-8)"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller settings (fewer synthesis steps, noise samples and images), for tests",
+    )
     parser.set_defaults(
         model="digits", weights=None, layer=None, image_size=None, device="cpu", digits=None
     )
@@ -1698,7 +1704,9 @@ def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
     )
 
     def smooth() -> list[str]:
-        grads = saliency_arrays(model, None, images, classes, smooth=16, sigma_multiplier=0.1)
+        grads = saliency_arrays(
+            model, None, images, classes, smooth=ctx.record["demo_smooth"], sigma_multiplier=0.1
+        )
         return per_image(
             "saliency_smoothgrad",
             lambda k: saliency_figure(
@@ -1708,9 +1716,11 @@ def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
 
     yield (
         "SmoothGrad",
-        "The vanilla gradient averaged over 16 noisy copies of the image (noise std 0.1 x the "
+        f"The vanilla gradient averaged over {ctx.record['demo_smooth']} noisy copies of the "
+        "image (noise std 0.1 x the "
         "image's range, DNNBrain's setting), which removes most of the speckle.",
-        base.format("saliency") + " --smooth 16 --sigma-multiplier 0.1 --out smoothgrad/",
+        base.format("saliency")
+        + f" --smooth {ctx.record['demo_smooth']} --sigma-multiplier 0.1 --out smoothgrad/",
         smooth,
     )
 
@@ -1789,7 +1799,8 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
             classes = list(range(10))
             result = SynthesisImage(model).attribute(
-                random_images(10, ctx.image_size), target=classes, n_iter=48,
+                random_images(10, ctx.image_size), target=classes,
+                n_iter=ctx.record["demo_steps"],
                 return_history=True,
             )
             titles = [f"class {c}: {v:.0f}" for c, v in
@@ -1801,9 +1812,11 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
         yield (
             "Synthesised images (activation maximisation)",
             "For each digit class, an image optimised from grey to maximise the class logit "
-            "(Fourier parametrisation, random jitter/scale/rotation, 48 Adam steps); the "
+            "(Fourier parametrisation, random jitter/scale/rotation, "
+            f"{ctx.record['demo_steps']} Adam steps); the "
             "title gives the logit reached.",
-            f"{PROG} synthesize --channel 0-9 --n-iter 48 --out synthesis/",
+            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} "
+            "--out synthesis/",
             synthesis,
         )
 
@@ -1898,6 +1911,7 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
         )
 
     if "empirical-rf" in SUBCOMMANDS:
+        c3 = _demo_channel(ctx, "conv3")
 
         def empirical() -> list[str]:
             from dnnbrain_captum.attr import UpsamplingActivationMapping
@@ -1905,24 +1919,25 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
             from dnnbrain_captum.visualization import empirical_rf_figure
 
-            many, _ = digits_images(n=64)
+            many, _ = digits_images(n=ctx.record["demo_rf_images"])
             measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
-            c3 = _demo_channel(ctx, "conv3")
             result = measure.attribute(many.to(ctx.device), target=c3)
             theory = measure.theoretical((3, *ctx.image_size)).size
             fig = empirical_rf_figure(
                 result.map, result.size.tolist(),
-                title=f"conv3 channel {c3}, 64 digits (theoretical {theory[0]} px)",
+                title=f"conv3 channel {c3}, {many.shape[0]} digits (theoretical {theory[0]} px)",
             )
             ctx.save_figure("rf_empirical.png", fig)
             return ["rf_empirical.png"]
 
         yield (
             "Empirical receptive field",
-            "The upsampled map of one conv3 channel on 64 digits, each cut out over the "
+            f"The upsampled map of one conv3 channel on {ctx.record['demo_rf_images']} digits, "
+            "each cut out over the "
             "theoretical field of the image's most active unit and averaged: the part of the "
             "field the channel actually uses (dashed: half-maximum extent).",
-            f"{PROG} empirical-rf --digits 64 --layer conv3 --channel C --out erf/",
+            f"{PROG} empirical-rf --digits {ctx.record['demo_rf_images']} --layer conv3 "
+            f"--channel {c3} --out erf/",
             empirical,
         )
 
@@ -1974,6 +1989,9 @@ def _run_demo(args: argparse.Namespace, ctx: RunContext) -> None:
     if not 1 <= n <= 8:
         raise CLIError(f"--n-images must lie in 1..8, got {n}")
     started = time.perf_counter()
+    ctx.record["demo_smooth"] = 4 if args.quick else 16
+    ctx.record["demo_steps"] = 8 if args.quick else 48
+    ctx.record["demo_rf_images"] = 16 if args.quick else 64
     images, labels = digits_images(n=n)
     ctx.images, ctx.display = images.to(ctx.device), images
     ctx.names = [f"digit{k}" for k in range(n)]

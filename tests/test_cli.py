@@ -240,11 +240,11 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
     x, _ = digits_images(n=2)
     classes = model(x).argmax(1).tolist()
     out = tmp_path / "parcels"
-    args = ["minimal", "--digits", 2, "--method", "slic", "--segment", "n_segments=20"]
+    args = ["minimal", "--digits", 2, "--method", "slic", "--segment", "n_segments=12"]
     assert run([*args, "--search", "removal", "--out", out]) == 0
     record = check_manifest(out, ["minimal.npy", "kept.npy", "parcels.npy"], 2)
     expected = MinimalParcelImage(model).attribute(
-        x, target=classes, segmentation="slic", segmentation_kwargs={"n_segments": 20},
+        x, target=classes, segmentation="slic", segmentation_kwargs={"n_segments": 12},
         search_criterion="removal",
     )
     np.testing.assert_array_equal(np.load(out / "minimal.npy"), expected.images.numpy())
@@ -292,29 +292,32 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     started = time.perf_counter()
-    assert run(["demo", "--out", out, "--n-images", 2, "--quiet"]) == 0
+    assert run(["demo", "--out", out, "--n-images", 2, "--quick", "--quiet"]) == 0
     seconds = time.perf_counter() - started
     assert seconds < 120, seconds
 
-    class Images(HTMLParser):
+    class Panels(HTMLParser):
         def __init__(self) -> None:
             super().__init__()
-            self.sources: list[str] = []
-            self.sections = 0
+            self.images: list[list[str]] = []
 
         def handle_starttag(self, tag: str, attrs: list) -> None:
-            if tag == "img":
-                self.sources.append(dict(attrs)["src"])
             if tag == "section":
-                self.sections += 1
+                self.images.append([])
+            if tag == "img":
+                self.images[-1].append(dict(attrs)["src"])
 
-    parser = Images()
+    parser = Panels()
     parser.feed((out / "index.html").read_text())
-    assert parser.sections >= 6
-    assert len(parser.sources) >= 2 * (parser.sections - 1)
-    for source in parser.sources:
-        assert (out / source).is_file(), source
-        assert not source.startswith(("/", "http"))
+    expected = ["saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
+                "empirical-rf"]
+    assert set(expected) <= set(cli.SUBCOMMANDS)
+    assert len(parser.images) == 11  # three saliency panels, two minimal-image panels
+    for sources in parser.images:
+        assert len(sources) in (1, 2), sources  # one figure, or one per sample digit
+        for source in sources:
+            assert (out / source).is_file(), source
+            assert not source.startswith(("/", "http"))
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
 
