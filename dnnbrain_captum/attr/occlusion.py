@@ -52,8 +52,9 @@ def _baseline_images(x: Tensor, baselines: Any, seed: int) -> Tensor:
     if isinstance(baselines, str):
         if baselines != "noise":
             raise ValueError(f"baselines must be a number, a tensor or 'noise', got {baselines!r}")
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        field = torch.rand(x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
+        # Drawn on the CPU so that a seed gives the same occluder on every device.
+        generator = torch.Generator().manual_seed(seed)
+        field = torch.rand(x.shape[1:], generator=generator, dtype=x.dtype).to(x.device)
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         return low + field * (high - low)
