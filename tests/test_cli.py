@@ -366,6 +366,28 @@ def test_torchvision_model_by_name(tmp_path: Path) -> None:
     assert np.load(tmp_path / "tv" / "upsample.npy").shape == (1, 224, 224)
 
 
+def test_torchvision_weight_name_uses_the_hub_cache_only(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    reference = torchvision.models.squeezenet1_1().eval()
+    torch.save(reference.state_dict(), cached)  # stands in for the downloaded file
+    args = ["upsample", "--digits", 1, "--model", "squeezenet1_1", "--layer", "features.3"]
+    for name in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
+        out = tmp_path / name
+        assert run([*args, "--weights", name, "--channel", 7, "--out", out, "--quiet"]) == 0
+        x = torch.nn.functional.interpolate(digits_images(n=1)[0], size=(224, 224),
+                                            mode="bilinear", antialias=True)
+        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        expected = UpsamplingActivationMapping(reference, "features.3").attribute(x, target=7)
+        np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
 def test_every_subcommand_has_help_with_an_example(command: str, capsys) -> None:
     assert run([command, "--help"]) == 0
