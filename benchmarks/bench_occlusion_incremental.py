@@ -8,9 +8,9 @@ side by side in one process, alternating, best of several repetitions, per windo
 
 * ``incremental``: ``OccluderDiscrepancyMapping(..., method="incremental")``'s engine on a
   spread subset of the 107×107 stride-2 grid (the patch sizes depend on how windows align with
-  the layers' strides, so the real grid is used); ``perturbations_per_eval=64``;
+  the layers' strides, so the real grid is used); ``perturbations_per_eval=BATCH`` (128);
 * ``full``: ``method="full"`` — batched occluded images, early exit, only the target channel
-  at the target convolution; ``perturbations_per_eval=64``;
+  at the target convolution; ``perturbations_per_eval=BATCH``;
 * ``captum``: ``captum.attr.Occlusion`` on a forward returning the channel mean of
   ``model.features[:k]``, ``sliding_window_shapes=(3, 11, 11)``, ``perturbations_per_eval=16``.
 
@@ -40,6 +40,7 @@ from dnnbrain_captum.attr.occlusion import occlusion_grid_shape
 CHANNEL = 45
 WINDOW, STRIDE = 11, 2
 SIZE = 224
+BATCH = 128  # our perturbations_per_eval (both paths); Captum gets 16
 
 
 def best_of(repeats: int, fn: Callable[[], object]) -> float:
@@ -91,7 +92,7 @@ def compare(
                         (WINDOW, WINDOW),
                         (STRIDE, STRIDE),
                         grid,
-                        64,
+                        BATCH,
                         positions,
                     )
                 )
@@ -127,7 +128,7 @@ def compare(
             target=CHANNEL,
             sliding_window_shapes=WINDOW,
             strides=coarse,
-            perturbations_per_eval=64,
+            perturbations_per_eval=BATCH,
             method="full",
         )
 
@@ -152,7 +153,7 @@ def compare(
             target=CHANNEL,
             sliding_window_shapes=WINDOW,
             strides=STRIDE,
-            perturbations_per_eval=64,
+            perturbations_per_eval=BATCH,
             method="incremental",
         )
 
@@ -182,7 +183,8 @@ def main() -> None:
     x = torch.rand(1, 3, SIZE, SIZE)
     print(
         f"AlexNet (random weights), {SIZE}x{SIZE}, window {WINDOW}, stride {STRIDE}, "
-        f"channel {CHANNEL}, {torch.get_num_threads()} threads, best of {args.repeats}"
+        f"channel {CHANNEL}, {torch.get_num_threads()} threads, best of {args.repeats}, "
+        f"perturbations_per_eval {BATCH} (ours) / 16 (Captum)"
     )
     header = (
         "| target | incremental ms/window | full ms/window | Captum ms/window | "

@@ -927,7 +927,7 @@ class IncrementalOcclusion:
             + (left[:, None] + torch.arange(nw, device=device))[:, None, :]
         ).reshape(-1)
         # One spare row at the end receives the patch values that fall outside the region.
-        region = padded.index_select(0, torch.cat([flat, flat[:1]]))
+        region = padded[torch.cat([flat, flat[:1]])]
         place_r = er.place.to(device)[rows][:, None] + torch.arange(lh, device=device)
         place_c = ec.place.to(device)[cols][:, None] + torch.arange(lw, device=device)
         inside = ((place_r >= 0) & (place_r < nh))[:, :, None] & ((place_c >= 0) & (place_c < nw))[
