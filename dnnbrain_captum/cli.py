@@ -595,6 +595,8 @@ def _check_channels(ctx: RunContext, channels: Sequence[int] | None) -> None:
 def _check_unit(ctx: RunContext, unit: Sequence[int] | None) -> None:
     if unit is None:
         return
+    if ctx.layer is None:
+        raise CLIError("--unit needs --layer (a unit is a position in a layer's map)")
     shape = _layer_shape(ctx)
     if len(shape) != 3:
         raise CLIError(
@@ -2148,8 +2150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(args)
     except CLIError as err:
         _fail(args.command, str(err))
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
-        _fail(args.command, str(err))
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, OSError) as err:
+        # the library's errors name the bad value; an unexpected exception type is a bug and
+        # keeps its traceback
+        _fail(args.command, str(err) or type(err).__name__)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG} {args.command}: interrupted, nothing written\n")
         raise SystemExit(130) from None
