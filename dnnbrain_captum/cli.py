@@ -211,6 +211,8 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
+_ORDER = ("saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
+          "empirical-rf", "demo")
 
 
 def _register(command: Subcommand) -> Subcommand:
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {PROG} demo --out demo/          # every algorithm on the bundled model\n"
         f"  {PROG} saliency --digits 4 --out sal/\n"
         f"  {PROG} upsample photos/ --model alexnet --weights alexnet.pth "
-        "--layer conv5 --channel 122 --out maps/\n\n"
+        "--layer conv5 --channel 121 --out maps/\n\n"
         f"Run '{PROG} SUBCOMMAND --help' for the options of each subcommand.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -249,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    for command in SUBCOMMANDS.values():
+    order = {name: k for k, name in enumerate(_ORDER)}
+    for command in sorted(SUBCOMMANDS.values(), key=lambda c: order.get(c.name, len(order))):
         child = sub.add_parser(
             command.name,
             help=command.help,
