@@ -330,3 +330,53 @@ def test_resnet18_112_layer2_float64_oracle() -> None:
     model = resnet18().double().eval()
     check(model, "layer2", _image(1, (112, 112)), 11, (11, 11), (101, 101))
     check(model, "layer3", _image(1, (112, 112)), 11, (16, 16), (12, 12))
+
+
+@pytest.mark.parametrize(
+    ("make", "size", "layer", "exact"),
+    [
+        (alexnet, (67, 67), "features.6", True),
+        (resnet18, (64, 64), "layer2", True),
+        (lambda: RandomGeometryNet(4), (37, 30), "head", False),
+    ],
+)
+def test_affected_units_agree_with_the_receptive_field_table(
+    make: Any, size: tuple[int, int], layer: str, exact: bool
+) -> None:
+    """A window affects the units whose theoretical receptive field overlaps it.
+
+    The patch geometry here is computed independently of ``dnnbrain_captum.receptive_field``;
+    it must contain exactly those units (a superset where dilation leaves gaps at borders).
+    """
+    from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+
+    torch.manual_seed(0)
+    model = make().eval()
+    table = TheoreticalReceptiveField(model, (3, *size)).compute(until=layer)
+    engine = IncrementalOcclusion(model, model.get_submodule(layer))
+    with torch.no_grad():
+        engine.clean_targets(torch.rand(1, 3, *size), 0, "mean")
+    window, stride = (7, 6), (3, 4)
+    grid = occlusion_grid_shape(size, window, stride)
+    plan = engine.plan([0], window, stride, grid)
+    checked = 0
+    for k in plan.order:
+        node = engine.graph.nodes[k]
+        if node.footprint is None:
+            continue
+        name = node.name
+        height, width = engine.clean_values[k].shape[-2:]
+        rows = [table.find_region(name, (i, 0))[0] for i in range(height)]
+        cols = [table.find_region(name, (0, j))[1] for j in range(width)]
+        for a, (regions, axis) in enumerate(((rows, plan.axes[k][0]), (cols, plan.axes[k][1]))):
+            for position in range(grid[a]):
+                first = position * stride[a]
+                hit = [
+                    u for u, (lo, hi) in enumerate(regions) if lo < first + window[a] and hi > first
+                ]
+                lo, hi = int(axis.lo[position]), int(axis.hi[position])
+                assert lo <= min(hit) and hi >= max(hit) + 1, (name, a, position)
+                if exact:
+                    assert (lo, hi) == (min(hit), max(hit) + 1), (name, a, position)
+        checked += 1
+    assert checked >= 3
