@@ -514,6 +514,11 @@ def analyse(model: nn.Module, layer: nn.Module) -> _Graph:
         traced, ``layer`` is not found as one traced operation, or a module has hooks.
     """
     path = layer_path(model, layer)
+    module_hooks = torch.nn.modules.module
+    if getattr(module_hooks, "_global_forward_hooks", None) or getattr(
+        module_hooks, "_global_forward_pre_hooks", None
+    ):
+        raise IncrementalUnsupported("global forward hooks are registered")
     try:
         traced = fx.symbolic_trace(model)
     except Exception as error:  # noqa: BLE001 - any tracing failure means "fall back"
