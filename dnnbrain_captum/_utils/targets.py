@@ -28,6 +28,8 @@ __all__ = [
     "channel_maps",
     "check_reduction",
     "evaluate_target",
+    "per_example_targets",
+    "take_examples",
     "select_layer_target",
     "select_output_target",
 ]
@@ -313,3 +315,24 @@ def channel_maps(output: Tensor, target: Any) -> Tensor:
     channels = [_check_channel(_as_int(e, "target"), output.shape[1]) for e in entries]
     index = torch.tensor(channels, device=output.device)
     return output[torch.arange(n, device=output.device), index]
+
+
+def take_examples(args: Any, index: Tensor, n: int) -> Any:
+    """Index every batch-first tensor of ``additional_forward_args`` by example.
+
+    Parameters
+    ----------
+    args : Any
+        ``additional_forward_args`` as the user gave it (None, one object or a tuple).
+    index : Tensor of shape (B,)
+        The example each row of the new batch comes from.
+    n : int
+        The original batch size; only tensors whose first dimension is ``n`` are indexed.
+    """
+    if args is None:
+        return None
+    items = args if isinstance(args, tuple) else (args,)
+    taken = tuple(
+        a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in items
+    )
+    return taken if isinstance(args, tuple) else taken[0]

@@ -17,8 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.hooks import run_to_layer
-from dnnbrain_captum._utils.targets import channel_maps, evaluate_target, per_example_targets
-from dnnbrain_captum.attr.occlusion import _take_examples
+from dnnbrain_captum._utils.targets import (
+    channel_maps,
+    evaluate_target,
+    per_example_targets,
+    take_examples,
+)
 
 __all__ = [
     "ACTIVATION_CRITERIA",
@@ -149,7 +153,7 @@ class TargetScorer:
         target = self.target
         if self.entries is not None:
             target = [self.entries[k] for k in example.tolist()]
-        args = _take_examples(self.args, example, self.n)
+        args = take_examples(self.args, example, self.n)
         if self.pools_channel:
             output = run_to_layer(self.forward_func, self.layer, (images,), args)
             return _reduce_map(channel_maps(output, target), self.criterion)

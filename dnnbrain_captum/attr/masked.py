@@ -15,10 +15,14 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import check_reduction, evaluate_target, per_example_targets
+from dnnbrain_captum._utils.targets import (
+    check_reduction,
+    evaluate_target,
+    per_example_targets,
+    take_examples,
+)
 from dnnbrain_captum._utils.validation import check_image_batch
 from dnnbrain_captum.attr._search import check_batch_size, check_ratio
-from dnnbrain_captum.attr.occlusion import _take_examples
 
 __all__ = ["MaskedImage", "MaskedImages", "contrast_hull", "gaussian_blur"]
 
@@ -311,7 +315,7 @@ class MaskedImage(NeuronAttribution, PerturbationAttribution):
                     max_iter,
                     batch,
                     example_target,
-                    _take_examples(additional_forward_args, torch.tensor([k]), n),
+                    take_examples(additional_forward_args, torch.tensor([k]), n),
                     reduction,
                 )
                 if outcome[-1] == "non-positive":
@@ -378,7 +382,7 @@ class MaskedImage(NeuronAttribution, PerturbationAttribution):
             chunk_target = target
             if isinstance(target, list):
                 chunk_target = target * soft.shape[0]
-            chunk_args = _take_examples(args, torch.zeros(soft.shape[0], dtype=torch.long), 1)
+            chunk_args = take_examples(args, torch.zeros(soft.shape[0], dtype=torch.long), 1)
             values.append(
                 evaluate_target(
                     self.forward_func,

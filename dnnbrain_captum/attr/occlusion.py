@@ -14,7 +14,12 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import check_reduction, evaluate_target, per_example_targets
+from dnnbrain_captum._utils.targets import (
+    check_reduction,
+    evaluate_target,
+    per_example_targets,
+    take_examples,
+)
 from dnnbrain_captum._utils.validation import check_image_batch, pair
 from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
 
@@ -81,17 +86,6 @@ def _baseline_images(x: Tensor, baselines: Any, seed: int) -> Tensor:
     raise TypeError(
         f"baselines must be a number, a tensor or 'noise', got {type(baselines).__name__}"
     )
-
-
-def _take_examples(args: Any, index: Tensor, n: int) -> Any:
-    """Index every batch-first tensor of ``additional_forward_args`` by example."""
-    if args is None:
-        return None
-    items = args if isinstance(args, tuple) else (args,)
-    taken = tuple(
-        a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in items
-    )
-    return taken if isinstance(args, tuple) else taken[0]
 
 
 class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
@@ -369,7 +363,7 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
             chunk_target = target
             if entries is not None:
                 chunk_target = [entries[k] for k in example.tolist()]
-            args = _take_examples(additional_forward_args, example, n)
+            args = take_examples(additional_forward_args, example, n)
             yield evaluate_target(
                 self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
             )
