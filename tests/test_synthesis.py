@@ -274,3 +274,15 @@ def test_training_mode_warns_and_progress_bar_runs() -> None:
             random_images(1, 16), target=0, n_iter=2, show_progress=True
         )
     assert model.training
+
+
+def test_forward_pass_stops_at_the_target_layer(model: torch.nn.Module) -> None:
+    calls = []
+    handle = model.classifier.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        SynthesisImage(model, "conv5").attribute(random_images(2, 16), target=[0, 1], n_iter=2)
+        assert calls == []
+        SynthesisImage(model).attribute(random_images(1, 32), target=[0], n_iter=2)
+        assert len(calls) == 2
+    finally:
+        handle.remove()
