@@ -9,9 +9,12 @@ occlusion (OccluderDiscrepancyMapping, conv5, 8×8 windows, stride 4 -> 7×7 map
 * ``bare loop``: ``attribute`` on consecutive batches, results kept in memory (no files);
 * ``run_over, 1 process``: the runner into a fresh folder (chunks, manifest, assembly);
 * ``torchrun, 2 processes``: the runner under ``torchrun --nproc_per_node=2`` (gloo, loopback),
-  timed inside rank 0 around the ``run_over`` call (includes the ranks' barrier, assembly and
-  manifest); the end-to-end wall time of the ``torchrun`` command (process start-up, imports,
-  process-group set-up) is reported beside it.
+  timed inside rank 0 around the ``run_over`` call, after the process group is set up (includes
+  the ranks' coordination, assembly and manifest); the end-to-end wall time of the
+  ``torchrun`` command (process start-up, imports, process-group set-up) is reported beside
+  it, and the CPU seconds of ``run_over`` summed over the ranks beside the 1-process run's (on
+  a machine shared with other programs, wall-clock speed-ups also reflect the larger share of
+  CPU that two processes get).
 
 Items/s are the best of ``--repeats`` interleaved (bare, runner) pairs; the overhead is the
 median over the pairs of ``(runner − bare) / bare``, in wall time and in this process's CPU
@@ -91,15 +94,20 @@ def worker(method: str, n: int, batch: int, out: str) -> None:
     torch.set_num_threads(1)
     images, labels = digits_images(n=n)
     attribution, kwargs = make(method)
-    start = time.perf_counter()
+    dist = torch.distributed
+    dist.init_process_group("gloo")  # rendezvous outside the timing (run_over reuses the group)
+    dist.barrier()
+    start, cpu = _clocks()
     summary = run_over(attribution, images, targets=labels.tolist(), out=out,
                        batch_size=batch, **kwargs)
-    seconds = time.perf_counter() - start
-    if summary.rank == 0:
-        sys.stdout.write("RESULT " + json.dumps({"seconds": seconds}) + "\n")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    sys.stdout.write("RESULT " + json.dumps({"rank": summary.rank, "seconds": seconds,
+                                             "cpu": cpu}) + "\n")
+    dist.destroy_process_group()
 
 
-def torchrun(method: str, n: int, batch: int) -> tuple[float, float]:
+def torchrun(method: str, n: int, batch: int) -> tuple[float, float, float]:
+    """(rank 0's run_over seconds, end-to-end wall seconds, CPU seconds summed over ranks)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -115,8 +123,9 @@ def torchrun(method: str, n: int, batch: int) -> tuple[float, float]:
         wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[7:])["seconds"], wall
+    ranks = [json.loads(x[7:]) for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    rank0 = next(r for r in ranks if r["rank"] == 0)
+    return rank0["seconds"], wall, sum(r["cpu"] for r in ranks)
 
 
 def main() -> None:
@@ -144,16 +153,18 @@ def main() -> None:
         cpu_overhead = statistics.median((r[1] - b[1]) / b[1] for b, r in pairs)
         rows.append((method, args.n / min(b[0] for b in bare), args.n / min(r[0] for r in run),
                      100 * wall_overhead, 100 * cpu_overhead,
-                     args.n / min(d[0] for d in dist), args.n / min(d[1] for d in dist)))
+                     args.n / min(d[0] for d in dist), args.n / min(d[1] for d in dist),
+                     statistics.median(r[1] for r in run), statistics.median(d[2] for d in dist)))
     print(f"n={args.n} batch={args.batch} repeats={args.repeats} torch={torch.__version__} "
           f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.1f}")
     print("| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead, "
           "wall (median of pairs) | runner overhead, CPU time | torchrun 2 processes, run_over "
-          "(items/s) | torchrun 2 processes, end to end (items/s) |")
-    print("|---|---|---|---|---|---|---|")
-    for method, b, r, wall, cpu, inner, end in rows:
+          "(items/s) | torchrun 2 processes, end to end (items/s) | CPU s, 1 process | CPU s, "
+          "2 processes (sum) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, b, r, wall, cpu, inner, end, cpu1, cpu2 in rows:
         print(f"| {method} | {b:.0f} | {r:.0f} | {wall:+.1f} % | {cpu:+.1f} % | {inner:.0f} | "
-              f"{end:.0f} |")
+              f"{end:.0f} | {cpu1:.2f} | {cpu2:.2f} |")
 
 
 if __name__ == "__main__":
