@@ -499,6 +499,28 @@ def test_failure_during_the_run_leaves_nothing(tmp_path: Path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupt_leaves_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "saliency_arrays", interrupted)
+    assert run(["saliency", "--digits", 1, "--out", tmp_path / "out"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dnnbrain-captum saliency: interrupted, nothing written"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bars_on_a_terminal(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    args = ["occlusion", "--digits", 2, "--batch-size", 1, "--window", 16, "--stride", 8]
+    assert run([*args, "--out", tmp_path / "a"]) == 0
+    err = capsys.readouterr().err
+    assert "occlusion: 100%" in err and "2/2" in err  # the bar over images
+    assert run([*args, "--out", tmp_path / "b", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_existing_results_are_refused_before_any_work(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     out.mkdir()
