@@ -29,9 +29,7 @@ def test_every_conv5_channel_beats_the_held_out_digits(model: torch.nn.Module) -
     images, _ = digits_images("test")
     channels = list(range(64))
     with torch.no_grad():
-        data = torch.stack(
-            [evaluate_target(model, model.features[10], (images,), c) for c in channels], 1
-        )
+        data = model.features[:11](images).mean(dim=(2, 3))  # conv5 channel means (360, 64)
     best_image = data.max(0).values  # (64,) the best held-out digit per channel
     start = random_images(64, 32, seed=1)
     result = SynthesisImage(model, "conv5").attribute(
@@ -46,8 +44,9 @@ def test_every_conv5_channel_beats_the_held_out_digits(model: torch.nn.Module) -
     torch.testing.assert_close(result.activation[:, -1], final)
     margin = final - best_image
     assert bool((margin > 0).all()), margin.min()
-    # Measured: the smallest margin is about 0.4 (in units of the channel's mean activation).
-    assert float(margin.min()) > 0.1
+    # Measured: smallest margin 1.54, median 3.11 (channel-mean units; the best digits reach
+    # -12.8 to 2.0 depending on the channel).
+    assert float(margin.min()) > 0.5
 
 
 def test_class_logits_give_images_of_that_class(model: torch.nn.Module) -> None:
