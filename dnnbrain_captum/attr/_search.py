@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import run_to_layer
 from dnnbrain_captum._utils.targets import (
     channel_maps,
@@ -67,33 +68,7 @@ def fill_images(x: Tensor, baselines: Any) -> Tensor:
     ``baselines`` is a number (model space), ``"mean"`` (each image's per-channel mean) or a
     tensor broadcastable to ``x`` (with 1 or N examples).
     """
-    if isinstance(baselines, str):
-        if baselines != "mean":
-            raise ValueError(f"baselines must be a number, a tensor or 'mean', got {baselines!r}")
-        return x.mean(dim=(2, 3), keepdim=True)
-    if isinstance(baselines, bool):
-        raise TypeError(f"baselines must be a number, a tensor or 'mean', got {baselines!r}")
-    if isinstance(baselines, (int, float)):
-        return torch.full((1, 1, 1, 1), float(baselines), dtype=x.dtype, device=x.device)
-    if isinstance(baselines, Tensor):
-        value = baselines.to(device=x.device, dtype=x.dtype)
-        while value.dim() < 4:
-            value = value.unsqueeze(0)
-        try:
-            torch.broadcast_shapes(value.shape, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baselines of shape {tuple(baselines.shape)} does not broadcast to the inputs "
-                f"{tuple(x.shape)}"
-            ) from None
-        if value.shape[0] not in (1, x.shape[0]):
-            raise ValueError(
-                f"baselines has {value.shape[0]} examples but the batch has {x.shape[0]}"
-            )
-        return value
-    raise TypeError(
-        f"baselines must be a number, a tensor or 'mean', got {type(baselines).__name__}"
-    )
+    return baseline_images(x, baselines, {"mean": lambda x: x.mean(dim=(2, 3), keepdim=True)})
 
 
 def _reduce_map(maps: Tensor, criterion: str) -> Tensor:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from captum.attr import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.targets import (
     check_reduction,
     evaluate_target,
@@ -22,6 +19,7 @@ from dnnbrain_captum._utils.targets import (
     take_examples,
 )
 from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import check_batch_size, check_ratio
 
 __all__ = ["MaskedImage", "MaskedImages", "contrast_hull", "gaussian_blur"]
@@ -176,7 +174,7 @@ def _erode(mask: Tensor) -> Tensor:
     return -F.max_pool2d(-F.pad(mask, (1, 1, 1, 1), value=0.0), 3, stride=1)
 
 
-class MaskedImage(NeuronAttribution, PerturbationAttribution):
+class MaskedImage(LayerPerturbation):
     """Tight mask around the high-contrast part of an image that still drives the target.
 
     For each image (Walker et al. 2019; DNNBrain's ``put_mask``):
@@ -226,13 +224,6 @@ class MaskedImage(NeuronAttribution, PerturbationAttribution):
     >>> bool((out.activation <= 0.9 * out.baseline).all())
     True
     """
-
-    def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
-    ) -> None:
-        module = resolve_layer(forward_func, layer)
-        NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(

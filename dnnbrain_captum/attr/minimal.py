@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from captum.attr import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
     TargetScorer,
@@ -116,7 +114,7 @@ def parcel_labels(
     return labels
 
 
-class MinimalParcelImage(NeuronAttribution, PerturbationAttribution):
+class MinimalParcelImage(LayerPerturbation):
     """Minimal image: the fewest parcels (superpixels) of an image that still drive the target.
 
     The image is cut into parcels (felzenszwalb, slic or quickshift from scikit-image, or a
@@ -190,13 +188,6 @@ class MinimalParcelImage(NeuronAttribution, PerturbationAttribution):
     >>> bool((minimal.activation >= 0.9 * minimal.original_activation).all())
     True
     """
-
-    def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
-    ) -> None:
-        module = resolve_layer(forward_func, layer)
-        NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from captum.attr import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
     TargetScorer,
@@ -107,7 +105,7 @@ class _Decomposition:
         return images[:, :, :h, :w]
 
 
-class MinimalComponentImage(NeuronAttribution, PerturbationAttribution):
+class MinimalComponentImage(LayerPerturbation):
     """Minimal image over image components: the fewest PCA/ICA components that drive the target.
 
     Each image is decomposed on its own into K components (scikit-learn PCA or FastICA) and
@@ -162,13 +160,6 @@ class MinimalComponentImage(NeuronAttribution, PerturbationAttribution):
     >>> bool((out.activation >= 0.9 * out.original_activation).all())
     True
     """
-
-    def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
-    ) -> None:
-        module = resolve_layer(forward_func, layer)
-        NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(

@@ -7,13 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from captum.attr import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.targets import (
     check_reduction,
     evaluate_target,
@@ -21,6 +20,7 @@ from dnnbrain_captum._utils.targets import (
     take_examples,
 )
 from dnnbrain_captum._utils.validation import check_image_batch, pair
+from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
@@ -52,43 +52,21 @@ def _check_window(image_size: tuple[int, int], window: tuple[int, int]) -> None:
         )
 
 
-def _baseline_images(x: Tensor, baselines: Any, seed: int) -> Tensor:
-    """The occluder's content for every example, shape (N, C, H, W) (or broadcastable)."""
-    if isinstance(baselines, str):
-        if baselines != "noise":
-            raise ValueError(f"baselines must be a number, a tensor or 'noise', got {baselines!r}")
+def _noise_field(seed: int) -> Callable[[Tensor], Tensor]:
+    """Zhou et al.'s random occluder: uniform pixels between each image's min and max."""
+
+    def noise(x: Tensor) -> Tensor:
         # Drawn on the CPU so that a seed gives the same occluder on every device.
         generator = torch.Generator().manual_seed(seed)
         field = torch.rand(x.shape[1:], generator=generator, dtype=x.dtype).to(x.device)
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         return low + field * (high - low)
-    if isinstance(baselines, bool):
-        raise TypeError(f"baselines must be a number, a tensor or 'noise', got {baselines!r}")
-    if isinstance(baselines, (int, float)):
-        return torch.full((1, 1, 1, 1), float(baselines), dtype=x.dtype, device=x.device)
-    if isinstance(baselines, Tensor):
-        value = baselines.to(device=x.device, dtype=x.dtype)
-        while value.dim() < 4:
-            value = value.unsqueeze(0)
-        try:
-            torch.broadcast_shapes(value.shape, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baselines of shape {tuple(baselines.shape)} does not broadcast to the inputs "
-                f"{tuple(x.shape)}"
-            ) from None
-        if value.shape[0] not in (1, x.shape[0]):
-            raise ValueError(
-                f"baselines has {value.shape[0]} examples but the batch has {x.shape[0]}"
-            )
-        return value
-    raise TypeError(
-        f"baselines must be a number, a tensor or 'noise', got {type(baselines).__name__}"
-    )
+
+    return noise
 
 
-class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
+class OccluderDiscrepancyMapping(LayerPerturbation):
     """Drop of a channel's (or unit's, or output's) value when a window of the image is occluded.
 
     For each window position the target is evaluated on the image with that window replaced
@@ -125,7 +103,7 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
     numbers, and additions or channel concatenations of such paths (ResNet blocks,
     AlexNet/VGG features). No module on the path may carry forward hooks. The values equal the
     full recompute up to floating-point rounding (float64: 1e-10 in the tests; float32: about
-    1e-6 of the map's largest value).
+    1e-6 of the target's clean value).
 
     Unlike ``captum.attr.Occlusion``, which spreads each window's difference over its pixels
     and includes clipped border windows, this returns DNNBrain's grid of full windows.
@@ -148,13 +126,6 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
     >>> tuple(grid.shape)
     (2, 7, 7)
     """
-
-    def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
-    ) -> None:
-        module = resolve_layer(forward_func, layer)
-        NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
-        PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(
@@ -229,7 +200,7 @@ class OccluderDiscrepancyMapping(NeuronAttribution, PerturbationAttribution):
             )
         warn_if_training(self.forward_func)
         grid = occlusion_grid_shape(image_size, window, stride)
-        fill = _baseline_images(x, baselines, seed)
+        fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
         with torch.no_grad():
             original = evaluate_target(
                 self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
