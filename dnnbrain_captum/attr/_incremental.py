@@ -677,6 +677,9 @@ class _Plan:
     axes: list[tuple[_Axis, _Axis]]
     edges: list[list[tuple[_Edge, _Edge] | None]]  # None: use the input's patch as it is
     order: list[int]  # nodes to compute per batch (not the input)
+    # Convolutions computed from the change of their input (see ``_delta_conv``): node →
+    # per-position offset (rows, cols) of the transposed convolution's output in the patch.
+    delta: dict[int, tuple[Tensor, Tensor]]
 
 
 class IncrementalOcclusion:
@@ -699,6 +702,7 @@ class IncrementalOcclusion:
         self.graph = analyse(model, layer)
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
+        self._flipped: dict[int, Tensor] = {}
 
     # -- clean pass ---------------------------------------------------------------------------
     def run_clean(self, x: Tensor) -> Tensor:
@@ -818,13 +822,56 @@ class IncrementalOcclusion:
                     )
             edges.append(row_edges)
         order = [k for k in range(n) if not isinstance(nodes[k], _Input) and wanted[k] is not False]
-        return _Plan(stored, select, axes, edges, order)
+        delta: dict[int, tuple[Tensor, Tensor]] = {}
+        for k in order:
+            node = nodes[k]
+            if not isinstance(node, _Conv) or not self._delta_pays(node, k, stored, select, axes):
+                continue
+            i = node.inputs[0]
+            fp = node.footprint
+            assert fp is not None
+            delta[k] = tuple(  # type: ignore[assignment]
+                axes[k][a].start - fp[a].padding - axes[i][a].start + (fp[a].span - 1)
+                for a in range(2)
+            )
+            edges[k] = [None]
+        return _Plan(stored, select, axes, edges, order, delta)
+
+    def _delta_pays(
+        self,
+        node: _Conv,
+        k: int,
+        stored: list[Channels],
+        select: list[list[Tensor | None]],
+        axes: list[tuple[_Axis, _Axis]],
+    ) -> bool:
+        """Whether a convolution is cheaper from its input's change (a transposed conv).
+
+        Its output patch = clean output + conv(new input patch − clean input patch); the
+        change is zero outside the input patch, so the multiply-adds scale with the input
+        patch's area instead of the output patch's. Used for stride-1, ungrouped
+        convolutions computing all channels when the input patch is clearly smaller (the
+        transposed convolution runs at a lower rate per multiply-add).
+        """
+        module = node.module
+        i = node.inputs[0]
+        if tuple(module.stride) != (1, 1) or module.groups != 1:
+            return False
+        if stored[k] is not None or stored[i] is not None or select[k][0] is not None:
+            return False
+        area_in = axes[i][0].length * axes[i][1].length
+        area_out = axes[k][0].length * axes[k][1].length
+        return 1.5 * area_in < area_out
 
     # -- per image ----------------------------------------------------------------------------
     def _padded_clean(self, plan: _Plan, image: int) -> dict[tuple[int, int], Tensor]:
         """Clean producer maps, channel-selected, padded, flattened channels-last."""
         padded: dict[tuple[int, int], Tensor] = {}
         nodes = self.graph.nodes
+        for k in plan.delta:
+            for key, m in ((-1, nodes[k].inputs[0]), (-2, k)):
+                clean = self.clean_values[m][image]
+                padded[(k, key)] = clean.permute(1, 2, 0).reshape(-1, clean.shape[0])
         for k in plan.order:
             node = nodes[k]
             for slot, i in enumerate(node.inputs):
@@ -895,7 +942,9 @@ class IncrementalOcclusion:
                     regions.append(source)
                     continue
                 regions.append(self._region(pair_, source, padded[(k, slot)], rows, cols))
-            if isinstance(node, _AvgPool):
+            if k in plan.delta:
+                patches[k] = self._delta_conv(plan, k, regions[0], rows, cols, padded)
+            elif isinstance(node, _AvgPool):
                 assert node.divisor is not None
                 ah, aw = plan.axes[k]
                 rr = ah.start.to(device)[rows][:, None] + torch.arange(ah.length, device=device)
@@ -905,6 +954,53 @@ class IncrementalOcclusion:
             else:
                 patches[k] = node.patch(regions, plan.channels[k])
         return patches[self.graph.target]
+
+    def _delta_conv(
+        self,
+        plan: _Plan,
+        k: int,
+        source: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        padded: dict[tuple[int, int], Tensor],
+    ) -> Tensor:
+        """Output patch of convolution ``k`` as clean output + conv(input patch − clean).
+
+        The convolution of the change, which is zero outside the input patch, is the
+        transposed convolution of the change with the flipped kernel; its output covers the
+        input patch widened by the kernel's span, and is added where it meets the patch.
+        """
+        node = self.graph.nodes[k]
+        assert isinstance(node, _Conv)
+        i = node.inputs[0]
+        device = source.device
+        b, c_in, lih, liw = source.shape
+        clean_in = padded[(k, -1)][
+            _patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
+        ]
+        change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
+        if k not in self._flipped:
+            self._flipped[k] = node.module.weight.flip(-1, -2).transpose(0, 1).contiguous()
+        grown = F.conv_transpose2d(change, self._flipped[k], None, 1, 0, 0, 1, node.module.dilation)
+        c_out, gh, gw = grown.shape[1:]
+        loh, low = plan.axes[k][0].length, plan.axes[k][1].length
+        size = b * loh * low
+        index = _patch_index(plan.axes[k], rows, cols, self.clean_values[k].shape[-1], device)
+        out = padded[(k, -2)][torch.cat([index, index[:1]])]  # spare row for the overflow
+        shift_r, shift_c = plan.delta[k]
+        dest_r = torch.arange(gh, device=device) - shift_r.to(device)[rows][:, None]
+        dest_c = torch.arange(gw, device=device) - shift_c.to(device)[cols][:, None]
+        inside = ((dest_r >= 0) & (dest_r < loh))[:, :, None] & ((dest_c >= 0) & (dest_c < low))[
+            :, None, :
+        ]
+        dest = (
+            torch.arange(b, device=device)[:, None, None] * (loh * low)
+            + dest_r[:, :, None] * low
+            + dest_c[:, None, :]
+        )
+        dest = torch.where(inside, dest, size).reshape(-1)
+        out.index_add_(0, dest, grown.permute(0, 2, 3, 1).reshape(-1, c_out))
+        return out[:size].view(b, loh, low, c_out).permute(0, 3, 1, 2)
 
     @staticmethod
     def _region(
@@ -1019,10 +1115,20 @@ class IncrementalOcclusion:
         for k in plan.order:
             node = self.graph.nodes[k]
             shape = self.clean_values[k].shape
-            ah, aw = plan.axes[k]
+            ah, aw = plan.axes[node.inputs[0] if k in plan.delta else k]
             incremental += node.macs(plan.channels[k], shape, ah.length * aw.length)
             full += node.macs(plan.channels[k], shape, shape[-2] * shape[-1])
         return incremental, full
+
+
+def _patch_index(
+    axes: tuple[_Axis, _Axis], rows: Tensor, cols: Tensor, width: int, device: torch.device
+) -> Tensor:
+    """Flat (row-major) positions of the patches of windows (rows, cols) in a map."""
+    ah, aw = axes
+    top = ah.start.to(device)[rows][:, None] + torch.arange(ah.length, device=device)
+    left = aw.start.to(device)[cols][:, None] + torch.arange(aw.length, device=device)
+    return (top[:, :, None] * width + left[:, None, :]).reshape(-1)
 
 
 def _target_of(entry: Any, shape: torch.Size) -> tuple[int, tuple[int, int] | None]:
