@@ -88,7 +88,8 @@ def check_manifest(out: Path, arrays: Sequence[str], n_figures: int) -> dict:
 
 def test_saliency_layer_channel(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "sal"
-    assert run(["saliency", digit_folder, "--layer", "conv5", "--channel", 3, "--out", out]) == 0
+    args = ["saliency", digit_folder, "--no-stream", "--layer", "conv5", "--channel", 3]
+    assert run([*args, "--out", out]) == 0
     record = check_manifest(out, ["saliency.npy"], 3)
     assert record["images"] == [str(p) for p in find_images(digit_folder)]
     expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(digit_folder), target=3)
@@ -97,7 +98,7 @@ def test_saliency_layer_channel(tmp_path: Path, digit_folder: Path, model) -> No
 
 def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "sg"
-    args = ["saliency", digit_folder, "--method", "guided", "--smooth", 3]
+    args = ["saliency", digit_folder, "--no-stream", "--method", "guided", "--smooth", 3]
     assert run([*args, "--sigma-multiplier", 0.2, "--out", out]) == 0
     check_manifest(out, ["saliency.npy"], 3)
     from captum.attr import NoiseTunnel
@@ -127,7 +128,8 @@ def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path,
 
 def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "occ"
-    args = ["occlusion", digit_folder, "--layer", "conv4", "--channel", 7, "--window", 6, 4]
+    args = ["occlusion", digit_folder, "--no-stream", "--layer", "conv4", "--channel", 7,
+            "--window", 6, 4]
     assert run([*args, "--stride", 3, "--baseline", 0.5, "--out", out]) == 0
     check_manifest(out, ["occlusion.npy"], 3)
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
@@ -141,7 +143,8 @@ def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
 
 def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "up"
-    args = ["upsample", digit_folder, "--digits", 2, "--layer", "features.10", "--channel", 5]
+    args = ["upsample", digit_folder, "--no-stream", "--digits", 2, "--layer", "features.10",
+            "--channel", 5]
     assert run([*args, "--threshold", 0.5, "--interpolate", "bilinear", "--out", out]) == 0
     check_manifest(out, ["upsample.npy"], 5)
     digits, _ = digits_images(n=2)
@@ -563,3 +566,183 @@ def test_entry_point_is_declared_and_runs_as_a_program(tmp_path: Path) -> None:
 def test_version(capsys) -> None:
     assert run(["--version"]) == 0
     assert re.match(r"dnnbrain-captum \d", capsys.readouterr().out)
+
+
+# ----------------------------------------------------------------------------- streamed folders
+
+
+@pytest.fixture(scope="module")
+def five_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five held-out digits as PNG files (the last in a sub-folder)."""
+    folder = tmp_path_factory.mktemp("five")
+    images, _ = digits_images(n=5)
+    (folder / "sub").mkdir()
+    for k in range(5):
+        array = (images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / ("sub" if k == 4 else "") / f"d{k}.png")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_stream_folder_equals_library_run_over(tmp_path: Path, five_digits: Path, model,
+                                               capsys) -> None:
+    from dnnbrain_captum import read_results, run_over
+    from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
+
+    out = tmp_path / "sal"
+    args = ["saliency", five_digits, "--layer", "conv5", "--channel", 3, "--batch-size", 2]
+    assert run([*args, "--max-figures", 2, "--out", out]) == 0
+    assert "5 computed, 0 reused" in capsys.readouterr().err
+    record = json.loads((out / "results.json").read_text())
+    assert record["mode"] == "stream" and record["targets"] == 3
+    assert record["images"] == [str(p) for p in find_images(five_digits)]
+    assert set(record["files"]) == files_in(out) == {
+        "results.json", "manifest.json", "result.npy", "000_d0_saliency.png",
+        "001_d1_saliency.png"}
+    data = ImageFolderDataset(five_digits, transform=preprocessing_for("digits"))
+    same = {"abs": False, "reduction": "mean"}  # the CLI passes its defaults explicitly
+    run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=tmp_path / "lib",
+             batch_size=2, **same)
+    streamed = read_results(out)
+    np.testing.assert_array_equal(streamed, read_results(tmp_path / "lib"))
+    expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(five_digits), target=3)
+    np.testing.assert_allclose(streamed, expected.numpy(), rtol=1e-5, atol=1e-7)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"] == json.loads((tmp_path / "lib" / "manifest.json").read_text())[
+        "request"]
+    assert manifest["request"]["stimulus_ids"] == ["d0.png", "d1.png", "d2.png", "d3.png",
+                                                   "sub/d4.png"]
+    # the folder is a plain runner folder: the same call from Python finds it complete
+    again = run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=out,
+                     batch_size=2, **same)
+    assert (again.computed, again.reused) == (0, 5)
+
+
+def test_stream_smoothgrad_on_predicted_classes_equals_in_memory(
+    tmp_path: Path, five_digits: Path
+) -> None:
+    from dnnbrain_captum import read_results
+
+    args = ["saliency", five_digits, "--method", "guided", "--smooth", 2, "--batch-size", 2,
+            "--no-figures"]
+    assert run([*args, "--out", tmp_path / "s"]) == 0
+    assert run([*args, "--no-stream", "--out", tmp_path / "m"]) == 0
+    in_memory = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert read_results(tmp_path / "s" / "predicted_classes").tolist() == in_memory["targets"]
+    np.testing.assert_allclose(read_results(tmp_path / "s"),
+                               np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7)
+    assert "predicted_classes" in files_in(tmp_path / "s")
+
+
+def test_stream_occlusion_and_upsample_with_digits(tmp_path: Path, five_digits: Path,
+                                                   model) -> None:
+    from dnnbrain_captum import read_results
+
+    args = ["occlusion", five_digits, "--layer", "conv4", "--channel", 7, "--window", 6, 4,
+            "--stride", 3, "--baseline", 0.5, "--out", tmp_path / "o"]
+    assert run(args) == 0
+    expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
+        loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
+        baselines=0.5)
+    np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert len([f for f in files_in(tmp_path / "o") if f.endswith(".png")]) == 5
+    # explicit --stream with files and --digits equals the in-memory run
+    files = [str(p) for p in find_images(five_digits)[:2]]
+    args = ["upsample", *files, "--digits", 2, "--layer", "conv5", "--channel", 5,
+            "--threshold", 0.5, "--no-figures"]
+    assert run([*args, "--stream", "--batch-size", 3, "--out", tmp_path / "u"]) == 0
+    assert run([*args, "--out", tmp_path / "v"]) == 0
+    np.testing.assert_allclose(read_results(tmp_path / "u"),  # batches of 3 vs one of 4
+                               np.load(tmp_path / "v" / "upsample.npy"), rtol=1e-5, atol=1e-5)
+
+
+def test_stream_rerun_resumes_refuses_or_overwrites(tmp_path: Path, five_digits: Path, capsys,
+                                                    monkeypatch) -> None:
+    from dnnbrain_captum import read_results
+
+    out = tmp_path / "up"
+    args = ["upsample", five_digits, "--layer", "conv3", "--channel", 1, "--batch-size", 2,
+            "--max-figures", 1, "--out", out]
+    original = UpsamplingActivationMapping.attribute
+    calls: list[int] = []
+
+    def killed_in_the_second_chunk(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(UpsamplingActivationMapping, "attribute", killed_in_the_second_chunk)
+    assert run(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rerun the same command to resume" in err[0]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    monkeypatch.undo()
+    assert run(args) == 0  # resumes
+    assert "3 computed, 2 reused" in capsys.readouterr().err
+    reference = tmp_path / "ref"
+    assert run([*args[:-1], reference]) == 0
+    np.testing.assert_array_equal(read_results(out), read_results(reference))
+    assert run(args) == 0  # complete: nothing recomputed, nothing rewritten
+    assert "0 computed, 5 reused" in capsys.readouterr().err
+    before = snapshot(out)
+    for other in (["--channel", 2], ["--interpolate", "nearest"]):
+        assert run([*args, *other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "differs in" in err[0] and "--overwrite" in err[0], err
+        assert snapshot(out) == before
+    # a rerun that would first need predicted classes is refused with the folder unchanged
+    assert run(["saliency", five_digits, "--out", out]) == 2
+    capsys.readouterr()
+    assert snapshot(out) == before and not (out / "predicted_classes").exists()
+    assert run([*args, "--channel", 2, "--overwrite"]) == 0
+    assert "5 computed, 0 reused" in capsys.readouterr().err
+    expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(
+        loaded(five_digits), target=2)
+    np.testing.assert_allclose(read_results(out), expected.numpy(), rtol=1e-5, atol=1e-5)
+    # a folder holding other files (not a run) is refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    assert run([*args[:-1], other]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert files_in(other) == {"notes.txt"}
+
+
+def test_stream_unreadable_image_is_named_and_can_be_skipped(
+    tmp_path: Path, five_digits: Path, model, capsys
+) -> None:
+    import shutil
+
+    from dnnbrain_captum import read_results
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(five_digits, folder)
+    (folder / "d2b.png").write_text("not a png")  # item 3 in path order
+    out = tmp_path / "out"
+    args = ["upsample", folder, "--layer", "conv5", "--channel", 4, "--batch-size", 2,
+            "--no-figures", "--out", out]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "d2b.png" in err[0] and "--skip-unreadable" in err[0], err
+    assert "Traceback" not in err[0]
+    assert run([*args, "--skip-unreadable"]) == 0  # resumes, skipping the bad file
+    err = capsys.readouterr().err
+    assert "note: skipped unreadable image" in err and "d2b.png" in err
+    result = read_results(out)
+    assert result.shape == (6, 32, 32) and np.isnan(result[3]).all()
+    expected = UpsamplingActivationMapping(model, "conv5").attribute(
+        loaded(five_digits), target=4)
+    np.testing.assert_allclose(np.delete(result, 3, axis=0), expected.numpy(), rtol=1e-5,
+                               atol=1e-5)
+    record = json.loads((out / "results.json").read_text())
+    assert [s["id"] for s in record["run"]["skipped"]] == ["d2b.png"]
+    # --skip-unreadable is refused for in-memory runs
+    assert run([*args[:-1], tmp_path / "x", "--skip-unreadable", "--no-stream"]) == 2
+    assert "--skip-unreadable" in capsys.readouterr().err
