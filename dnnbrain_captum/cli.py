@@ -2465,6 +2465,7 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
                     if job.target is PREDICTED else job.target),
         **job.record,
         "run": {"computed": summary.computed, "reused": summary.reused,
+                "world_size": summary.world_size,
                 "skipped": summary.skipped, "seconds": round(summary.seconds, 3)},
         "warnings": notes,
         "seconds": round(time.perf_counter() - started, 3),
@@ -2476,8 +2477,9 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
     if not args.quiet:
         for note in notes:
             sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")
+        ranks = f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else ""
         sys.stderr.write(
-            f"{PROG} {args.command}: {len(data)} images: {summary.computed} computed, "
+            f"{PROG} {args.command}: {len(data)} images{ranks}: {summary.computed} computed, "
             f"{summary.reused} reused, {len(summary.skipped)} skipped; results in "
             f"{out / RUN_RESULT} ({len(drawn)} figures)\n"
         )
