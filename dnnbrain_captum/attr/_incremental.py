@@ -703,6 +703,7 @@ class IncrementalOcclusion:
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
         self._flipped: dict[int, Tensor] = {}
+        self._images = torch.empty(0)
 
     # -- clean pass ---------------------------------------------------------------------------
     def run_clean(self, x: Tensor) -> Tensor:
@@ -864,13 +865,13 @@ class IncrementalOcclusion:
         return 1.5 * area_in < area_out
 
     # -- per image ----------------------------------------------------------------------------
-    def _padded_clean(self, plan: _Plan, image: int) -> dict[tuple[int, int], Tensor]:
+    def _padded_clean(self, plan: _Plan) -> dict[tuple[int, int], Tensor]:
         """Clean producer maps, channel-selected, padded, flattened channels-last."""
         padded: dict[tuple[int, int], Tensor] = {}
         nodes = self.graph.nodes
         for k in plan.delta:
             for key, m in ((-1, nodes[k].inputs[0]), (-2, k)):
-                clean = self.clean_values[m][image]
+                clean = self.clean_values[m][0]
                 padded[(k, key)] = clean.permute(1, 2, 0).reshape(-1, clean.shape[0])
         for k in plan.order:
             node = nodes[k]
@@ -878,7 +879,7 @@ class IncrementalOcclusion:
                 pair_ = plan.edges[k][slot]
                 if pair_ is None:
                     continue
-                clean = self.clean_values[i][image]
+                clean = self.clean_values[i][0]
                 have = plan.channels[i]
                 if have is not None:
                     clean = clean.index_select(
@@ -1045,20 +1046,23 @@ class IncrementalOcclusion:
 
     # -- the whole map ------------------------------------------------------------------------
     def clean_targets(self, x: Tensor, target: Any, reduction: str) -> Tensor:
-        """Run the clean pass and return the target's clean value per image, shape (N,)."""
+        """The target's clean value per image, shape (N,); remembers the images.
+
+        The clean pass runs one image at a time (and again per image in
+        :meth:`occluded_values`), so that only one image's activations are held at once.
+        """
         n = x.shape[0]
-        target_map = self.run_clean(x)
         entries = per_example_targets(target, n)
-        self._targets = [
-            _target_of(entry, target_map.shape[1:])
-            for entry in (entries if entries is not None else [target] * n)
-        ]
-        return torch.cat(
-            [
-                _reduce_maps(target_map[k, channel][None], reduction, unit)
-                for k, (channel, unit) in enumerate(self._targets)
-            ]
-        )
+        values = []
+        self._targets = []
+        for k in range(n):
+            target_map = self.run_clean(x[k : k + 1])
+            entry = entries[k] if entries is not None else target
+            channel, unit = _target_of(entry, target_map.shape[1:])
+            self._targets.append((channel, unit))
+            values.append(_reduce_maps(target_map[0, channel][None], reduction, unit))
+        self._images = x
+        return torch.cat(values)
 
     def occluded_values(
         self,
@@ -1076,20 +1080,20 @@ class IncrementalOcclusion:
         ``positions`` optionally restricts the windows (flat row-major grid indices, the same
         for every image; used by benchmarks).
         """
-        target_map = self.clean_values[self.graph.target]
-        device = target_map.device
+        device = self._images.device
         plans: dict[int, _Plan] = {}
         if positions is None:
             positions = torch.arange(grid[0] * grid[1], device=device)
         for image, (channel, unit) in enumerate(self._targets):
+            target_map = self.run_clean(self._images[image : image + 1])
             if channel not in plans:
                 plans[channel] = self.plan([channel], window, stride, grid)
             plan = plans[channel]
-            clean_map = target_map[image, channel]
+            clean_map = target_map[0, channel]
             fill_image = fill[image if fill.shape[0] > 1 else 0].expand(
                 self.clean_values[0].shape[1:]
             )
-            padded = self._padded_clean(plan, image)
+            padded = self._padded_clean(plan)
             ah, aw = plan.axes[self.graph.target]
             start_r, start_c = ah.start.to(device), aw.start.to(device)
             ar_h = torch.arange(ah.length, device=device)
