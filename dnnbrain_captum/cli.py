@@ -11,6 +11,13 @@ output folder that cannot be written, an output folder that already holds result
 then, because results are first written into a temporary folder beside ``DIR`` and only moved
 into place when everything succeeded.
 
+``saliency``, ``occlusion`` and ``upsample`` stream a folder of images (or any images with
+``--stream``) through :func:`dnnbrain_captum.run_over` instead: ``DIR`` becomes a resumable
+runner folder (``result.npy`` + ``manifest.json``, read with
+:func:`dnnbrain_captum.read_results`); rerunning the same command resumes it, a different one
+is refused with one line naming what differs, and figures are drawn for the first
+``--max-figures`` images only (see ``docs/cli.md``).
+
 Examples
 --------
 >>> sorted(SUBCOMMANDS)[:4]
@@ -2481,7 +2488,7 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
         sys.stderr.write(
             f"{PROG} {args.command}: {len(data)} images{ranks}: {summary.computed} computed, "
             f"{summary.reused} reused, {len(summary.skipped)} skipped; results in "
-            f"{out / RUN_RESULT} ({len(drawn)} figures)\n"
+            f"{out / RUN_RESULT} ({len(drawn)} figure{'' if len(drawn) == 1 else 's'})\n"
         )
 
 
