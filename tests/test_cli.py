@@ -643,14 +643,15 @@ def test_stream_occlusion_and_upsample_with_digits(tmp_path: Path, five_digits: 
     from dnnbrain_captum import read_results
 
     args = ["occlusion", five_digits, "--layer", "conv4", "--channel", 7, "--window", 6, 4,
-            "--stride", 3, "--baseline", 0.5, "--out", tmp_path / "o"]
+            "--stride", 3, "--baseline", 0.5, "--max-figures", 2, "--out", tmp_path / "o"]
     assert run(args) == 0
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
         loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
         baselines=0.5)
     np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5,
                                atol=1e-6)
-    assert len([f for f in files_in(tmp_path / "o") if f.endswith(".png")]) == 5
+    assert sorted(f for f in files_in(tmp_path / "o") if f.endswith(".png")) == [
+        "000_d0_occlusion.png", "001_d1_occlusion.png"]
     # explicit --stream with files and --digits equals the in-memory run
     files = [str(p) for p in find_images(five_digits)[:2]]
     args = ["upsample", *files, "--digits", 2, "--layer", "conv5", "--channel", 5,
