@@ -94,7 +94,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
     activations are computed once per image and, for each batch of
     ``perturbations_per_eval`` windows of one image, every layer recomputes only the patch
     the window affects (from the previous layer's patch plus the kernel's margin of clean
-    values), and the target layer only the target channel. It applies when the model is an
+    values; a stride-1 convolution as its clean output plus the transposed convolution of
+    its input patch's change, when that is cheaper), and the target layer only the target
+    channel. It applies when the model is an
     ``nn.Module`` that ``torch.fx`` can trace, ``layer`` is given, the target is a channel or
     a unit (one per example allowed), there are no ``additional_forward_args``, and every
     operation between the input and ``layer`` has a known spatial footprint: ``Conv2d`` (any
