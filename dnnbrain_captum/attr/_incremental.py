@@ -23,7 +23,17 @@ back to the full recompute. The result equals the full recompute up to floating-
 rounding (summation order inside the convolutions differs).
 
 Every per-layer patch has the same size for all windows of a batch: the largest affected
-region over all window positions, its start clamped so that it stays inside the map.
+region over all window positions, its start clamped so that it stays inside the map. A layer's
+input region is the producer's clean map (padded with the op's padding value) with the
+producer's patch pasted in. A stride-1 ungrouped convolution whose input patch is clearly
+smaller than its output patch is instead computed as clean output + the convolution of the
+input's change (zero outside the input patch), i.e. a transposed convolution of that change
+with the flipped kernel, whose cost scales with the input patch.
+
+The spatial footprint of each op (``Footprint``: kernel, stride, left padding, dilation) is
+kept here: ``dnnbrain_captum.receptive_field`` derives the same geometry inside its meta-tensor
+tracer but exposes no per-module function; a test checks that the affected units computed here
+match its ``find_region`` boxes.
 """
 
 from __future__ import annotations
