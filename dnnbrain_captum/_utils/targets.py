@@ -13,6 +13,7 @@ A channel is reduced to one scalar per example by ``reduction`` ("mean", DNNBrai
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,20 +57,13 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
+    """An index from an int, a NumPy integer or a one-element integer tensor."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.is_floating_point()):
         raise TypeError(f"{what} must be an integer index, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
-        return int(value.item())
     try:
-        import numpy as np
-
-        if isinstance(value, np.integer):
-            return int(value)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    raise TypeError(f"{what} must be an integer index, got {value!r}")
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer index, got {value!r}") from None
 
 
 def _check_channel(channel: int, n_channels: int) -> int:
