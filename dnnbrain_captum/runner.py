@@ -27,15 +27,25 @@ Output folder layout (an open format: plain ``numpy`` and ``json`` read it)
       ``file`` is null once assembled), ``software`` versions.
 
 ``result.npy``
-    The whole result, shape ``(n_items, *item_shape)``, row ``i`` = item ``i``; written when
-    the run completes (``np.load(path, mmap_mode="r")``).
+    The whole result, shape ``(n_items, *item_shape)``, row ``i`` = item ``i``; present once
+    the run is complete (``np.load(path, mmap_mode="r")``).
+
+``result.partial.npy`` and ``result.partial.done``
+    While a run is in progress: ``result.npy`` being filled. It is created, with its header and
+    at its full size, when the first chunk is done, and each chunk's rows are written at their
+    place in it; after that the chunk's index is appended as one line to
+    ``result.partial.done`` (ASCII). A chunk is done when its index is in the log; a killed
+    run loses at most the chunk in flight (its rows may be half-written, but it is not in the
+    log). On completion the file is renamed to ``result.npy``: the result is written once.
 
 ``chunks/chunk-KKKKKK.npy`` (and ``chunks/chunk-KKKKKK.json``)
-    While a run is in progress (and after it with ``assemble=False``): chunk ``K`` holds items
-    ``[K·chunk_size, min((K+1)·chunk_size, n_items))``. It is written to a temporary name and
-    renamed, so its presence marks the chunk done and a killed run never leaves a half-written
-    chunk. A chunk with unreadable items also gets a JSON sidecar (written before the ``.npy``)
-    listing them; ``"file": null`` there means none of its items loaded.
+    Chunk ``K`` holds items ``[K·chunk_size, min((K+1)·chunk_size, n_items))``. Written instead
+    of the rows in place when ranks run on several machines (a shared network file system;
+    rank 0 copies them into ``result.npy`` at the end) and with ``assemble=False`` (then they
+    are the result). Each is written to a temporary name and renamed, so its presence marks the
+    chunk done and a killed run never leaves a half-written chunk. A chunk with unreadable
+    items also gets a JSON sidecar (written before its rows) listing them; ``"file": null``
+    there means none of its items loaded.
 
 Distributed runs
 ----------------
@@ -43,8 +53,10 @@ Under ``torchrun`` (environment variables ``RANK`` and ``WORLD_SIZE``), or when 
 is already initialised, chunk ``K`` goes to rank ``K mod world_size``: every item exactly once,
 the same chunk boundaries as a single-process run (so a killed 2-process run can be resumed by 1
 process and vice versa). Ranks coordinate over a CPU (gloo) group; rank 0 checks the folder
-first, and assembles ``result.npy`` and writes the final manifest after all ranks are done. For
-several machines, ``out`` must be on a shared file system. Place the model on each rank's device
+first, and completes ``result.npy`` and writes the final manifest after all ranks are done.
+Ranks on one machine write their rows into the one ``result.partial.npy`` (disjoint byte
+ranges); for several machines (ranks report their host names), ``out`` must be on a shared file
+system, and ranks write chunk files instead. Place the model on each rank's device
 yourself (e.g. from ``LOCAL_RANK``); inputs follow the model's device.
 """
 
@@ -57,6 +69,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +92,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RESULT = "result.npy"
 CHUNKS = "chunks"
+PARTIAL = "result.partial.npy"  # result.npy while it is being filled in place
+DONE_LOG = "result.partial.done"  # chunks whose rows are in PARTIAL, one index a line
 _ON_ERROR = ("raise", "skip")
 
 
@@ -137,7 +152,7 @@ def _sha256_tensor(value: Tensor | np.ndarray) -> str:
     array = value.detach().cpu() if isinstance(value, Tensor) else torch.as_tensor(value)
     if array.dtype == torch.bfloat16:
         array = array.float()
-    return hashlib.sha256(np.ascontiguousarray(array.numpy()).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array.numpy()).reshape(-1)).hexdigest()
 
 
 def _model_of(attribution: Any) -> Any:
@@ -386,35 +401,146 @@ def _chunk_name(k: int) -> str:
 
 
 def _done_chunks(out: Path, n_chunks: int) -> dict[int, dict[str, Any]]:
-    """Chunks already computed: ``{k: {"chunk", "start", "stop", "file", "skipped"}}``.
+    """Chunks already computed: ``{k: {"chunk", "file", "skipped"}}``.
 
-    Chunk ``k`` is done when ``chunk-k.npy`` exists (it is renamed into place whole), or when its
-    sidecar ``chunk-k.json`` says that none of its items loaded (``"file": null``). The sidecar
-    is only written for chunks with skipped items, before the ``.npy``.
+    Chunk ``k`` is done when its index is a line of ``result.partial.done`` (appended once its
+    rows were written into ``result.partial.npy``; ``"file"`` is ``PARTIAL``), when
+    ``chunks/chunk-k.npy`` exists (renamed into place whole; ``"file"`` is its name), or when its
+    sidecar ``chunks/chunk-k.json`` says that none of its items loaded (``"file"`` None). The
+    sidecar is only written for chunks with skipped items, before the rows or the chunk file.
     """
     done: dict[int, dict[str, Any]] = {}
-    folder = out / CHUNKS
-    if not folder.is_dir():
-        return done
     sidecars: dict[int, dict[str, Any]] = {}
-    for path in folder.glob("chunk-*.json"):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            sidecars[int(record["chunk"])] = record
-        except (ValueError, KeyError, TypeError):
-            continue
-    for path in folder.glob("chunk-*.npy"):
-        try:
-            k = int(path.stem.split("-")[1])
-        except (IndexError, ValueError):
-            continue
+    npy = []
+    folder = out / CHUNKS
+    if folder.is_dir():
+        for entry in os.scandir(folder):
+            name = entry.name
+            if not name.startswith("chunk-"):
+                continue
+            if name.endswith(".json"):
+                try:
+                    record = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+                    sidecars[int(record["chunk"])] = record
+                except (ValueError, KeyError, TypeError):
+                    continue
+            elif name.endswith(".npy"):
+                try:
+                    npy.append((int(name[len("chunk-") : -len(".npy")]), name))
+                except ValueError:
+                    continue
+    in_place = []
+    if (out / PARTIAL).is_file() and (out / DONE_LOG).is_file():
+        for line in (out / DONE_LOG).read_text(encoding="ascii", errors="replace").split("\n"):
+            if line.strip().isdigit():
+                in_place.append((int(line), PARTIAL))
+    for k, name in npy + in_place:
         if 0 <= k < n_chunks:
-            done[k] = {"chunk": k, "file": path.name,
-                       "skipped": sidecars.get(k, {}).get("skipped", [])}
+            done[k] = {"chunk": k, "file": name, "skipped": sidecars.get(k, {}).get("skipped", [])}
     for k, record in sidecars.items():
         if 0 <= k < n_chunks and record.get("file") is None and k not in done:
             done[k] = {"chunk": k, "file": None, "skipped": record.get("skipped", [])}
     return done
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of an open ``.npy`` file, left at the start of the data."""
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(f)
+    return shape, dtype
+
+
+class _Partial:
+    """``result.partial.npy``: the final ``.npy`` file, preallocated, filled in place.
+
+    The first process to finish a chunk creates it (header for the whole result, then the file
+    extended to its full size) under a temporary name and hard-links it into place, so it never
+    appears half-made and concurrent ranks on one machine agree on one file; each chunk's rows are
+    then written at their offset with ``pwrite`` (disjoint byte ranges), and only afterwards is
+    the chunk's index appended to ``result.partial.done`` (:meth:`mark_done`).
+    """
+
+    def __init__(self, out: Path, fd: int, offset: int, row_bytes: int) -> None:
+        self.out, self.path, self.fd = out, out / PARTIAL, fd
+        self.offset, self.row_bytes = offset, row_bytes
+        self.log_fd: int | None = None
+
+    @classmethod
+    def open(cls, out: Path, n: int, item_shape: tuple[int, ...], dtype: np.dtype,
+             exclusive: bool) -> _Partial | None:
+        """Open (creating it if needed) for ``n`` items; None when links are not supported and
+        another process could race (``exclusive`` False): the caller then writes chunk files."""
+        path = out / PARTIAL
+        row_bytes = math.prod(item_shape) * dtype.itemsize
+        if not path.is_file():
+            tmp = path.with_name(f"{PARTIAL}.tmp-{os.getpid()}")
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (n, *item_shape)}
+            made = None
+            try:
+                with open(tmp, "w+b") as f:
+                    try:
+                        np.lib.format.write_array_header_1_0(f, header)
+                    except ValueError:  # a header over 64 KiB
+                        np.lib.format.write_array_header_2_0(f, header)
+                    offset = f.tell()
+                    f.truncate(offset + n * row_bytes)
+                    try:
+                        os.link(tmp, path)  # atomic, fails if another rank was first
+                        made = os.dup(f.fileno())
+                    except FileExistsError:
+                        pass
+                    except OSError:  # no hard links on this file system
+                        if not exclusive:
+                            return None
+                        os.replace(tmp, path)
+                        made = os.dup(f.fileno())
+            finally:
+                tmp.unlink(missing_ok=True)
+            if made is not None:
+                return cls(out, made, offset, row_bytes)
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        try:
+            with open(fd, "rb", closefd=False) as f:
+                shape, existing_dtype = _npy_header(f)
+                offset = f.tell()
+            if shape != (n, *item_shape) or existing_dtype != dtype:
+                raise ValueError(
+                    f"attribute() returned items of shape {item_shape} {dtype}, earlier chunks "
+                    f"{shape[1:]} {existing_dtype}; attribute() must return the same shape for "
+                    "every item"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(out, fd, offset, row_bytes)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` (item ``start`` onwards) at their place in the file."""
+        view = memoryview(np.ascontiguousarray(rows).reshape(-1)).cast("B")
+        position = self.offset + start * self.row_bytes
+        while view:
+            if hasattr(os, "pwrite"):
+                written = os.pwrite(self.fd, view, position)
+            else:  # pragma: no cover - Windows
+                os.lseek(self.fd, position, os.SEEK_SET)
+                written = os.write(self.fd, view)
+            view, position = view[written:], position + written
+
+    def mark_done(self, chunk: int) -> None:
+        """Append ``chunk`` to the done log: one short ``O_APPEND`` write (atomic on one
+        machine), after its rows were written."""
+        if self.log_fd is None:
+            self.log_fd = os.open(self.out / DONE_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND,
+                                  0o644)
+        os.write(self.log_fd, f"{chunk}\n".encode("ascii"))
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.log_fd is not None:
+            os.close(self.log_fd)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -538,8 +664,10 @@ def run_over(
         Replace a previous run with different parameters in ``out`` (only the run's own files
         are removed). Without it such a rerun is refused and ``out`` is left unchanged.
     assemble : bool
-        On completion, gather the chunks into one ``result.npy`` and delete them (default);
-        False keeps the chunk files (``read_results`` then concatenates them in memory).
+        Build one ``result.npy`` (default): rows are written straight into it as chunks finish
+        (ranks on several machines write chunk files, copied in at the end). False writes one
+        ``.npy`` file per chunk and keeps them (``read_results`` then concatenates them in
+        memory).
     num_workers : int, optional
         DataLoader worker processes for loading (default: the loader's, else 0).
     device : torch.device or str, optional
@@ -649,8 +777,14 @@ def run_over(
         verdict = dist.broadcast(verdict)
         if verdict["error"] is not None:
             raise verdict["error"]
-        mine = dist.gather(hashlib.sha256(request_text.encode()).hexdigest())
-        if len(set(mine)) > 1:
+        mine = dist.gather(
+            (hashlib.sha256(request_text.encode()).hexdigest(), socket.gethostname())
+        )
+        # results go straight into the preallocated result file when every rank is on this
+        # machine (disjoint writes through one page cache); ranks on several machines (a shared
+        # network file system) each write whole chunk files, copied into result.npy at the end
+        in_place = assemble and len({host for _, host in mine}) == 1
+        if len({digest for digest, _ in mine}) > 1:
             raise ValueError(
                 "ranks disagree on the run (data set, targets or parameters differ between "
                 "processes); every rank must call run_over with the same arguments"
@@ -670,7 +804,7 @@ def run_over(
             computed, seconds, mine = _work(
                 attribution, data, todo, batch_size, n, stimulus_ids, kind, target_value,
                 on_error, num_workers, pin_memory, device, show_progress, dist, out,
-                attribute_kwargs, seed,
+                attribute_kwargs, seed, in_place,
             )
         except Exception as err:  # noqa: BLE001 - re-raised after telling the other ranks
             error = err
@@ -678,16 +812,17 @@ def run_over(
 
         # 3. rank 0 assembles and writes the final manifest
         error = None
+        skipped: list[dict[str, Any]] = []
         if dist.rank == 0:
             try:
-                _finalise(out, n_chunks, batch_size, n, on_error, dist.world, assemble, ranks)
+                skipped = _finalise(out, n_chunks, batch_size, n, on_error, dist.world,
+                                    assemble, ranks)
             except Exception as err:  # noqa: BLE001
                 error = err
-        _agree(dist, error)
-        manifest = read_manifest(out)
+        skipped = _agree(dist, error, skipped)[0]
         rate = computed / seconds if seconds > 0 else 0.0
-        summary = RunSummary(out, n, computed, reused, manifest.get("skipped", []), seconds,
-                             rate, dist.rank, dist.world)
+        summary = RunSummary(out, n, computed, reused, skipped, seconds, rate, dist.rank,
+                             dist.world)
         logger.info("run_over %s -> %s: %s", request["attribution"]["class"], out, summary)
         return summary
     finally:
@@ -716,16 +851,19 @@ def _prepare(out: Path, request: dict[str, Any], overwrite: bool, assemble: bool
             target = manifest.get("result")
             if target is None or (out / target).is_file():
                 return True
-    elif (out / CHUNKS).exists() or (out / RESULT).exists():
+    elif any((out / name).exists() for name in (CHUNKS, RESULT, PARTIAL, DONE_LOG)):
         if not overwrite:
             raise ValueError(
-                f"{out} holds run files ({CHUNKS}/ or {RESULT}) but no {MANIFEST}; nothing was "
-                "changed. Use another folder, or overwrite=True to replace them"
+                f"{out} holds run files ({CHUNKS}/, {RESULT} or {PARTIAL}) but no {MANIFEST}; "
+                "nothing was changed. Use another folder, or overwrite=True to replace them"
             )
         _remove_run(out)
-    (out / CHUNKS).mkdir(parents=True, exist_ok=True)
-    for stale in (out / CHUNKS).glob("*.tmp-*"):
-        stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / PARTIAL).is_file():  # a log left without its data file lists nothing
+        (out / DONE_LOG).unlink(missing_ok=True)
+    if (out / CHUNKS).is_dir():  # created only when chunk files or sidecars are written
+        for stale in (out / CHUNKS).glob("*.tmp-*"):
+            stale.unlink()
     for stale in out.glob("*.tmp-*"):
         stale.unlink()
     if not manifest_path.is_file():
@@ -741,7 +879,7 @@ def _prepare(out: Path, request: dict[str, Any], overwrite: bool, assemble: bool
 
 def _remove_run(out: Path) -> None:
     shutil.rmtree(out / CHUNKS, ignore_errors=True)
-    for name in (RESULT, MANIFEST):
+    for name in (RESULT, PARTIAL, DONE_LOG, MANIFEST):
         (out / name).unlink(missing_ok=True)
 
 
@@ -753,16 +891,19 @@ def _work(
     attribution: Any, data: Any, todo: list[int], batch_size: int, n: int, ids: list[str],
     kind: str, target_value: Any, on_error: str, num_workers: int, pin_memory: bool,
     device: Any, show_progress: bool, dist: _Dist, out: Path, kwargs: dict[str, Any],
-    seed: int | None,
+    seed: int | None, in_place: bool,
 ) -> tuple[int, float, list[int]]:
     folder = out / CHUNKS
+    partial: _Partial | None = None
     total = sum(min((k + 1) * batch_size, n) - k * batch_size for k in todo)
     start = time.perf_counter()
     computed = 0
     desc = type(attribution).__name__ + (f" rank {dist.rank}" if dist.world > 1 else "")
     mine: list[int] = []
-    with tqdm(total=total, desc=desc, unit="item", disable=not show_progress,
-              position=dist.rank if dist.world > 1 else None, leave=True) as bar:
+    with contextlib.ExitStack() as stack, tqdm(
+        total=total, desc=desc, unit="item", disable=not show_progress,
+        position=dist.rank if dist.world > 1 else None, leave=True,
+    ) as bar:
         for batch in _batches(data, todo, batch_size, n, num_workers, pin_memory):
             skipped = [{"index": i, "id": ids[i], "error": msg} for i, msg in batch.errors]
             if skipped and on_error == "raise":
@@ -792,14 +933,29 @@ def _work(
                     full[batch.ok] = array
                     array = full
             name = _chunk_name(batch.chunk)
-            if skipped:  # the sidecar goes first: a chunk is done once its .npy exists
+            if array is not None and in_place and partial is None:
+                partial = _Partial.open(out, n, array.shape[1:], array.dtype,
+                                        exclusive=dist.world == 1)
+                if partial is None:
+                    in_place = False
+                else:
+                    stack.callback(partial.close)
+            if array is not None and partial is not None:
+                # the rows first; the done-log line (appended last) says they are there
+                partial.write(batch.indices[0], array)
+            if skipped or (array is not None and partial is None):
+                folder.mkdir(exist_ok=True)
+            if skipped:  # the sidecar goes before the .npy or the line that marks it done
                 _dump_json(folder / f"{name}.json", {
                     "chunk": batch.chunk,
-                    "file": f"{name}.npy" if array is not None else None,
+                    "file": None if array is None else PARTIAL if partial else f"{name}.npy",
                     "skipped": skipped,
                 })
             if array is not None:
-                _write_atomic(folder / f"{name}.npy", lambda f, a=array: np.save(f, a))
+                if partial is not None:
+                    partial.mark_done(batch.chunk)
+                else:
+                    _write_atomic(folder / f"{name}.npy", lambda f, a=array: np.save(f, a))
             mine.append(batch.chunk)
             computed += len(batch.indices)
             bar.update(len(batch.indices))
@@ -853,7 +1009,9 @@ def _fill_value(dtype: np.dtype) -> Any:
 def _finalise(
     out: Path, n_chunks: int, chunk_size: int, n: int, on_error: str, world: int,
     assemble: bool, ranks: dict[int, int],
-) -> None:
+) -> list[dict[str, Any]]:
+    """Rank 0, once every chunk is done: complete ``result.npy`` (or the chunk files), write the
+    final manifest, remove the chunks. Returns the skipped items."""
     folder = out / CHUNKS
     done = _done_chunks(out, n_chunks)
     for k, record in done.items():
@@ -868,39 +1026,58 @@ def _finalise(
             f"no item of the data set could be loaded; first errors: "
             f"{[s['id'] + ': ' + s['error'] for s in skipped[:3]]}"
         )
-    first = np.load(folder / with_data[0]["file"], mmap_mode="r")
-    item_shape, dtype = tuple(first.shape[1:]), first.dtype
+    first = (out if with_data[0]["file"] == PARTIAL else folder) / with_data[0]["file"]
+    with open(first, "rb") as f:
+        shape, dtype = _npy_header(f)
+    item_shape = tuple(shape[1:])
     fill = _fill_value(dtype)
-    del first
     if assemble:
-        tmp = out / f"{RESULT}.tmp-{os.getpid()}"
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                  "shape": (n, *item_shape)}
-        with open(tmp, "wb") as f:  # a .npy file written sequentially, chunk after chunk
-            np.lib.format.write_array_header_2_0(f, header)
-            for k in range(n_chunks):
+        # chunks written in place are already there; copy in those written as files (by ranks
+        # on other machines, or by an earlier call), fill the rows of all-skipped chunks
+        copy = [k for k in range(n_chunks) if done[k]["file"] != PARTIAL]
+        partial = _Partial.open(out, n, item_shape, dtype, exclusive=True) if copy else None
+        if copy and partial is None:  # pragma: no cover - exclusive=True always opens it
+            raise RuntimeError(f"could not create {out / PARTIAL}")
+        try:
+            for k in copy:
                 record = done[k]
+                rows = record["stop"] - record["start"]
                 if record["file"] is None:
-                    rows = record["stop"] - record["start"]
-                    np.full((rows, *item_shape), fill, dtype=dtype).tofile(f)
-                    continue
-                chunk = np.load(folder / record["file"])
-                if chunk.shape[1:] != item_shape or chunk.dtype != dtype:
+                    chunk = np.full((rows, *item_shape), fill, dtype=dtype)
+                else:
+                    chunk = np.load(folder / record["file"])
+                if chunk.shape != (rows, *item_shape) or chunk.dtype != dtype:
                     raise ValueError(
                         f"chunk {k} has items of shape {chunk.shape[1:]} {chunk.dtype}, chunk "
                         f"{with_data[0]['chunk']} has {item_shape} {dtype}; attribute() must "
                         "return the same shape for every item"
                     )
-                np.ascontiguousarray(chunk).tofile(f)
-        os.replace(tmp, out / RESULT)
+                partial.write(record["start"], chunk)  # type: ignore[union-attr]
+        finally:
+            if partial is not None:
+                partial.close()
+        os.replace(out / PARTIAL, out / RESULT)
     else:
+        in_place = np.load(out / PARTIAL, mmap_mode="r") if (out / PARTIAL).is_file() else None
+        folder.mkdir(exist_ok=True)
         for k in range(n_chunks):
-            if done[k]["file"] is None:  # an all-skipped chunk still gets its rows
-                rows = done[k]["stop"] - done[k]["start"]
-                name = _chunk_name(k) + ".npy"
-                filled = np.full((rows, *item_shape), fill, dtype=dtype)
-                _write_atomic(folder / name, lambda f, a=filled: np.save(f, a))
-                done[k]["file"] = name
+            record = done[k]
+            if record["file"] is not None and record["file"] != PARTIAL:
+                continue
+            name = _chunk_name(k) + ".npy"
+            if record["file"] is None:  # an all-skipped chunk still gets its rows
+                rows = np.full((record["stop"] - record["start"], *item_shape), fill,
+                               dtype=dtype)
+            else:  # an earlier call wrote it in place
+                rows = np.asarray(in_place[record["start"] : record["stop"]])
+            if record["skipped"]:  # the sidecar names the chunk's new file
+                _dump_json(folder / f"{_chunk_name(k)}.json",
+                           {"chunk": k, "file": name, "skipped": record["skipped"]})
+            _write_atomic(folder / name, lambda f, a=rows: np.save(f, a))
+            record["file"] = name
+        del in_place
+        (out / PARTIAL).unlink(missing_ok=True)
+        (out / DONE_LOG).unlink(missing_ok=True)
     manifest = read_manifest(out)
     import captum
 
@@ -932,7 +1109,10 @@ def _finalise(
     })
     _dump_json(out / MANIFEST, manifest)
     if assemble:
-        shutil.rmtree(folder, ignore_errors=True)
+        (out / DONE_LOG).unlink(missing_ok=True)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+    return skipped
 
 
 def read_results(out: str | os.PathLike[str], mmap: bool = True) -> np.ndarray:

@@ -170,12 +170,18 @@ def test_resume_skips_done_chunks_and_equals_uninterrupted(model, data, tmp_path
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_over(saliency, images, targets=labels, out=tmp_path / "part", batch_size=3)
     monkeypatch.setattr(VanillaSaliencyImage, "attribute", original)
-    chunks = sorted(p.name for p in (tmp_path / "part" / "chunks").iterdir())
-    assert chunks == ["chunk-000000.npy", "chunk-000001.npy"]
+    # rows of done chunks are in the preallocated result file; the chunk in flight is not logged
+    names = sorted(p.name for p in (tmp_path / "part").iterdir())
+    assert names == ["manifest.json", "result.partial.done", "result.partial.npy"]
+    assert (tmp_path / "part" / "result.partial.done").read_text() == "0\n1\n"
+    partial = np.load(tmp_path / "part" / "result.partial.npy", mmap_mode="r")
+    assert partial.shape == whole.shape and np.array_equal(partial[:6], whole[:6])
     with pytest.raises(ValueError, match=r"not complete \(2 of 4 chunks done\)"):
         read_results(tmp_path / "part")
     # a half-written temporary file from a killed process is ignored and cleaned up
+    (tmp_path / "part" / "chunks").mkdir()
     (tmp_path / "part" / "chunks" / "chunk-000002.npy.tmp-99999").write_bytes(b"partial")
+    (tmp_path / "part" / "result.partial.npy.tmp-99999").write_bytes(b"partial")
 
     summary = run_over(saliency, images, targets=labels, out=tmp_path / "part", batch_size=3)
     assert (summary.reused, summary.computed) == (6, 4)
@@ -185,6 +191,72 @@ def test_resume_skips_done_chunks_and_equals_uninterrupted(model, data, tmp_path
     again = run_over(saliency, images, targets=labels, out=tmp_path / "part", batch_size=3)
     assert (again.reused, again.computed) == (10, 0)
     assert _snapshot(tmp_path / "part") == before
+
+
+def test_resume_mixes_chunk_files_and_in_place_rows(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
+    """Chunk files (assemble=False, or ranks on other machines) and rows written in place into
+    the result file (one machine) resume into each other."""
+    images, labels = data
+    saliency = VanillaSaliencyImage(model, "conv5")
+    whole = saliency.attribute(images, target=labels.tolist()).numpy()
+    original = VanillaSaliencyImage.attribute
+
+    def crash_after(calls: int) -> None:
+        count = {"n": 0}
+
+        def failing(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if count["n"] == calls:
+                raise RuntimeError("simulated crash")
+            count["n"] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(VanillaSaliencyImage, "attribute", failing)
+
+    for first, second in ((False, True), (True, False)):
+        out = tmp_path / f"{first}{second}"
+        crash_after(1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_over(saliency, images, targets=labels, out=out, batch_size=3, assemble=first)
+        crash_after(1)  # one more chunk, written the other way
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_over(saliency, images, targets=labels, out=out, batch_size=3, assemble=second)
+        assert sorted(p.name for p in (out / "chunks").iterdir()) == [
+            f"chunk-00000{int(first)}.npy"]
+        assert (out / "result.partial.done").read_text() == f"{int(not first)}\n"
+        monkeypatch.setattr(VanillaSaliencyImage, "attribute", original)
+        summary = run_over(saliency, images, targets=labels, out=out, batch_size=3,
+                           assemble=first)
+        assert (summary.reused, summary.computed) == (6, 4)
+        assert np.allclose(read_results(out), whole, atol=1e-6)
+        expected = ["manifest.json", "result.npy"] if first else ["chunks", "manifest.json"]
+        assert sorted(p.name for p in out.iterdir()) == expected
+        if not first:
+            names = sorted(p.name for p in (out / "chunks").iterdir())
+            assert names == [f"chunk-00000{k}.npy" for k in range(4)]
+
+
+def test_done_log_without_its_result_file_counts_nothing(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
+    images, labels = data
+    saliency = VanillaSaliencyImage(model, "conv5")
+    original = VanillaSaliencyImage.attribute
+    count = {"n": 0}
+
+    def failing(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if count["n"] == 2:
+            raise RuntimeError("simulated crash")
+        count["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VanillaSaliencyImage, "attribute", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_over(saliency, images, targets=labels, out=tmp_path, batch_size=3)
+    monkeypatch.setattr(VanillaSaliencyImage, "attribute", original)
+    (tmp_path / "result.partial.npy").unlink()  # the rows are gone: the log must not count
+    summary = run_over(saliency, images, targets=labels, out=tmp_path, batch_size=3)
+    assert (summary.reused, summary.computed) == (0, 10)
+    expected = saliency.attribute(images, target=labels.tolist()).numpy()
+    assert np.allclose(read_results(tmp_path), expected, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "result.npy"]
 
 
 def test_different_run_is_refused_and_folder_unchanged(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
@@ -261,7 +333,7 @@ def test_corrupt_image_is_named_and_others_kept(model, data, tmp_path) -> None: 
     with pytest.raises(ItemLoadError, match=r"item 4 \(digit04\.png\).*on_error='skip'"):
         run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3)
     # the chunk before the bad one was kept; a rerun with on_error="skip" resumes
-    assert (tmp_path / "out" / "chunks" / "chunk-000000.npy").is_file()
+    assert (tmp_path / "out" / "result.partial.done").read_text() == "0\n"
     summary = run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3,
                        on_error="skip", num_workers=2)  # loading in worker processes
     assert summary.reused == 3 and summary.computed == 7

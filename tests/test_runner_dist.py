@@ -56,14 +56,18 @@ def _single_process(method: str, n: int, batch: int, out: Path) -> np.ndarray:
     return np.asarray(read_results(out))
 
 
-@pytest.mark.parametrize("method", ["occlusion"])
-def test_torchrun_two_ranks_equals_single_process(method: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hosts", ["one", "two"])
+def test_torchrun_two_ranks_equals_single_process(hosts: str, tmp_path: Path) -> None:
+    """One host: both ranks write rows in place into one result file; "two" hosts (faked): each
+    rank writes chunk files, which rank 0 copies into result.npy."""
+    method = "occlusion"
     n, batch = 22, 4  # 6 chunks, the last one short; rank 0 gets 3 chunks (12), rank 1 3 (10)
     out = tmp_path / "dist"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-         str(JOB), str(out), method, str(n), str(batch)],
+         str(JOB), str(out), method, str(n), str(batch)]
+        + (["--fake-hosts"] if hosts == "two" else []),
         capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -94,8 +98,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
     )
     assert done.returncode == 3, done.stderr[-3000:]  # died abruptly inside the third chunk
-    left = sorted(p.name for p in (out / "chunks").iterdir())
-    assert left == ["chunk-000000.npy", "chunk-000001.npy"]
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["manifest.json", "result.partial.done", "result.partial.npy"]
+    assert (out / "result.partial.done").read_text() == "0\n1\n"
     assert read_manifest(out)["status"] == "running"
     with pytest.raises(ValueError, match=r"not complete \(2 of 5 chunks done\)"):
         read_results(out)

@@ -5,7 +5,8 @@
 METHOD is "saliency" or "occlusion". ``--die-after K`` makes the process exit abruptly
 (``os._exit``, no cleanup, like a kill) when ``attribute`` is called for the (K+1)-th time, so
 exactly K chunks are complete and the chunk in flight is lost. ``--folder`` runs over image
-files instead of the digits tensor.
+files instead of the digits tensor. ``--fake-hosts`` makes each rank report its own host name
+(as if the ranks ran on different machines: chunk files instead of writes in place).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 
 import torch
@@ -44,7 +46,11 @@ def main() -> None:
     parser.add_argument("batch", type=int)
     parser.add_argument("--die-after", type=int, default=None)
     parser.add_argument("--folder", default=None)
+    parser.add_argument("--fake-hosts", action="store_true")
     args = parser.parse_args()
+    if args.fake_hosts:
+        rank = os.environ.get("RANK", "0")
+        socket.gethostname = lambda: f"machine{rank}"
     torch.set_num_threads(1)
     attribution, kwargs = make(args.method)
     if args.die_after is not None:
