@@ -217,3 +217,83 @@ def test_rank_nan_and_empty_batch(cls) -> None:
         explainer.attribute(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), target=0)
     with pytest.raises(TypeError, match="inputs must be a torch.Tensor"):
         explainer.attribute([[0.0]], target=0)
+
+
+# ----------------------------------------------------------------------------- review fixes
+class _Tokens(nn.Module):
+    """A Linear layer applied to (N, T, D) tokens: its channels are on the last dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_linear_on_tokens_selects_dimension_one_like_the_slow_path() -> None:
+    model = _Tokens().eval()
+    x = torch.rand(2, 9, 4)
+    with torch.no_grad():
+        expected = model(x)[:, 2].mean(1)
+        torch.testing.assert_close(evaluate_target(model, model.fc, (x,), 2), expected)
+
+
+def test_forward_hooks_on_the_target_layer_are_respected() -> None:
+    model = TinyConvNet().eval()
+    x = torch.rand(2, 3, 12, 12)
+    handle = model.conv2.register_forward_hook(lambda m, a, out: out * 10)
+    try:
+        with torch.no_grad():
+            hooked = evaluate_target(model, model.conv2, (x,), 1)
+            expected = model.conv2(model.pool(model.relu1(model.conv1(x))))[:, 1].mean((1, 2))
+        torch.testing.assert_close(hooked, expected)
+    finally:
+        handle.remove()
+
+
+def test_occlusion_on_a_model_that_views_before_the_target() -> None:
+    class Viewing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.fc = nn.Linear(2 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x))
+            return self.fc(h.view(h.size(0), -1))
+
+    model = Viewing().eval()
+    x = torch.rand(2, 3, 8, 8)
+    at_layer = OccluderDiscrepancyMapping(model, model.fc).attribute(
+        x, target=1, sliding_window_shapes=3, strides=2
+    )
+    at_output = OccluderDiscrepancyMapping(model).attribute(
+        x, target=1, sliding_window_shapes=3, strides=2
+    )
+    torch.testing.assert_close(at_layer, at_output)
+
+
+def test_early_exit_survives_a_model_that_catches_exceptions() -> None:
+    class Catching(TinyConvNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                return super().forward(x)
+            except Exception:  # a model's own error handling must not swallow the early exit
+                return torch.zeros(x.shape[0], 5)
+
+    model = Catching().eval()
+    out = run_to_layer(model, model.conv2, (torch.rand(1, 3, 12, 12),))
+    assert out.shape == (1, 4, 6, 6)
+
+
+def test_missing_target_unbatched_input_and_orphan_flag() -> None:
+    model = digits_cnn()
+    x = torch.rand(2, 3, 32, 32)
+    for layer in ("conv3", "conv3_relu"):
+        with pytest.raises(ValueError, match="target is required when a layer is given"):
+            VanillaSaliencyImage(model, layer).attribute(x)
+    with pytest.raises(ValueError, match=r"inputs must be batched"):
+        VanillaSaliencyImage(model, "conv3").attribute(torch.rand(3, 32, 32), target=1)
+    with pytest.raises(ValueError, match="attribute_to_layer_input=True needs to_layer"):
+        VanillaSaliencyImage(model, "conv3").attribute(x, target=1, attribute_to_layer_input=True)

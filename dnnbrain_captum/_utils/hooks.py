@@ -28,8 +28,11 @@ __all__ = [
 _WARNED_TRAINING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-class _StopForward(Exception):
-    """Raised inside a hook to end the forward pass once the target layer has run."""
+class _StopForward(BaseException):
+    """Raised inside a hook to end the forward pass once the target layer has run.
+
+    A ``BaseException`` so that a model whose ``forward`` catches ``Exception`` cannot swallow it.
+    """
 
 
 @contextmanager
@@ -43,15 +46,19 @@ def removing(handles: list[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
         handles.clear()
 
 
-def warn_if_training(model: Any) -> None:
-    """Warn once per model that it is in training mode (dropout, batch statistics)."""
+def warn_if_training(model: Any, stacklevel: int = 4) -> None:
+    """Warn once per model that it is in training mode (dropout, batch statistics).
+
+    The default ``stacklevel`` points at the user's call of an ``attribute`` method decorated
+    with ``captum.log.log_usage`` (which adds one frame).
+    """
     if isinstance(model, nn.Module) and model.training and model not in _WARNED_TRAINING:
         _WARNED_TRAINING.add(model)
         warnings.warn(
             f"{type(model).__name__} is in training mode: dropout and batch norm make the "
             "attributions random; call model.eval() first if that is not intended",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -85,7 +92,7 @@ class LayerCapture:
         return self.module.register_forward_hook(self._hook)
 
     def _record(self, value: Any) -> Any:
-        if self.value is not None and self.stop:
+        if self.value is not None:  # the module's first call is the one recorded
             return None
         self.value = value
         if self.stop:

@@ -206,14 +206,35 @@ def select_output_target(output: Tensor, target: Any) -> Tensor:
 
 
 def _fast_channel_layer(layer: nn.Module | None, target: Any, on_input: bool) -> bool:
-    """Whether only the selected channels of ``layer`` need computing (plain conv/linear)."""
+    """Whether only the selected channels of ``layer`` need computing (plain conv/linear).
+
+    Not for layers with forward hooks of their own (the caller's lesion or steering hooks must
+    see the real output) nor for unit or callable targets.
+    """
     if on_input or layer is None or callable(target) or isinstance(target, tuple):
         return False
     if isinstance(target, list) and target and isinstance(target[0], (tuple, list)):
         return False
+    if layer._forward_hooks or layer._forward_pre_hooks or _has_global_forward_hooks():
+        return False
     if type(layer) is nn.Conv2d:
         return layer.groups == 1 and layer.padding_mode == "zeros"
     return type(layer) is nn.Linear
+
+
+def _has_global_forward_hooks() -> bool:
+    modules = nn.modules.module
+    return bool(getattr(modules, "_global_forward_hooks", None)) or bool(
+        getattr(modules, "_global_forward_pre_hooks", None)
+    )
+
+
+def _check_batch(value: Any, n: int, layer: nn.Module) -> None:
+    if isinstance(value, Tensor) and (value.dim() == 0 or value.shape[0] != n):
+        raise ValueError(
+            f"the layer {type(layer).__name__} saw shape {tuple(value.shape)} for a batch "
+            f"of {n} inputs; inputs must be batched, e.g. (N, C, H, W) for images"
+        )
 
 
 def _selected_channels(layer: nn.Module, x: Tensor, channels: Tensor) -> Tensor:
@@ -267,12 +288,26 @@ def evaluate_target(
     if layer is None:
         output = run_to_layer(forward_func, None, inputs, additional_forward_args)
         return select_output_target(output, target)
-    if not _fast_channel_layer(layer, target, attribute_to_layer_input):
-        output = run_to_layer(
-            forward_func, layer, inputs, additional_forward_args, on_input=attribute_to_layer_input
+    if target is None:
+        raise ValueError("target is required when a layer is given: a channel, unit or callable")
+    n = inputs[0].shape[0]
+    if _fast_channel_layer(layer, target, attribute_to_layer_input):
+        layer_input = run_to_layer(
+            forward_func, layer, inputs, additional_forward_args, on_input=True
         )
-        return select_layer_target(output, target, reduction)
-    layer_input = run_to_layer(forward_func, layer, inputs, additional_forward_args, on_input=True)
+        _check_batch(layer_input, n, layer)
+        if layer_input.dim() == (4 if isinstance(layer, nn.Conv2d) else 2):
+            return _target_channels_only(layer, layer_input, target, reduction)
+    output = run_to_layer(
+        forward_func, layer, inputs, additional_forward_args, on_input=attribute_to_layer_input
+    )
+    _check_batch(output, n, layer)
+    return select_layer_target(output, target, reduction)
+
+
+def _target_channels_only(
+    layer: nn.Module, layer_input: Tensor, target: Any, reduction: str
+) -> Tensor:
     n = layer_input.shape[0]
     n_channels = layer.weight.shape[0]
     entries = per_example_targets(target, n)
@@ -280,8 +315,7 @@ def evaluate_target(
         entries = [_as_int(target, "target")] * n
     channels = [_check_channel(_as_int(e, "target"), n_channels) for e in entries]
     unique = sorted(set(channels))
-    device = layer.weight.device
-    maps = _selected_channels(layer, layer_input, torch.tensor(unique, device=device))
+    maps = _selected_channels(layer, layer_input, torch.tensor(unique, device=layer.weight.device))
     position = torch.tensor([unique.index(c) for c in channels], device=maps.device)
     return _reduce(maps[torch.arange(n, device=maps.device), position], reduction)
 

@@ -312,19 +312,24 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         per_image = grid[0] * grid[1]
         total = n * per_image
         entries = per_example_targets(target, n)
+        channels_last = self.layer is not None
         window_rows = torch.arange(window[0], device=x.device)
         window_cols = torch.arange(window[1], device=x.device)
         fill_nhwc = fill.expand(x.shape[0] if fill.shape[0] > 1 else 1, *x.shape[1:])
         fill_nhwc = fill_nhwc.permute(0, 2, 3, 1)
         starts = range(0, total, batch)
-        bar = tqdm(starts, desc="Occluder discrepancy mapping", disable=not show_progress,
-                   total=len(starts))
+        bar = tqdm(
+            starts,
+            desc="Occluder discrepancy mapping",
+            disable=not show_progress,
+            total=len(starts),
+        )
         for start in bar:
             flat = torch.arange(start, min(start + batch, total), device=x.device)
             example, position = flat // per_image, flat % per_image
             top = (position // grid[1]) * stride[0]
             left = (position % grid[1]) * stride[1]
-            occluded = self._batch_layout(x[example])
+            occluded = self._batch_layout(x[example], channels_last)
             # Index every occluded pixel at once: (B, h, 1) rows against (B, 1, w) columns.
             slot = torch.arange(len(flat), device=x.device)[:, None, None]
             pixel_rows = (top[:, None] + window_rows)[:, :, None]
@@ -337,17 +342,34 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             if entries is not None:
                 chunk_target = [entries[k] for k in example.tolist()]
             args = take_examples(additional_forward_args, example, n)
-            yield evaluate_target(
-                self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
-            )
+            try:
+                values = evaluate_target(
+                    self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
+                )
+            except RuntimeError:
+                if not channels_last:
+                    raise
+                # e.g. a ``view`` before the layer: retry, and go on, in the default layout.
+                logger.debug("the model rejected a channels-last batch; using contiguous ones")
+                channels_last = False
+                values = evaluate_target(
+                    self.forward_func,
+                    self.layer,
+                    (occluded.contiguous(),),
+                    chunk_target,
+                    reduction,
+                    args,
+                )
+            yield values
 
-    def _batch_layout(self, images: Tensor) -> Tensor:
-        """A private copy of the images, channels-last when the forward stops at a layer.
+    @staticmethod
+    def _batch_layout(images: Tensor, channels_last: bool) -> Tensor:
+        """The occluded batch's memory layout: channels-last while the model accepts it.
 
-        Convolutions on CPU run about twice as fast on channels-last batches. A model whose
-        forward reshapes with ``view`` before the target layer would reject them, so the
-        whole-model path (``layer=None``) keeps the default layout.
+        Convolutions on CPU run about twice as fast on channels-last batches. A model that
+        reshapes with ``view`` before the target layer rejects them; the caller then retries
+        that chunk, and the rest, in the default layout.
         """
-        if self.layer is None:
+        if not channels_last:
             return images  # indexing by example already made a copy
         return images.contiguous(memory_format=torch.channels_last)

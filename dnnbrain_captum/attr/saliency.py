@@ -158,6 +158,11 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
         is_inputs_tuple = is_tuple(inputs)
         items = check_inputs(inputs)
         tap_module = resolve_layer(self.forward_func, to_layer)
+        if attribute_to_layer_input and tap_module is None:
+            raise ValueError(
+                "attribute_to_layer_input=True needs to_layer: the layer whose input gradient "
+                "is returned"
+            )
         warn_if_training(self.forward_func)
         with torch.enable_grad():
             leaves = tuple(t.detach().requires_grad_(True) for t in items)
