@@ -285,3 +285,12 @@ def test_forward_pass_stops_at_the_target_layer(model: torch.nn.Module) -> None:
         assert len(calls) == 2
     finally:
         handle.remove()
+
+
+def test_default_preset_works_on_grey_images() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    start = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    images = SynthesisImage(model, "1").attribute(start, target=[0, 3], n_iter=3)
+    assert images.shape == (2, 1, 10, 10)
+    with pytest.raises(ValueError, match="decorrelate=True needs 3-channel"):
+        SynthesisImage(model, "1").attribute(start, target=0, n_iter=3, decorrelate=True)

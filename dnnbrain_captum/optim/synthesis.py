@@ -346,7 +346,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         param : {"pixel", "fft"}
             Image parametrisation: plain pixels or a 1/f-scaled Fourier spectrum.
         decorrelate : bool
-            Optimise in a decorrelated colour space (3-channel images only).
+            Optimise in a decorrelated colour space (3-channel images only; a preset's
+            decorrelation is skipped for images with another number of channels).
         transforms : "standard", "none" or sequence of Transform
             Random transforms applied before each forward pass (see :mod:`._transforms`).
         regularizers : mapping {name: weight}
@@ -399,7 +400,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         settings = PRESETS[preset]
         param = settings["param"] if param is None else param
-        decorrelate = settings["decorrelate"] if decorrelate is None else decorrelate
+        if decorrelate is None:  # a preset's colour decorrelation applies to RGB images only
+            decorrelate = bool(settings["decorrelate"]) and x.shape[1] == 3
         transforms = settings["transforms"] if transforms is None else transforms
         lr = settings["lr"] if lr is None else lr
         n_iter = settings["n_iter"] if n_iter is None else n_iter
