@@ -230,12 +230,12 @@ class MaskedImage(LayerPerturbation):
         self,
         inputs: Tensor,
         target: Any = None,
+        additional_forward_args: Any = None,
         stdev_size_thr: float = 1.0,
         filter_sigma: float = 1.0,
         target_reduction_ratio: float = 0.9,
         max_iter: int = 100,
         return_masks: bool = False,
-        additional_forward_args: Any = None,
         reduction: str = "mean",
         perturbations_per_eval: int = 16,
         show_progress: bool = False,
@@ -249,6 +249,8 @@ class MaskedImage(LayerPerturbation):
         target : int, tuple, callable, list or Tensor
             With a layer: channel, unit ``(c, i, j)``, callable or one per example (0-based).
             Without a layer: Captum's target on the model output.
+        additional_forward_args : Any, optional
+            Further positional arguments of the model.
         stdev_size_thr : float
             Contrast threshold in standard deviations, >= 0.
         filter_sigma : float
@@ -259,8 +261,6 @@ class MaskedImage(LayerPerturbation):
             Most erosions tried, >= 1.
         return_masks : bool
             Return :class:`MaskedImages` instead of the images alone.
-        additional_forward_args : Any, optional
-            Further positional arguments of the model.
         reduction : {"mean", "max", "sum"}
             How a channel becomes one scalar.
         perturbations_per_eval : int

@@ -194,6 +194,7 @@ class MinimalParcelImage(LayerPerturbation):
         self,
         inputs: Tensor,
         target: Any = None,
+        additional_forward_args: Any = None,
         segmentation: str = "felzenszwalb",
         segmentation_kwargs: dict[str, Any] | None = None,
         feature_mask: Tensor | None = None,
@@ -202,7 +203,6 @@ class MinimalParcelImage(LayerPerturbation):
         activation_criterion: str = "max",
         activation_ratio: float = 0.9,
         max_parcels: int | None = None,
-        additional_forward_args: Any = None,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
     ) -> MinimalParcels:
@@ -215,6 +215,8 @@ class MinimalParcelImage(LayerPerturbation):
         target : int, tuple, callable, list or Tensor
             With a layer: channel, unit ``(c, i, j)``, callable or one per example (0-based).
             Without a layer: Captum's target on the model output.
+        additional_forward_args : Any, optional
+            Further positional arguments of the model.
         segmentation : {"felzenszwalb", "slic", "quickshift"}
             scikit-image superpixel method (ignored when ``feature_mask`` is given).
         segmentation_kwargs : dict, optional
@@ -236,8 +238,6 @@ class MinimalParcelImage(LayerPerturbation):
             Fraction of the original activation to keep (``"threshold"``, ``"removal"``).
         max_parcels : int, optional
             Longest prefix considered by the ranking searches (all parcels by default).
-        additional_forward_args : Any, optional
-            Further positional arguments of the model.
         perturbations_per_eval : int
             Candidate images per forward pass.
         show_progress : bool

@@ -166,6 +166,7 @@ class MinimalComponentImage(LayerPerturbation):
         self,
         inputs: Tensor,
         target: Any = None,
+        additional_forward_args: Any = None,
         decomposition: str = "pca",
         sampling: str = "patches",
         patch_size: int = 8,
@@ -174,7 +175,6 @@ class MinimalComponentImage(LayerPerturbation):
         activation_criterion: str = "max",
         activation_ratio: float = 0.9,
         max_components: int | None = None,
-        additional_forward_args: Any = None,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
@@ -188,6 +188,8 @@ class MinimalComponentImage(LayerPerturbation):
         target : int, tuple, callable, list or Tensor
             With a layer: channel, unit ``(c, i, j)``, callable or one per example (0-based).
             Without a layer: Captum's target on the model output.
+        additional_forward_args : Any, optional
+            Further positional arguments of the model.
         decomposition : {"pca", "ica"}
             scikit-learn ``PCA`` or ``FastICA``.
         sampling : {"patches", "pixels"}
@@ -204,8 +206,6 @@ class MinimalComponentImage(LayerPerturbation):
             Fraction of the original activation to keep (``"threshold"``, ``"removal"``).
         max_components : int, optional
             Longest prefix considered by the ranking searches.
-        additional_forward_args : Any, optional
-            Further positional arguments of the model.
         perturbations_per_eval : int
             Candidate images per forward pass.
         show_progress : bool

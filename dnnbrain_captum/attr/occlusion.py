@@ -134,10 +134,10 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         self,
         inputs: Tensor,
         target: Any = None,
+        additional_forward_args: Any = None,
         sliding_window_shapes: int | tuple[int, int] = (11, 11),
         strides: int | tuple[int, int] = (2, 2),
         baselines: float | Tensor | str = 0.0,
-        additional_forward_args: Any = None,
         reduction: str = "mean",
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
@@ -153,6 +153,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         target : int, tuple, callable, list or Tensor
             With a layer: channel, unit ``(c, i, j)``, callable or one per example (0-based).
             Without a layer: Captum's target on the model output.
+        additional_forward_args : Any, optional
+            Further positional arguments of the model (batch-first tensors are matched to
+            their example).
         sliding_window_shapes : int or (h, w)
             Occluder size in pixels, (H, W) order (DNNBrain's ``window``, which was (W, H)).
         strides : int or (s_h, s_w)
@@ -161,9 +164,6 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             What the occluder shows, in model space: a number (default 0.0), a tensor
             broadcastable to the inputs, or ``"noise"`` — uniform random pixels between each
             image's min and max (Zhou et al.), drawn from ``seed``.
-        additional_forward_args : Any, optional
-            Further positional arguments of the model (batch-first tensors are matched to
-            their example).
         reduction : {"mean", "max", "sum"}
             How a channel becomes one scalar (DNNBrain's ``metric``).
         perturbations_per_eval : int
