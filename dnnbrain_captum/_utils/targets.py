@@ -30,6 +30,7 @@ __all__ = [
     "check_reduction",
     "evaluate_target",
     "per_example_targets",
+    "reduce_per_example",
     "take_examples",
     "select_layer_target",
     "select_output_target",
@@ -47,13 +48,33 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def _reduce(values: Tensor, reduction: str) -> Tensor:
+def reduce_per_example(values: Tensor, reduction: str) -> Tensor:
+    """Reduce everything but the batch dimension: (N, ...) → (N,).
+
+    ``"mean"``, ``"max"``, ``"sum"`` (the ``reduction`` of every class) and, for the
+    minimal-image searches' ``activation_criterion``, ``"median"`` (numpy's, averaging the two
+    middle values), ``"L1"`` and ``"L2"`` (vector norms of the flattened map; DNNBrain's were
+    matrix norms).
+
+    Examples
+    --------
+    >>> reduce_per_example(torch.tensor([[[3.0, -4.0]]]), "L2")
+    tensor([5.])
+    """
     flat = values.reshape(values.shape[0], -1)
     if reduction == "mean":
         return flat.mean(1)
     if reduction == "max":
         return flat.amax(1)
-    return flat.sum(1)
+    if reduction == "sum":
+        return flat.sum(1)
+    if reduction == "median":
+        return flat.quantile(0.5, dim=1)
+    if reduction == "L1":
+        return flat.abs().sum(1)
+    if reduction == "L2":
+        return flat.pow(2).sum(1).sqrt()
+    raise ValueError(f"reduction must be one of mean, max, sum, median, L1, L2, got {reduction!r}")
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -171,7 +192,7 @@ def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean
             unit = _check_unit(tuple(_as_int(i, "a unit index") for i in target), output.shape[1:])
             return output[(slice(None), *unit)]
         channel = _check_channel(_as_int(target, "target"), output.shape[1])
-        return _reduce(output[:, channel], reduction)
+        return reduce_per_example(output[:, channel], reduction)
     if entries and isinstance(entries[0], (tuple, list)):
         units = [
             _check_unit(tuple(_as_int(i, "a unit index") for i in e), output.shape[1:])
@@ -181,7 +202,7 @@ def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean
         return output[(torch.arange(n, device=output.device), *index)]
     channels = [_check_channel(_as_int(e, "target"), output.shape[1]) for e in entries]
     index = torch.tensor(channels, device=output.device)
-    return _reduce(output[torch.arange(n, device=output.device), index], reduction)
+    return reduce_per_example(output[torch.arange(n, device=output.device), index], reduction)
 
 
 def select_output_target(output: Tensor, target: Any) -> Tensor:
@@ -317,7 +338,7 @@ def _target_channels_only(
     unique = sorted(set(channels))
     maps = _selected_channels(layer, layer_input, torch.tensor(unique, device=layer.weight.device))
     position = torch.tensor([unique.index(c) for c in channels], device=maps.device)
-    return _reduce(maps[torch.arange(n, device=maps.device), position], reduction)
+    return reduce_per_example(maps[torch.arange(n, device=maps.device), position], reduction)
 
 
 def channel_maps(output: Tensor, target: Any) -> Tensor:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dnnbrain_captum._utils.layers import layer_path
-from dnnbrain_captum._utils.targets import per_example_targets
+from dnnbrain_captum._utils.targets import per_example_targets, reduce_per_example
 
 __all__ = ["IncrementalOcclusion", "IncrementalUnsupported"]
 
@@ -1160,9 +1160,4 @@ def _target_of(entry: Any, shape: torch.Size) -> tuple[int, tuple[int, int] | No
 def _reduce_maps(maps: Tensor, reduction: str, unit: tuple[int, int] | None) -> Tensor:
     if unit is not None:
         return maps[:, unit[0], unit[1]]
-    flat = maps.reshape(maps.shape[0], -1)
-    if reduction == "mean":
-        return flat.mean(1)
-    if reduction == "max":
-        return flat.amax(1)
-    return flat.sum(1)
+    return reduce_per_example(maps, reduction)

@@ -22,6 +22,7 @@ from dnnbrain_captum._utils.targets import (
     channel_maps,
     evaluate_target,
     per_example_targets,
+    reduce_per_example,
     take_examples,
 )
 
@@ -71,19 +72,6 @@ def fill_images(x: Tensor, baselines: Any) -> Tensor:
     return baseline_images(x, baselines, {"mean": lambda x: x.mean(dim=(2, 3), keepdim=True)})
 
 
-def _reduce_map(maps: Tensor, criterion: str) -> Tensor:
-    flat = maps.reshape(maps.shape[0], -1)
-    if criterion == "max":
-        return flat.amax(1)
-    if criterion == "mean":
-        return flat.mean(1)
-    if criterion == "median":
-        return flat.quantile(0.5, dim=1)
-    if criterion == "L1":
-        return flat.abs().sum(1)
-    return flat.pow(2).sum(1).sqrt()
-
-
 class TargetScorer:
     """One scalar per image: the target's activation under ``activation_criterion``.
 
@@ -131,7 +119,7 @@ class TargetScorer:
         args = take_examples(self.args, example, self.n)
         if self.pools_channel:
             output = run_to_layer(self.forward_func, self.layer, (images,), args)
-            return _reduce_map(channel_maps(output, target), self.criterion)
+            return reduce_per_example(channel_maps(output, target), self.criterion)
         reduction = self.criterion if self.criterion in ("mean", "max") else "mean"
         return evaluate_target(self.forward_func, self.layer, (images,), target, reduction, args)
 
