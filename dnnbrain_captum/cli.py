@@ -2057,6 +2057,7 @@ _register(
 RUN_MANIFEST = "manifest.json"  # written by dnnbrain_captum.run_over
 RUN_RESULT = "result.npy"
 RUN_CHUNKS = "chunks"
+RUN_PARTIAL = ("result.partial.npy", "result.partial.done")  # a run being filled in place
 PREDICTED = "predicted_classes"  # sub-folder: a run_over folder of each image's predicted class
 STREAM_FIGURES = 16
 
@@ -2342,7 +2343,7 @@ def _clear_previous(out: Path) -> None:
     if previous.is_file():
         with contextlib.suppress(ValueError, AttributeError, OSError):
             listed = list(json.loads(previous.read_text(encoding="utf-8")).get("files", []))
-    for name in [*listed, RUN_MANIFEST, RUN_RESULT]:
+    for name in [*listed, RUN_MANIFEST, RUN_RESULT, *RUN_PARTIAL]:
         target = out / str(name)
         if target.is_file() and target.parent == out:
             target.unlink()
