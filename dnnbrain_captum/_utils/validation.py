@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_image_batch", "check_inputs", "pair"]
+__all__ = ["check_image_batch", "check_inputs", "non_negative", "pair", "positive_int"]
 
 
 def check_inputs(inputs: Any, name: str = "inputs") -> tuple[Tensor, ...]:
@@ -80,3 +81,33 @@ def pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
         if item < minimum:
             raise ValueError(f"{name}={value!r}: every entry must be >= {minimum}")
     return (int(items[0]), int(items[1]))
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1 (bool refused), else ``ValueError`` naming ``name``.
+
+    Examples
+    --------
+    >>> positive_int(3, "n_iter")
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def non_negative(value: Any, name: str) -> float:
+    """``value`` as a float if it is a finite number >= 0.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a number (bool refused).
+    ValueError
+        If it is negative, NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)

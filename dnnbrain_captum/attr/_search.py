@@ -25,6 +25,7 @@ from dnnbrain_captum._utils.targets import (
     reduce_per_example,
     take_examples,
 )
+from dnnbrain_captum._utils.validation import positive_int
 
 __all__ = [
     "ACTIVATION_CRITERIA",
@@ -58,9 +59,7 @@ def check_ratio(value: Any, name: str) -> float:
 
 def check_batch_size(value: Any) -> int:
     """``perturbations_per_eval`` as an int >= 1, else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"perturbations_per_eval must be an int >= 1, got {value!r}")
-    return value
+    return positive_int(value, "perturbations_per_eval")
 
 
 def fill_images(x: Tensor, baselines: Any) -> Tensor:

@@ -18,7 +18,7 @@ from dnnbrain_captum._utils.targets import (
     per_example_targets,
     take_examples,
 )
-from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import check_batch_size, check_ratio
 
@@ -281,11 +281,9 @@ class MaskedImage(LayerPerturbation):
         """
         x = check_image_batch(inputs)
         ratio = check_ratio(target_reduction_ratio, "target_reduction_ratio")
-        for name, value in (("stdev_size_thr", stdev_size_thr), ("filter_sigma", filter_sigma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        non_negative(stdev_size_thr, "stdev_size_thr")
+        non_negative(filter_sigma, "filter_sigma")
+        positive_int(max_iter, "max_iter")
         check_reduction(reduction)
         batch = check_batch_size(perturbations_per_eval)
         n = x.shape[0]

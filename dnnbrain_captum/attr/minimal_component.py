@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum._utils.validation import check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
@@ -236,11 +236,9 @@ class MinimalComponentImage(LayerPerturbation):
             raise ValueError(
                 f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}"
             )
-        for name, value in (("patch_size", patch_size), ("max_components", max_components)):
-            if value is None and name == "max_components":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        positive_int(patch_size, "patch_size")
+        if max_components is not None:
+            positive_int(max_components, "max_components")
         if n_components is not None and (
             isinstance(n_components, bool) or not isinstance(n_components, int)
         ):

@@ -19,7 +19,7 @@ from dnnbrain_captum._utils.targets import (
     per_example_targets,
     take_examples,
 )
-from dnnbrain_captum._utils.validation import check_image_batch, pair
+from dnnbrain_captum._utils.validation import check_image_batch, pair, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
 
@@ -192,14 +192,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         _check_window(image_size, window)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if (
-            isinstance(perturbations_per_eval, bool)
-            or not isinstance(perturbations_per_eval, int)
-            or perturbations_per_eval < 1
-        ):
-            raise ValueError(
-                f"perturbations_per_eval must be an int >= 1, got {perturbations_per_eval!r}"
-            )
+        positive_int(perturbations_per_eval, "perturbations_per_eval")
         warn_if_training(self.forward_func)
         grid = occlusion_grid_shape(image_size, window, stride)
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})

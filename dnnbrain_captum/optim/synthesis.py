@@ -7,7 +7,6 @@ decorrelation and transformation robustness.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
-from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
 from dnnbrain_captum.optim._objectives import (
     FOURIER_VARIANTS,
     REGULARIZERS,
@@ -175,20 +174,6 @@ def random_images(
 
 def _mix_seed(seed: int, k: int) -> int:
     return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _check_non_negative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
 
 
 def _resolve_transforms(
@@ -419,20 +404,20 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             raise ValueError(
                 f"decorrelate=True needs 3-channel (RGB) images, got {x.shape[1]} channels"
             )
-        n_iter = _check_positive_int(n_iter, "n_iter")
-        lr = _check_non_negative(lr, "lr")
+        n_iter = positive_int(n_iter, "n_iter")
+        lr = non_negative(lr, "lr")
         if lr == 0:
             raise ValueError("lr must be > 0, got 0")
         weights = check_regularizers(regularizers)
-        blur_sigma = _check_non_negative(blur_sigma, "blur_sigma")
-        blur_every = _check_positive_int(blur_every, "blur_every")
-        fourier_factor = _check_non_negative(fourier_factor, "fourier_factor")
+        blur_sigma = non_negative(blur_sigma, "blur_sigma")
+        blur_every = positive_int(blur_every, "blur_every")
+        fourier_factor = non_negative(fourier_factor, "fourier_factor")
         if fourier_variant not in FOURIER_VARIANTS:
             raise ValueError(
                 f"fourier_variant must be one of {FOURIER_VARIANTS}, got {fourier_variant!r}"
             )
         if snapshot_every is not None:
-            snapshot_every = _check_positive_int(snapshot_every, "snapshot_every")
+            snapshot_every = positive_int(snapshot_every, "snapshot_every")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         size = (x.shape[-2], x.shape[-1])
