@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dnnbrain_captum import MaskedImage
-from dnnbrain_captum.attr.masked import contrast_hull, gaussian_blur
+from dnnbrain_captum._utils.filters import gaussian_blur
+from dnnbrain_captum.attr.masked import contrast_hull
 from tests.helpers.region_models import RegionModel
 
 
@@ -42,7 +43,9 @@ def test_gaussian_blur_matches_scipy() -> None:
     x = torch.rand(1, 1, 11, 13, dtype=torch.float64)
     for sigma in (0.7, 1.0, 2.5, 6.0):
         expected = gaussian_filter(x[0, 0].numpy(), sigma=sigma)
-        torch.testing.assert_close(gaussian_blur(x, sigma)[0, 0], torch.from_numpy(expected))
+        torch.testing.assert_close(
+            gaussian_blur(x, sigma, mode="reflect")[0, 0], torch.from_numpy(expected)
+        )
 
 
 @pytest.mark.parametrize("channels, size", [(3, (16, 16)), (1, (16, 16)), (1, (20, 28))])
@@ -94,7 +97,7 @@ def test_non_positive_baseline_warns_and_returns_the_hull_mask() -> None:
         out = MaskedImage(model, "detector").attribute(x, target=1, return_masks=True)
     assert int(out.n_erosions[0]) == 0
     assert float(out.baseline[0]) == 0.0
-    soft = gaussian_blur(contrast_hull(x[0]).double()[None, None], 1.0).float()
+    soft = gaussian_blur(contrast_hull(x[0]).double()[None, None], 1.0, mode="reflect").float()
     torch.testing.assert_close(out.masks, soft)
 
 
@@ -134,7 +137,11 @@ def test_model_output_and_plain_tensor_return() -> None:
         ({"target_reduction_ratio": 1.0}, ValueError, "strictly between 0 and 1"),
         ({"target_reduction_ratio": 0.0}, ValueError, "strictly between 0 and 1"),
         ({"target_reduction_ratio": "0.5"}, TypeError, "float in"),
-        ({"stdev_size_thr": -1.0}, ValueError, "stdev_size_thr must be a finite number >= 0, got -1.0"),
+        (
+            {"stdev_size_thr": -1.0},
+            ValueError,
+            "stdev_size_thr must be a finite number >= 0, got -1.0",
+        ),
         ({"filter_sigma": -0.5}, ValueError, "filter_sigma must be a finite number >= 0, got -0.5"),
         ({"max_iter": 0}, ValueError, "max_iter must be an int >= 1"),
         ({"reduction": "median"}, ValueError, "reduction must be one of"),

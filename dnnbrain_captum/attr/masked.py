@@ -11,6 +11,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.filters import gaussian_blur
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.targets import (
     check_reduction,
@@ -22,7 +23,7 @@ from dnnbrain_captum._utils.validation import check_image_batch, non_negative, p
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import check_batch_size, check_ratio
 
-__all__ = ["MaskedImage", "MaskedImages", "contrast_hull", "gaussian_blur"]
+__all__ = ["MaskedImage", "MaskedImages", "contrast_hull"]
 
 _LUMINANCE = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
 
@@ -49,36 +50,6 @@ class MaskedImages(NamedTuple):
     activation: Tensor
     baseline: Tensor
     n_erosions: Tensor
-
-
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, C, H, W) images, borders mirrored (scipy's "reflect").
-
-    The kernel has radius ``int(4·sigma + 0.5)`` as ``scipy.ndimage.gaussian_filter``;
-    ``sigma=0`` returns the input.
-
-    Examples
-    --------
-    >>> impulse = torch.zeros(1, 1, 9, 9)
-    >>> impulse[0, 0, 4, 4] = 1.0
-    >>> round(float(gaussian_blur(impulse, 1.0).sum()), 6)
-    1.0
-    """
-    if sigma == 0:
-        return images
-    radius = int(4.0 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = images
-    for dim in (-2, -1):
-        size = out.shape[dim]
-        index = torch.arange(-radius, size + radius, device=images.device) % (2 * size)
-        index = torch.where(index >= size, 2 * size - 1 - index, index)
-        padded = out.index_select(dim, index)
-        windows = padded.unfold(dim, 2 * radius + 1, 1)  # (..., size, window)
-        out = (windows * kernel).sum(-1)
-    return out
 
 
 def _luminance(image: Tensor) -> Tensor:
@@ -366,7 +337,7 @@ class MaskedImage(LayerPerturbation):
                 evaluated += 1
                 vanished = not bool(current.any())
                 current = _erode(current)
-            soft = gaussian_blur(torch.cat(depths), sigma) if sigma > 0 else torch.cat(depths)
+            soft = gaussian_blur(torch.cat(depths), sigma, mode="reflect")
             candidates = soft * image + (1 - soft) * mean
             chunk_target = target
             if isinstance(target, list):

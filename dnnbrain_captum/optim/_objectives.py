@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
+
+from dnnbrain_captum._utils.filters import gaussian_blur as blur
 
 __all__ = [
     "FOURIER_VARIANTS",
@@ -103,31 +104,12 @@ def check_regularizers(regularizers: Mapping[str, float] | None) -> dict[str, fl
     return checked
 
 
-def _gaussian_kernel(sigma: float, truncate: float, dtype: torch.dtype) -> Tensor:
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return (kernel / kernel.sum()).to(dtype)
-
-
 def gaussian_blur(images: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-    """Blur each channel of each image in 2-D with a Gaussian of standard deviation ``sigma``.
+    """Blur each channel in 2-D, edges extended with the nearest pixel.
 
-    Separable kernel of radius ``int(truncate · sigma + 0.5)``, edges extended with the nearest
-    pixel (as ``scipy.ndimage``/``skimage.filters.gaussian`` with ``mode="nearest"``).
-    Unlike DNNBrain, colours are not blurred into each other.
-
-    Parameters
-    ----------
-    images : Tensor of shape (N, C, H, W)
-    sigma : float
-        Standard deviation in pixels, > 0.
-    truncate : float
-        Kernel radius in standard deviations.
-
-    Returns
-    -------
-    Tensor of shape (N, C, H, W)
+    As ``skimage.filters.gaussian``/``scipy.ndimage`` with ``mode="nearest"`` per channel
+    (DNNBrain's preconditioning blurred across the colour channels too; this does not). See
+    :func:`dnnbrain_captum._utils.filters.gaussian_blur`.
 
     Examples
     --------
@@ -136,14 +118,7 @@ def gaussian_blur(images: Tensor, sigma: float, truncate: float = 4.0) -> Tensor
     >>> gaussian_blur(x, 1.0)[0, 0, 0].round(decimals=4)
     tensor([0.0540, 0.2420, 0.3989, 0.2420, 0.0540])
     """
-    kernel = _gaussian_kernel(sigma, truncate, images.dtype).to(images.device)
-    radius = (kernel.numel() - 1) // 2
-    n, c, h, w = images.shape
-    flat = images.reshape(n * c, 1, h, w)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="replicate")
-    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
-    return flat.reshape(n, c, h, w)
+    return blur(images, sigma, mode="nearest", truncate=truncate)
 
 
 FOURIER_VARIANTS = ("fftfreq", "dnnbrain")
