@@ -176,6 +176,13 @@ def _mix_seed(seed: int, k: int) -> int:
     return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)
 
 
+def _adam_kernel(tensor: Tensor) -> dict[str, bool]:
+    """Adam's fused kernel where PyTorch has one for this device and dtype (same update)."""
+    if tensor.device.type == "cpu" or (tensor.is_cuda and tensor.dtype != torch.float64):
+        return {"fused": True}
+    return {}
+
+
 def _resolve_transforms(
     transforms: str | Sequence[Transform] | None, size: tuple[int, int]
 ) -> list[Transform]:
@@ -426,7 +433,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         warn_if_training(self.forward_func)
 
         image = ImageParam(x, param, decorrelate, scale, clamp)
-        optimizer = torch.optim.Adam([image.tensor], lr=lr)
+        optimizer = torch.optim.Adam([image.tensor], lr=lr, **_adam_kernel(image.tensor))
         generator = torch.Generator().manual_seed(seed)
         activations: list[Tensor] = []
         penalties: list[Tensor] = []
