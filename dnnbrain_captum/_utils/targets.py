@@ -258,7 +258,7 @@ def _check_batch(value: Any, n: int, layer: nn.Module) -> None:
         )
 
 
-def _selected_channels(layer: nn.Module, x: Tensor, channels: Tensor) -> Tensor:
+def _selected_channels(layer: nn.Module, x: Tensor, channels: Tensor | slice) -> Tensor:
     bias = None if layer.bias is None else layer.bias[channels]
     weight = layer.weight[channels]
     if isinstance(layer, nn.Conv2d):
@@ -333,9 +333,12 @@ def _target_channels_only(
     n_channels = layer.weight.shape[0]
     entries = per_example_targets(target, n)
     if entries is None:
-        entries = [_as_int(target, "target")] * n
+        entries = [target]
     channels = [_check_channel(_as_int(e, "target"), n_channels) for e in entries]
     unique = sorted(set(channels))
+    if len(unique) == 1:  # one channel for the whole batch: slice views, no index tensors
+        maps = _selected_channels(layer, layer_input, slice(unique[0], unique[0] + 1))
+        return reduce_per_example(maps[:, 0], reduction)
     maps = _selected_channels(layer, layer_input, torch.tensor(unique, device=layer.weight.device))
     position = torch.tensor([unique.index(c) for c in channels], device=maps.device)
     return reduce_per_example(maps[torch.arange(n, device=maps.device), position], reduction)
