@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from captum.log import log_usage
@@ -50,6 +50,16 @@ def _check_window(image_size: tuple[int, int], window: tuple[int, int]) -> None:
         raise ValueError(
             f"sliding_window_shapes={window} is larger than the image {image_size} (H, W)"
         )
+
+
+class _Sweep(NamedTuple):
+    """Where the occluder goes: window and stride (H, W), the grid, windows per forward."""
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    grid: tuple[int, int]
+    batch: int
+    show_progress: bool
 
 
 def _noise_field(seed: int) -> Callable[[Tensor], Tensor]:
@@ -194,46 +204,32 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         positive_int(perturbations_per_eval, "perturbations_per_eval")
         warn_if_training(self.forward_func)
-        grid = occlusion_grid_shape(image_size, window, stride)
+        plan = _Sweep(
+            window,
+            stride,
+            occlusion_grid_shape(image_size, window, stride),
+            perturbations_per_eval,
+            show_progress,
+        )
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
         with torch.no_grad():
             original = evaluate_target(
                 self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
             )
             occluded = self._incremental(
-                method,
-                x,
-                fill,
-                original,
-                target,
-                reduction,
-                additional_forward_args,
-                window,
-                stride,
-                grid,
-                perturbations_per_eval,
-                show_progress,
+                method, x, fill, original, target, reduction, additional_forward_args, plan
             )
             if occluded is None:
                 occluded = torch.cat(
                     list(
                         self._occluded_values(
-                            x,
-                            fill,
-                            target,
-                            reduction,
-                            additional_forward_args,
-                            window,
-                            stride,
-                            grid,
-                            perturbations_per_eval,
-                            show_progress,
+                            x, fill, target, reduction, additional_forward_args, plan
                         )
                     )
                 )
         n = x.shape[0]
-        discrepancy = original.repeat_interleave(grid[0] * grid[1]) - occluded
-        return discrepancy.view(n, *grid).to(x.dtype)
+        discrepancy = original.repeat_interleave(plan.grid[0] * plan.grid[1]) - occluded
+        return discrepancy.view(n, *plan.grid).to(x.dtype)
 
     def _incremental(
         self,
@@ -244,11 +240,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         target: Any,
         reduction: str,
         additional_forward_args: Any,
-        window: tuple[int, int],
-        stride: tuple[int, int],
-        grid: tuple[int, int],
-        batch: int,
-        show_progress: bool,
+        plan: _Sweep,
     ) -> Tensor | None:
         """Occluded values by incremental inference, or None to use the full recompute."""
         if method == "full":
@@ -275,15 +267,18 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             logger.debug("occlusion map by full recompute: %s", reason)
             return None
         logger.debug("occlusion map by incremental inference")
-        per_image = grid[0] * grid[1]
+        per_image = plan.grid[0] * plan.grid[1]
         bar = tqdm(
-            total=x.shape[0] * -(-per_image // batch),
+            total=x.shape[0] * -(-per_image // plan.batch),
             desc="Occluder discrepancy mapping",
-            disable=not show_progress,
+            disable=not plan.show_progress,
         )
         values = []
         with bar:
-            for chunk in engine.occluded_values(fill, reduction, window, stride, grid, batch):
+            chunks = engine.occluded_values(
+                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
+            )
+            for chunk in chunks:
                 values.append(chunk)
                 bar.update()
         return torch.cat(values)
@@ -295,12 +290,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         target: Any,
         reduction: str,
         additional_forward_args: Any,
-        window: tuple[int, int],
-        stride: tuple[int, int],
-        grid: tuple[int, int],
-        batch: int,
-        show_progress: bool,
+        plan: _Sweep,
     ) -> Iterator[Tensor]:
+        window, stride, grid, batch = plan.window, plan.stride, plan.grid, plan.batch
         n = x.shape[0]
         per_image = grid[0] * grid[1]
         total = n * per_image
@@ -314,7 +306,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         bar = tqdm(
             starts,
             desc="Occluder discrepancy mapping",
-            disable=not show_progress,
+            disable=not plan.show_progress,
             total=len(starts),
         )
         for start in bar:
