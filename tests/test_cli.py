@@ -494,7 +494,7 @@ def test_failure_during_the_run_leaves_nothing(tmp_path: Path, capsys, monkeypat
     def boom(*args, **kwargs):
         raise ValueError("simulated failure\nwith two lines")
 
-    monkeypatch.setattr(cli, "saliency_arrays", boom)
+    monkeypatch.setattr(cli.saliency, "saliency_arrays", boom)
     out = tmp_path / "out"
     assert run(["saliency", "--digits", 1, "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -506,7 +506,7 @@ def test_interrupt_leaves_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "saliency_arrays", interrupted)
+    monkeypatch.setattr(cli.saliency, "saliency_arrays", interrupted)
     assert run(["saliency", "--digits", 1, "--out", tmp_path / "out"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
         "dnnbrain-captum saliency: interrupted, nothing written"

@@ -1,0 +1,159 @@
+"""The ``dnnbrain-captum`` command: every algorithm on your images and model, no code needed.
+
+``dnnbrain-captum SUBCOMMAND [IMAGE ...] [options] --out DIR`` runs one algorithm and writes
+NumPy arrays (``.npy``), PNG figures and ``results.json`` (what ran, on which images, which
+files it wrote) into ``DIR``. ``dnnbrain-captum demo --out DIR`` runs every algorithm on the
+bundled digits model and writes ``DIR/index.html``.
+
+Errors (a missing or unreadable image, an unknown model or layer, a channel out of range, an
+output folder that cannot be written, an output folder that already holds results without
+``--overwrite``) print one line naming the culprit and exit with status 2; nothing is written
+then, because results are first written into a temporary folder beside ``DIR`` and only moved
+into place when everything succeeded.
+
+``saliency``, ``occlusion`` and ``upsample`` stream a folder of images (or any images with
+``--stream``) through :func:`dnnbrain_captum.run_over` instead: ``DIR`` becomes a resumable
+runner folder (``result.npy`` + ``manifest.json``, read with
+:func:`dnnbrain_captum.read_results`); rerunning the same command resumes it, a different one
+is refused with one line naming what differs, and figures are drawn for the first
+``--max-figures`` images only (see ``docs/cli.md``).
+
+Examples
+--------
+>>> sorted(SUBCOMMANDS)[:4]
+['demo', 'empirical-rf', 'mask', 'minimal']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from dnnbrain_captum.cli import demo as demo
+from dnnbrain_captum.cli import images as images
+from dnnbrain_captum.cli import maps as maps
+from dnnbrain_captum.cli import receptive_fields as receptive_fields
+from dnnbrain_captum.cli import saliency as saliency
+from dnnbrain_captum.cli import synthesize as synthesize
+from dnnbrain_captum.cli._common import _QUIET_WARNINGS as _QUIET_WARNINGS
+from dnnbrain_captum.cli._common import MANIFEST as MANIFEST
+from dnnbrain_captum.cli._common import PROG as PROG
+from dnnbrain_captum.cli._common import SUBCOMMANDS as SUBCOMMANDS
+from dnnbrain_captum.cli._common import CLIError as CLIError
+from dnnbrain_captum.cli._common import RunContext as RunContext
+from dnnbrain_captum.cli._common import Subcommand as Subcommand
+from dnnbrain_captum.cli._common import _arguments_record as _arguments_record
+from dnnbrain_captum.cli._common import _make_context as _make_context
+from dnnbrain_captum.cli._common import _occupied as _occupied
+from dnnbrain_captum.cli._common import _one_line as _one_line
+from dnnbrain_captum.cli._common import _staging as _staging
+from dnnbrain_captum.cli._common import build_parser as build_parser
+from dnnbrain_captum.cli._common import load_model as load_model
+from dnnbrain_captum.cli._stream import STREAMED as STREAMED
+from dnnbrain_captum.cli._stream import StreamJob as StreamJob
+from dnnbrain_captum.cli._stream import _run_streamed as _run_streamed
+from dnnbrain_captum.cli._stream import _streaming as _streaming
+from dnnbrain_captum.cli.demo import DemoPanel as DemoPanel
+from dnnbrain_captum.cli.images import mask_options as mask_options
+from dnnbrain_captum.cli.images import minimal_options as minimal_options
+from dnnbrain_captum.cli.maps import occlusion_options as occlusion_options
+from dnnbrain_captum.cli.receptive_fields import empirical_rf_options as empirical_rf_options
+from dnnbrain_captum.cli.receptive_fields import receptive_field_rows as receptive_field_rows
+from dnnbrain_captum.cli.saliency import saliency_arrays as saliency_arrays
+from dnnbrain_captum.cli.synthesize import synthesis_options as synthesis_options
+from dnnbrain_captum.cli.synthesize import synthesis_start as synthesis_start
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _run(args: argparse.Namespace) -> None:
+    command = SUBCOMMANDS[args.command]
+    if _streaming(args):
+        _run_streamed(args, command)
+        return
+    if getattr(args, "skip_unreadable", False):
+        raise CLIError("--skip-unreadable applies to streamed runs (a folder of images, or "
+                       "--stream)")
+    out = Path(args.out)
+    if _occupied(out) and not args.overwrite:
+        raise CLIError(
+            f"--out {out} already holds results; pass --overwrite to replace them or choose "
+            "another folder"
+        )
+    ctx = _make_context(args, command)
+    started = time.perf_counter()
+    with _staging(out, args.overwrite) as staging:
+        ctx.out = staging
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for quiet in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=quiet)
+            command.run(args, ctx)
+        notes = list(dict.fromkeys(_one_line(w.message) for w in caught))
+        ctx.record["warnings"] = notes
+        ctx.record.update(
+            {
+                "command": args.command,
+                "arguments": _arguments_record(args),
+                "model": args.model,
+                "layer": args.layer,
+                "images": ctx.sources,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        files = sorted(set(ctx.files))
+        ctx.record["files"] = files + [MANIFEST]
+        (staging / MANIFEST).write_text(json.dumps(ctx.record, indent=2) + "\n", "utf-8")
+    if not args.quiet:
+        for note in notes:
+            sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")
+        sys.stderr.write(f"{PROG} {args.command}: wrote {len(files) + 1} files to {out}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dnnbrain-captum`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success. User errors raise ``SystemExit(2)`` after one line on stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except CLIError as err:
+        _fail(args.command, str(err))
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, OSError) as err:
+        # the library's errors name the bad value; an unexpected exception type is a bug and
+        # keeps its traceback
+        _fail(args.command, str(err) or type(err).__name__)
+    except KeyboardInterrupt:
+        streamed = getattr(args, "_streamed_into", None)
+        if streamed is not None:
+            sys.stderr.write(f"{PROG} {args.command}: interrupted; the completed chunks are kept "
+                             f"in {streamed}: rerun the same command to resume\n")
+            raise SystemExit(130) from None
+        sys.stderr.write(f"{PROG} {args.command}: interrupted, nothing written\n")
+        raise SystemExit(130) from None
+    return 0
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{PROG} {command}: error: {_one_line(message)}\n")
+    raise SystemExit(2)
+

@@ -1,0 +1,816 @@
+"""Shared plumbing of the ``dnnbrain-captum`` command: argument parsing helpers, the
+subcommand registry, model/weights/layer/channel resolution, image loading, the staged output
+folder and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+PROG = "dnnbrain-captum"
+MANIFEST = "results.json"
+_TMP_PREFIX = ".dnnbrain-captum-tmp-"
+# expected warnings that say nothing to a command-line user
+_QUIET_WARNINGS = (
+    ".*did not already require gradients.*",
+    ".*Setting backward hooks on ReLU activations.*",
+)
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr with exit status 2."""
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+        raise SystemExit(2)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Raw description/epilog; ``(default: X)`` added where a default means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _one_line(message: Any) -> str:
+    return " ".join(str(message).split())
+
+
+def _int_list(text: str) -> list[int]:
+    """``"3"``, ``"0,4,7"`` or ``"0-7"`` (or a mix) → list of ints."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer, a list such as 0,4,7 or a range such as 0-7, got {text!r}"
+        ) from None
+    return values
+
+
+def _common_options(parser: argparse.ArgumentParser, images: bool = True) -> None:
+    if images:
+        parser.add_argument(
+            "images",
+            nargs="*",
+            metavar="IMAGE",
+            help="image files or folders of images (searched recursively)",
+        )
+        parser.add_argument(
+            "--digits",
+            type=int,
+            default=None,
+            metavar="N",
+            help="use the first N bundled test digits as images (instead of, or after, files)",
+        )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default="digits",
+        help="'digits' (the bundled model), a torchvision classification model name "
+        "(alexnet, vgg16, resnet18, ...) or package.module:factory",
+    )
+    model.add_argument(
+        "--weights",
+        default=None,
+        help="a state-dict file, or a torchvision weight name (DEFAULT, IMAGENET1K_V1, ...) "
+        "already in the torch hub cache (nothing is downloaded); without it a torchvision "
+        "model has random weights",
+    )
+    model.add_argument(
+        "--layer",
+        default=None,
+        help="module path (features.10, layer4.1) or DNNBrain alias (conv5, conv5_relu, fc3)",
+    )
+    model.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="resize images to PX x PX (default: 32 for digits, 224 for other models)",
+    )
+    model.add_argument(
+        "--device", default="cpu", help="torch device for the model and the images"
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results already in DIR (by default a DIR holding files is refused)",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    out.add_argument("--no-figures", action="store_true", help="write only the arrays")
+
+
+def _channel_option(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
+    if multiple:
+        parser.add_argument(
+            "--channel",
+            type=_int_list,
+            default=None,
+            metavar="C",
+            help="0-BASED channel(s) of --layer: 3, 0,4,7 or 0-7 (DNNBrain counted from 1)",
+        )
+    else:
+        parser.add_argument(
+            "--channel",
+            type=int,
+            default=None,
+            metavar="C",
+            help="0-BASED channel of --layer (DNNBrain counted from 1); without --layer, the "
+            "class index (default: each image's predicted class)",
+        )
+
+
+def _reduction_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reduction",
+        choices=("mean", "max", "sum"),
+        default="mean",
+        help="how a channel map becomes one number (DNNBrain: mean)",
+    )
+
+
+def _window(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+@dataclass
+class Subcommand:
+    """One ``dnnbrain-captum`` subcommand."""
+
+    name: str
+    help: str
+    description: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, RunContext], None]
+    needs_images: bool = True
+    needs_layer: bool = True
+    takes_images: bool = True
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+_ORDER = ("saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
+          "empirical-rf", "demo")
+
+
+def _register(command: Subcommand) -> Subcommand:
+    SUBCOMMANDS[command.name] = command
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dnnbrain-captum`` (one sub-parser per subcommand).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Examples
+    --------
+    >>> parser = build_parser()
+    >>> args = parser.parse_args(["upsample", "a.png", "--layer", "conv5", "--channel", "3",
+    ...                           "--out", "res"])
+    >>> args.command, args.layer, args.channel
+    ('upsample', 'conv5', 3)
+    """
+    parser = _Parser(
+        prog=PROG,
+        description="DNNBrain's interpretability algorithms on any PyTorch model, from the "
+        "command line. Channels are 0-based.",
+        epilog="examples:\n"
+        f"  {PROG} demo --out demo/          # every algorithm on the bundled model\n"
+        f"  {PROG} saliency --digits 4 --out sal/\n"
+        f"  {PROG} upsample photos/ --model alexnet --weights alexnet.pth "
+        "--layer conv5 --channel 121 --out maps/\n\n"
+        f"Run '{PROG} SUBCOMMAND --help' for the options of each subcommand.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from dnnbrain_captum import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    order = {name: k for k, name in enumerate(_ORDER)}
+    for command in sorted(SUBCOMMANDS.values(), key=lambda c: order.get(c.name, len(order))):
+        child = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=textwrap.fill(command.description, 78),
+            epilog=f"example:\n  {command.example}",
+            formatter_class=_Formatter,
+        )
+        command.add_arguments(child)
+    return parser
+
+
+# ----------------------------------------------------------------------------- models and images
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _load_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise CLIError(f"cannot read weights file {path}: {_one_line(err)}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CLIError(f"weights file {path} does not hold a state dict of tensors")
+    return state
+
+
+def _apply_weights_file(model: nn.Module, path: Path) -> None:
+    state = _load_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])
+        raise CLIError(f"weights file {path} does not fit the model: {detail}") from None
+
+
+def _torchvision_weights(name: str, weights: str) -> Any:
+    """Resolve a torchvision weight name and check that its file is already cached."""
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        raise CLIError(f"torchvision has no weight names for model {name!r}") from None
+    key = weights.split(".")[-1]
+    try:
+        chosen = enum[key] if key != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise CLIError(
+            f"--weights {weights!r} is neither a file nor a weight name of {name} ({valid})"
+        ) from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
+    if not cached.is_file():
+        raise CLIError(
+            f"--weights {weights}: {cached} is not on this machine (nothing is downloaded); "
+            "download it once with torchvision or pass a state-dict file"
+        )
+    return chosen
+
+
+def load_model(name: str, weights: str | None = None) -> nn.Module:
+    """The model named on the command line, in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        ``"digits"``, a torchvision classification model name, or ``"package.module:factory"``
+        (a function called with no argument that returns an ``nn.Module``).
+    weights : str, optional
+        A state-dict file, or a torchvision weight name already in the torch hub cache.
+
+    Returns
+    -------
+    nn.Module
+
+    Raises
+    ------
+    CLIError
+        For an unknown model, a factory that cannot be imported, unusable weights.
+    """
+    model: Any
+    if name == "digits":
+        from dnnbrain_captum.models import digits_cnn
+
+        model = digits_cnn(pretrained=weights is None)
+        if weights is not None:
+            _apply_weights_file(model, _existing_file(weights))
+        return model.eval()
+    if ":" in name:
+        module_name, _, factory_name = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # noqa: BLE001 - report any import failure as one line
+            raise CLIError(f"cannot import {module_name!r} for --model {name}: "
+                           f"{_one_line(err)}") from None
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise CLIError(f"--model {name}: {module_name} has no callable {factory_name!r}")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise CLIError(
+                f"--model {name}: the factory returned {type(model).__name__}, not an nn.Module"
+            )
+        if weights is not None:
+            _apply_weights_file(model, _existing_file(weights))
+        return model.eval()
+    known = _torchvision_models()
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known + ["digits"], n=4, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise CLIError(
+            f"unknown model {name!r}: use digits, a torchvision classification model name or "
+            f"package.module:factory{hint}"
+        )
+    import torchvision.models as tvm
+
+    if weights is not None and Path(weights).exists():
+        model = tvm.get_model(name, weights=None)
+        _apply_weights_file(model, _existing_file(weights))
+    elif weights is not None:
+        model = tvm.get_model(name, weights=_torchvision_weights(name, weights))
+    else:
+        model = tvm.get_model(name, weights=None)
+    return model.eval()
+
+
+def _existing_file(path: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"no such weights file: {file}")
+    return file
+
+
+@dataclass
+class RunContext:
+    """What every subcommand gets: the model, the chosen layer, the images, an output folder."""
+
+    model: nn.Module
+    model_name: str
+    device: torch.device
+    layer: nn.Module | None
+    layer_name: str | None
+    image_size: tuple[int, int]
+    normalize: Callable[[Tensor], Tensor]
+    mean: tuple[float, ...] | None = None  # the model's input normalisation (None: none)
+    std: tuple[float, ...] | None = None
+    images: Tensor | None = None  # model-ready (N, 3, H, W)
+    display: Tensor | None = None  # the same images in [0, 1] (N, 3, H, W), for figures
+    sources: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    out: Path = Path()
+    files: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    figures: bool = True
+    progress: bool = False
+
+    def save_array(self, name: str, array: Tensor | np.ndarray) -> Path:
+        """Write ``name`` (``.npy``) into the output folder."""
+        data = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+        path = self.out / name
+        np.save(path, data)
+        self.files.append(name)
+        return path
+
+    def save_json(self, name: str, data: Any) -> Path:
+        """Write ``name`` (``.json``) into the output folder."""
+        path = self.out / name
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        self.files.append(name)
+        return path
+
+    def save_figure(self, name: str, fig: Any) -> Path | None:
+        """Write a matplotlib figure as PNG (unless ``--no-figures``)."""
+        from dnnbrain_captum.visualization import save_figure
+
+        if not self.figures:
+            return None
+        path = self.out / name
+        save_figure(fig, path)
+        self.files.append(name)
+        return path
+
+    def batches(self, batch_size: int, desc: str) -> Iterator[tuple[int, Tensor]]:
+        """``(start, batch)`` over the images, with a progress bar on long runs."""
+        from tqdm.auto import tqdm
+
+        assert self.images is not None
+        n = self.images.shape[0]
+        bar = tqdm(
+            total=n,
+            desc=desc,
+            unit="img",
+            disable=not self.progress or n <= batch_size,
+            file=sys.stderr,
+        )
+        with bar:
+            for start in range(0, n, batch_size):
+                batch = self.images[start : start + batch_size]
+                yield start, batch
+                bar.update(batch.shape[0])
+
+    def to_display(self, images: Tensor) -> Tensor:
+        """Model-space images (N, 3, H, W) back to [0, 1] for figures."""
+        shown = images.detach().cpu()
+        if self.mean is not None and self.std is not None:
+            std = torch.tensor(self.std, dtype=shown.dtype).view(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, dtype=shown.dtype).view(1, -1, 1, 1)
+            shown = shown * std + mean
+        return shown.clamp(0, 1)
+
+    def figure_name(self, index: int, suffix: str) -> str:
+        """``003_cat_saliency.png`` for image 3 named cat.jpg."""
+        return f"{index:03d}_{self.names[index]}_{suffix}.png"
+
+
+def _safe_stem(path: Path) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)
+    return keep[:60] or "image"
+
+
+def _image_size(args: argparse.Namespace, model_name: str) -> tuple[int, int]:
+    if args.image_size is not None:
+        if args.image_size < 1:
+            raise CLIError(f"--image-size must be >= 1, got {args.image_size}")
+        return (args.image_size, args.image_size)
+    return (32, 32) if model_name == "digits" else (224, 224)
+
+
+def _load_images(
+    args: argparse.Namespace, size: tuple[int, int], normalize: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor, list[str], list[str]]:
+    from dnnbrain_captum.io import Preprocess, find_images, load_image
+
+    resize = Preprocess(size=size)
+    display: list[Tensor] = []
+    sources: list[str] = []
+    names: list[str] = []
+    if args.images:
+        try:
+            paths = find_images(args.images)
+        except (FileNotFoundError, ValueError) as err:
+            raise CLIError(_one_line(err)) from None
+        for path in paths:
+            try:
+                display.append(resize(load_image(path)))
+            except (FileNotFoundError, ValueError) as err:
+                raise CLIError(_one_line(err)) from None
+            sources.append(str(path))
+            names.append(_safe_stem(path))
+    if args.digits is not None:
+        if args.digits < 1:
+            raise CLIError(f"--digits must be >= 1, got {args.digits}")
+        from dnnbrain_captum.models import digits_images
+
+        digits, labels = digits_images(n=args.digits)
+        if digits.shape[-2:] != torch.Size(size):
+            digits = torch.stack([resize(d) for d in digits])
+        for k in range(digits.shape[0]):
+            display.append(digits[k])
+            sources.append(f"digits:test[{k}] (label {int(labels[k])})")
+            names.append(f"digit{k}_label{int(labels[k])}")
+    stacked = torch.stack(display) if display else torch.empty(0, 3, *size)
+    return normalize(stacked), stacked, sources, names
+
+
+def _normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    from dnnbrain_captum.io import preprocessing_for
+
+    step = preprocessing_for(model_name)
+    if step.mean is None or step.std is None:
+        return None
+    return tuple(step.mean), tuple(step.std)
+
+
+def _normalizer(model_name: str) -> Callable[[Tensor], Tensor]:
+    stats = _normalization(model_name)
+    if stats is None:
+        return lambda x: x
+    mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1]).view(1, -1, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+def _resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
+    from dnnbrain_captum._utils.layers import resolve_layer
+
+    if layer is None:
+        return None
+    try:
+        return resolve_layer(model, layer)
+    except (ValueError, TypeError) as err:
+        raise CLIError(_one_line(err)) from None
+
+
+def _layer_shape(ctx: RunContext) -> tuple[int, ...]:
+    """Shape (C, ...) of the layer's output (or the model output) for one input."""
+    from dnnbrain_captum._utils.hooks import run_to_layer
+
+    if ctx.images is not None and ctx.images.shape[0] > 0:
+        probe = ctx.images[:1]
+    else:
+        probe = torch.zeros(1, 3, *ctx.image_size, device=ctx.device)
+    with torch.no_grad():
+        try:
+            output = run_to_layer(ctx.model, ctx.layer, (probe,))
+        except RuntimeError as err:
+            raise CLIError(
+                f"--model {ctx.model_name} failed on a {tuple(probe.shape)} input: "
+                f"{_one_line(err)}"
+            ) from None
+    if not isinstance(output, Tensor) or output.dim() < 2:
+        raise CLIError(f"layer {ctx.layer_name} does not return one (N, C, ...) tensor")
+    return tuple(output.shape[1:])
+
+
+def _check_channels(ctx: RunContext, channels: Sequence[int] | None) -> None:
+    if channels is None:
+        return
+    shape = _layer_shape(ctx)
+    where = f"layer {ctx.layer_name}"
+    if ctx.layer is None:
+        where = f"the output of {ctx.model_name}"
+    for channel in channels:
+        if not 0 <= channel < shape[0]:
+            raise CLIError(
+                f"--channel {channel} is out of range for {where}: it has {shape[0]} channels, "
+                f"0 to {shape[0] - 1} (channels are 0-based)"
+            )
+
+
+def _check_unit(ctx: RunContext, unit: Sequence[int] | None) -> None:
+    if unit is None:
+        return
+    if ctx.layer is None:
+        raise CLIError("--unit needs --layer (a unit is a position in a layer's map)")
+    shape = _layer_shape(ctx)
+    if len(shape) != 3:
+        raise CLIError(
+            f"--unit needs a layer with (C, H, W) output; {ctx.layer_name} gives {shape}"
+        )
+    if not (0 <= unit[0] < shape[1] and 0 <= unit[1] < shape[2]):
+        raise CLIError(
+            f"--unit {unit[0]} {unit[1]} is outside the {shape[1]}x{shape[2]} map of layer "
+            f"{ctx.layer_name} (0-based row and column)"
+        )
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+def _occupied(out: Path) -> bool:
+    return out.is_dir() and any(out.iterdir())
+
+
+@contextlib.contextmanager
+def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; move its files into ``out`` on success.
+
+    On any exception the temporary folder is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder")
+    if _occupied(out) and not overwrite:
+        raise CLIError(
+            f"--out {out} already holds results; pass --overwrite to replace them or choose "
+            "another folder"
+        )
+    base = out.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise CLIError(f"output folder {out} is not writable: {base} is not a folder")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base))
+    except OSError as err:
+        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
+    try:
+        yield staging
+        _commit(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(staging: Path, out: Path) -> None:
+    try:
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(out)
+            return
+        previous = out / MANIFEST
+        if previous.is_file():
+            try:
+                listed = json.loads(previous.read_text(encoding="utf-8")).get("files", [])
+            except (ValueError, AttributeError):
+                listed = []
+            for name in listed:
+                target = out / str(name)
+                if target.is_file() and target.parent == out:
+                    target.unlink()
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    except OSError as err:
+        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+
+def _targets_for(ctx: RunContext, channel: int | None, batch: Tensor) -> Any:
+    """The target of a batch: the channel, or each image's predicted class for the output."""
+    if channel is not None:
+        return channel
+    if ctx.layer is not None:
+        raise CLIError(f"--channel is required with --layer {ctx.layer_name} (0-based)")
+    with torch.no_grad():
+        logits = ctx.model(batch)
+    return logits.argmax(dim=1).tolist()
+
+
+def _positive(value: int, name: str) -> int:
+    if value < 1:
+        raise CLIError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _pair_arg(values: Sequence[int] | None, name: str) -> tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise CLIError(f"{name} takes one or two integers (height width), got {len(values)}")
+
+
+def _baseline_value(text: str) -> float | str:
+    if text == "noise":
+        return "noise"
+    try:
+        return float(text)
+    except ValueError:
+        raise CLIError(f"--baseline must be a number or 'noise', got {text!r}") from None
+
+
+def _unit_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--unit", type=int, nargs=2, default=None, metavar=("ROW", "COL"), help=help_text
+    )
+
+
+def _has_module(name: str) -> bool:
+    """Whether a module exists, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+STREAM_FIGURES = 16
+
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "streaming (large image sets)",
+        textwrap.fill(
+            "With a folder among the IMAGE arguments (or --stream) the images are read batch "
+            "by batch and the results are written by dnnbrain_captum.run_over into DIR: "
+            "DIR/result.npy + DIR/manifest.json. Rerunning the same command resumes; a "
+            "different command into the same DIR is refused (see docs/cli.md).",
+            78,
+        ),
+    )
+    group.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream the images through the runner (default: on when an IMAGE argument is a "
+        "folder); --no-stream loads every image into memory and writes one NAME.npy",
+    )
+    group.add_argument(
+        "--max-figures",
+        type=int,
+        default=STREAM_FIGURES,
+        metavar="N",
+        help="streamed runs: draw figures for the first N images only",
+    )
+    group.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="streamed runs: skip unreadable images (their rows are NaN, each is named in a "
+        "note and in the manifest) instead of stopping at the first one",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="K",
+        help="streamed runs: image-loading worker processes (default: 0, load in this process)",
+    )
+
+
+def _make_context(
+    args: argparse.Namespace, command: Subcommand, load_images: bool = True
+) -> RunContext:
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown --device {args.device!r}") from None
+    model = load_model(args.model, args.weights)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as err:
+        raise CLIError(f"--device {args.device}: {_one_line(err)}") from None
+    layer = _resolve_layer(model, args.layer)
+    if command.needs_layer and layer is None:
+        from dnnbrain_captum._utils.layers import layer_names
+
+        names = ", ".join(layer_names(model)[-6:])
+        raise CLIError(f"{command.name} needs --layer (a module path or alias, e.g. {names})")
+    size = _image_size(args, args.model)
+    kind = args.model if args.model == "digits" else "imagenet"
+    normalize = _normalizer(kind)
+    stats = _normalization(kind)
+    ctx = RunContext(
+        model=model,
+        model_name=args.model,
+        device=device,
+        layer=layer,
+        layer_name=args.layer,
+        image_size=size,
+        normalize=normalize,
+        mean=None if stats is None else stats[0],
+        std=None if stats is None else stats[1],
+        figures=not getattr(args, "no_figures", False),
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if command.takes_images and load_images:
+        images, display, sources, names = _load_images(args, size, normalize)
+        if command.needs_images and images.shape[0] == 0:
+            raise CLIError(f"{command.name} needs images: give files or folders, or --digits N")
+        if images.shape[0] > 0:
+            ctx.images = images.to(device)
+            ctx.display = display
+            ctx.sources, ctx.names = sources, names
+    channel = getattr(args, "channel", None)
+    if channel is not None:
+        _check_channels(ctx, channel if isinstance(channel, list) else [channel])
+    unit = getattr(args, "unit", None)
+    if unit is not None:
+        _check_unit(ctx, unit)
+    return ctx
+
+
+def _arguments_record(args: argparse.Namespace) -> dict[str, Any]:
+    record = {}
+    for key, value in vars(args).items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        record[key] = value
+    return record
