@@ -114,8 +114,11 @@ def sliding(axis: Axis, k: int, s: int, p: int, d: int, n_out: int) -> Axis:
     index = torch.arange(n_out)[:, None] * s - p + torch.arange(k)[None, :] * d
     valid = (index >= 0) & (index < axis.n)
     a = axis.affine
-    affine = None if a is None else Affine(a.size + (k - 1) * d * a.jump, a.jump * s,
-                                           a.padding + p * a.jump)
+    affine = (
+        None
+        if a is None
+        else Affine(a.size + (k - 1) * d * a.jump, a.jump * s, a.padding + p * a.jump)
+    )
     return _gather(axis, index, valid, affine)
 
 
@@ -136,8 +139,9 @@ def adaptive(axis: Axis, n_out: int) -> Axis:
     else:
         k = s = 0
     a = axis.affine
-    affine = None if (a is None or k == 0) else Affine(a.size + (k - 1) * a.jump, a.jump * s,
-                                                       a.padding)
+    affine = (
+        None if (a is None or k == 0) else Affine(a.size + (k - 1) * a.jump, a.jump * s, a.padding)
+    )
     return _gather(axis, index, valid, affine)
 
 
@@ -164,13 +168,16 @@ def _flat_of(state: State) -> Flat:
     return state if isinstance(state, Flat) else Flat(state.box())
 
 
-def _box_union(boxes: list[tuple[tuple[int, int], tuple[int, int]]]
-               ) -> tuple[tuple[int, int], tuple[int, int]]:
+def _box_union(
+    boxes: list[tuple[tuple[int, int], tuple[int, int]]],
+) -> tuple[tuple[int, int], tuple[int, int]]:
     real = [b for b in boxes if b[0][0] < b[0][1] and b[1][0] < b[1][1]]
     if not real:
         return ((0, 0), (0, 0))
-    return ((min(b[0][0] for b in real), max(b[0][1] for b in real)),
-            (min(b[1][0] for b in real), max(b[1][1] for b in real)))
+    return (
+        (min(b[0][0] for b in real), max(b[0][1] for b in real)),
+        (min(b[1][0] for b in real), max(b[1][1] for b in real)),
+    )
 
 
 def _iter_tensors(obj: Any) -> Iterator[Tensor]:
@@ -208,16 +215,23 @@ def _pair(value: Any, default: int) -> tuple[int, int]:
     if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
         return (default, default)
     if isinstance(value, (list, tuple)):
-        return (int(value[0]), int(value[-1])) if len(value) <= 2 else (int(value[-2]),
-                                                                         int(value[-1]))
+        return (
+            (int(value[0]), int(value[-1])) if len(value) <= 2 else (int(value[-2]), int(value[-1]))
+        )
     return (int(value), int(value))
 
 
 class _Call:
     """One intercepted call: the function, its (meta) arguments, output and input states."""
 
-    def __init__(self, tracer: GeometryTracer, name: str, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], out: Any) -> None:
+    def __init__(
+        self,
+        tracer: GeometryTracer,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: Any,
+    ) -> None:
         self.tracer = tracer
         self.name = name
         self.args = args
@@ -279,7 +293,8 @@ def _elementwise(call: _Call, gate: bool) -> State:
         raise call.fail(
             "it combines a tensor without spatial layout (pooled or flattened) with a "
             "spatial map; only a broadcast multiplicative gate (N, C, 1, 1), as in "
-            "squeeze-and-excitation, is supported")
+            "squeeze-and-excitation, is supported"
+        )
     if not found:
         if ignored:
             raise call.fail("every spatial operand is a broadcast gate; nothing to follow")
@@ -337,32 +352,39 @@ def _conv(call: _Call) -> State:
     return _windowed(call, st, k, s, p, d)
 
 
-def _windowed(call: _Call, st: Spatial, k: tuple[int, int], s: tuple[int, int],
-              p: tuple[int, int], d: tuple[int, int]) -> Spatial:
+def _windowed(
+    call: _Call,
+    st: Spatial,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int],
+    d: tuple[int, int],
+) -> Spatial:
     out = call.outputs[0]
     n = (int(out.shape[-2]), int(out.shape[-1]))
     axes = tuple(sliding(st.axes[a], k[a], s[a], p[a], d[a], n[a]) for a in range(2))
     return Spatial((out.dim() - 2, out.dim() - 1), axes)  # type: ignore[arg-type]
 
 
-def _max_pool(call: _Call) -> State:
+def _pool_window(call: _Call) -> tuple[Spatial, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The input's geometry and a pooling call's kernel, stride (default: the kernel), padding."""
     x, st = call.spatial_input()
     _last_two(call, x, st)
     k = _pair(call.arg(1, "kernel_size"), 1)
     s = _pair(call.arg(2, "stride"), 0)
     s = k if s == (0, 0) else s
     p = _pair(call.arg(3, "padding", 0), 0)
+    return st, k, s, p
+
+
+def _max_pool(call: _Call) -> State:
+    st, k, s, p = _pool_window(call)
     d = _pair(call.arg(4, "dilation", 1), 1)
     return _windowed(call, st, k, s, p, d)
 
 
 def _avg_pool(call: _Call) -> State:
-    x, st = call.spatial_input()
-    _last_two(call, x, st)
-    k = _pair(call.arg(1, "kernel_size"), 1)
-    s = _pair(call.arg(2, "stride"), 0)
-    s = k if s == (0, 0) else s
-    p = _pair(call.arg(3, "padding", 0), 0)
+    st, k, s, p = _pool_window(call)
     return _windowed(call, st, k, s, p, (1, 1))
 
 
@@ -426,9 +448,13 @@ def _reshape(call: _Call) -> State:
         out_pre.append(out_pre[-1] * size)
     dims = []
     for d in st.dims:
-        candidates = [e for e in range(len(out_shape))
-                      if out_shape[e] == in_shape[d] and out_pre[e] == in_pre[d]
-                      and out_pre[e + 1] == in_pre[d + 1]]
+        candidates = [
+            e
+            for e in range(len(out_shape))
+            if out_shape[e] == in_shape[d]
+            and out_pre[e] == in_pre[d]
+            and out_pre[e + 1] == in_pre[d + 1]
+        ]
         if not candidates:
             return _flat_of(st)
         same_end = [e for e in candidates if len(out_shape) - e == len(in_shape) - d]
@@ -449,8 +475,10 @@ def _squeeze(call: _Call) -> State:
         removed = [int(d) % nd for d in dims if x.shape[int(d) % nd] == 1]
     if any(d in removed for d in st.dims):
         return _flat_of(st)
-    return Spatial(tuple(d - sum(r < d for r in removed) for d in st.dims),  # type: ignore[arg-type]
-                   st.axes)
+    return Spatial(
+        tuple(d - sum(r < d for r in removed) for d in st.dims),  # type: ignore[arg-type]
+        st.axes,
+    )
 
 
 def _permutation(call: _Call) -> State:
@@ -474,12 +502,13 @@ def _getitem(call: _Call) -> State:
     items = list(index) if isinstance(index, tuple) else [index]
     for it in items:
         if not (it is None or it is Ellipsis or isinstance(it, (int, slice))) or isinstance(
-                it, bool):
+            it, bool
+        ):
             raise call.fail("advanced (tensor, list or boolean) indexing is not supported")
     consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
     if Ellipsis in items:
         at = items.index(Ellipsis)
-        items = items[:at] + [slice(None)] * (x.dim() - consumed) + items[at + 1:]
+        items = items[:at] + [slice(None)] * (x.dim() - consumed) + items[at + 1 :]
     items += [slice(None)] * (x.dim() - consumed)
     out = call.outputs[0]
     in_d = out_d = 0
@@ -567,9 +596,31 @@ def _linear(call: _Call) -> State:
     return st
 
 
-_REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "nanmean", "nansum", "prod", "std",
-               "var", "logsumexp", "norm", "median", "nanmedian", "argmax", "argmin", "all",
-               "any", "count_nonzero", "std_mean", "var_mean", "aminmax"}
+_REDUCTIONS = {
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "nanmean",
+    "nansum",
+    "prod",
+    "std",
+    "var",
+    "logsumexp",
+    "norm",
+    "median",
+    "nanmedian",
+    "argmax",
+    "argmin",
+    "all",
+    "any",
+    "count_nonzero",
+    "std_mean",
+    "var_mean",
+    "aminmax",
+}
 
 
 def _reduce(call: _Call) -> list[State | None] | State:
@@ -595,11 +646,17 @@ def _reduce(call: _Call) -> list[State | None] | State:
         if any(d in reduced for d in st.dims):
             state: State = _flat_of(st)
         else:
-            state = Spatial(tuple(d - sum(r < d for r in reduced) for d in st.dims),  # type: ignore[arg-type]
-                            st.axes)
+            state = Spatial(
+                tuple(d - sum(r < d for r in reduced) for d in st.dims),  # type: ignore[arg-type]
+                st.axes,
+            )
         return [state for _ in call.outputs]
-    axes = tuple(sliding(st.axes[a], st.axes[a].n, st.axes[a].n, 0, 1, 1)
-                 if st.dims[a] in reduced else st.axes[a] for a in range(2))
+    axes = tuple(
+        sliding(st.axes[a], st.axes[a].n, st.axes[a].n, 0, 1, 1)
+        if st.dims[a] in reduced
+        else st.axes[a]
+        for a in range(2)
+    )
     return [Spatial(st.dims, axes) for _ in call.outputs]  # type: ignore[arg-type]
 
 
@@ -608,9 +665,12 @@ def _along_dim(position: int) -> Rule:
         x, st = call.spatial_input()
         dim = call.arg(position, "dim")
         if dim is not None and int(dim) % x.dim() in st.dims:
-            raise call.fail("it mixes the units of a spatial axis (softmax/normalisation "
-                            "along a spatial dimension)")
+            raise call.fail(
+                "it mixes the units of a spatial axis (softmax/normalisation "
+                "along a spatial dimension)"
+            )
         return _merge(call)
+
     return rule
 
 
@@ -696,61 +756,65 @@ for _name in _GATES:
     RULES[_name] = _gate
 for _name in _REDUCTIONS:
     RULES[_name] = _reduce
-RULES.update({
-    "conv2d": _conv,
-    "max_pool2d": _max_pool,
-    "max_pool2d_with_indices": _max_pool,
-    "avg_pool2d": _avg_pool,
-    "lp_pool2d": _lp_pool,
-    "adaptive_avg_pool2d": _adaptive,
-    "adaptive_max_pool2d": _adaptive,
-    "adaptive_max_pool2d_with_indices": _adaptive,
-    "pad": _pad,
-    "view": _reshape,
-    "reshape": _reshape,
-    "view_as": _reshape,
-    "reshape_as": _reshape,
-    "flatten": _reshape,
-    "unflatten": _reshape,
-    "ravel": _reshape,
-    "unsqueeze": _reshape,
-    "unsqueeze_": _reshape,
-    "squeeze": _squeeze,
-    "squeeze_": _squeeze,
-    "permute": _permutation,
-    "transpose": _permutation,
-    "transpose_": _permutation,
-    "swapaxes": _permutation,
-    "swapdims": _permutation,
-    "movedim": _permutation,
-    "moveaxis": _permutation,
-    "t": _permutation,
-    "t_": _permutation,
-    "T": _permutation,
-    "mT": _permutation,
-    "adjoint": _permutation,
-    "__getitem__": _getitem,
-    "cat": _cat,
-    "concat": _cat,
-    "concatenate": _cat,
-    "stack": _cat,
-    "chunk": _split,
-    "split": _split,
-    "tensor_split": _split,
-    "split_with_sizes": _split,
-    "unbind": _split,
-    "linear": _linear,
-    "softmax": _along_dim(1),
-    "log_softmax": _along_dim(1),
-    "normalize": _along_dim(2),
-    "expand": _expand,
-    "expand_as": _expand,
-    "broadcast_to": _expand,
-    "copy_": _copy,
-})
-for _name in ("zeros_like ones_like empty_like full_like rand_like randn_like randint_like "
-              "new_zeros new_ones new_empty new_full new_tensor bernoulli_ uniform_ normal_ "
-              "fill_ zero_ exponential_ random_ size").split():
+RULES.update(
+    {
+        "conv2d": _conv,
+        "max_pool2d": _max_pool,
+        "max_pool2d_with_indices": _max_pool,
+        "avg_pool2d": _avg_pool,
+        "lp_pool2d": _lp_pool,
+        "adaptive_avg_pool2d": _adaptive,
+        "adaptive_max_pool2d": _adaptive,
+        "adaptive_max_pool2d_with_indices": _adaptive,
+        "pad": _pad,
+        "view": _reshape,
+        "reshape": _reshape,
+        "view_as": _reshape,
+        "reshape_as": _reshape,
+        "flatten": _reshape,
+        "unflatten": _reshape,
+        "ravel": _reshape,
+        "unsqueeze": _reshape,
+        "unsqueeze_": _reshape,
+        "squeeze": _squeeze,
+        "squeeze_": _squeeze,
+        "permute": _permutation,
+        "transpose": _permutation,
+        "transpose_": _permutation,
+        "swapaxes": _permutation,
+        "swapdims": _permutation,
+        "movedim": _permutation,
+        "moveaxis": _permutation,
+        "t": _permutation,
+        "t_": _permutation,
+        "T": _permutation,
+        "mT": _permutation,
+        "adjoint": _permutation,
+        "__getitem__": _getitem,
+        "cat": _cat,
+        "concat": _cat,
+        "concatenate": _cat,
+        "stack": _cat,
+        "chunk": _split,
+        "split": _split,
+        "tensor_split": _split,
+        "split_with_sizes": _split,
+        "unbind": _split,
+        "linear": _linear,
+        "softmax": _along_dim(1),
+        "log_softmax": _along_dim(1),
+        "normalize": _along_dim(2),
+        "expand": _expand,
+        "expand_as": _expand,
+        "broadcast_to": _expand,
+        "copy_": _copy,
+    }
+)
+for _name in (
+    "zeros_like ones_like empty_like full_like rand_like randn_like randint_like "
+    "new_zeros new_ones new_empty new_full new_tensor bernoulli_ uniform_ normal_ "
+    "fill_ zero_ exponential_ random_ size"
+).split():
     RULES[_name] = _constant
 
 
@@ -780,13 +844,20 @@ class GeometryTracer(TorchFunctionMode):
     def error(self, name: str, why: str) -> UnsupportedOperationError:
         return UnsupportedOperationError(
             f"TheoreticalReceptiveField cannot follow `{name}` called in {self._where()}: "
-            f"{why}. The receptive field would be a guess, so the analysis stops here.")
+            f"{why}. The receptive field would be a guess, so the analysis stops here."
+        )
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
-        states = [s for s in (self.state(t) for t in _iter_tensors((args, kwargs)))
-                  if s is not None]
+        states = [
+            s for s in (self.state(t) for t in _iter_tensors((args, kwargs))) if s is not None
+        ]
         margs, mkwargs = _to_meta(args), _to_meta(kwargs)
         if not states:
             return func(*margs, **mkwargs)
@@ -803,10 +874,14 @@ class GeometryTracer(TorchFunctionMode):
         if not outputs:
             return out
         if all(isinstance(s, Flat) for s in states) and name not in ("copy_",):
-            if name in _WINDOW_OPS and any(int(t.shape[-1]) * int(t.shape[-2]) > 1
-                                           for t in outputs):
-                raise self.error(name, "its input lost its spatial layout earlier (a reshape "
-                                       "or a reduction) and is used as a spatial map again")
+            if name in _WINDOW_OPS and any(
+                int(t.shape[-1]) * int(t.shape[-2]) > 1 for t in outputs
+            ):
+                raise self.error(
+                    name,
+                    "its input lost its spatial layout earlier (a reshape "
+                    "or a reduction) and is used as a spatial map again",
+                )
             box = _box_union([s.box for s in states if isinstance(s, Flat)])
             result: list[State | None] = [Flat(box)] * len(outputs)
             if RULES.get(name) is _constant:
@@ -824,15 +899,16 @@ class GeometryTracer(TorchFunctionMode):
         return out
 
 
-_SHAPE_KEEPING = set("""
+_SHAPE_KEEPING = set(
+    """
 relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ tanh tanh_ gelu silu silu_ hardswish
 hardswish_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_
 softplus mish dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
 batch_norm instance_norm group_norm layer_norm local_response_norm
-""".split())
+""".split()
+)
 
-_WINDOW_OPS = {"conv2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d",
-               "pad"}
+_WINDOW_OPS = {"conv2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "lp_pool2d", "pad"}
 
 
 def entry_values(state: Spatial) -> tuple[Any, ...]:
@@ -841,4 +917,3 @@ def entry_values(state: Spatial) -> tuple[Any, ...]:
     if fh is None or fw is None:
         return (None, None, None)
     return ((fh.size, fw.size), (fh.jump, fw.jump), (fh.padding, fw.padding))
-
