@@ -42,7 +42,6 @@ from dnnbrain_captum.cli import receptive_fields as receptive_fields
 from dnnbrain_captum.cli import saliency as saliency
 from dnnbrain_captum.cli import synthesize as synthesize
 from dnnbrain_captum.cli._common import _QUIET_WARNINGS as _QUIET_WARNINGS
-from dnnbrain_captum.cli._common import MANIFEST as MANIFEST
 from dnnbrain_captum.cli._common import PROG as PROG
 from dnnbrain_captum.cli._common import SUBCOMMANDS as SUBCOMMANDS
 from dnnbrain_captum.cli._common import CLIError as CLIError
@@ -50,11 +49,12 @@ from dnnbrain_captum.cli._common import RunContext as RunContext
 from dnnbrain_captum.cli._common import Subcommand as Subcommand
 from dnnbrain_captum.cli._common import _arguments_record as _arguments_record
 from dnnbrain_captum.cli._common import _make_context as _make_context
-from dnnbrain_captum.cli._common import _occupied as _occupied
 from dnnbrain_captum.cli._common import _one_line as _one_line
-from dnnbrain_captum.cli._common import _staging as _staging
 from dnnbrain_captum.cli._common import build_parser as build_parser
 from dnnbrain_captum.cli._common import load_model as load_model
+from dnnbrain_captum.cli._outdir import MANIFEST as MANIFEST
+from dnnbrain_captum.cli._outdir import _occupied as _occupied
+from dnnbrain_captum.cli._outdir import _staging as _staging
 from dnnbrain_captum.cli._stream import STREAMED as STREAMED
 from dnnbrain_captum.cli._stream import StreamJob as StreamJob
 from dnnbrain_captum.cli._stream import _run_streamed as _run_streamed

@@ -22,18 +22,17 @@ from torch import Tensor, nn
 
 from dnnbrain_captum.cli._common import (
     _QUIET_WARNINGS,
-    MANIFEST,
     PROG,
     CLIError,
     RunContext,
     Subcommand,
     _arguments_record,
     _make_context,
-    _occupied,
     _one_line,
     _positive,
     _safe_stem,
 )
+from dnnbrain_captum.cli._outdir import MANIFEST, _occupied
 from dnnbrain_captum.cli.maps import (
     occlusion_options,
 )
