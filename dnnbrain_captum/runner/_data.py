@@ -81,8 +81,11 @@ def _batches(
             yield _Batch(k, idx, list(range(len(idx))), images, [])
         return
     loader = DataLoader(
-        _Indexed(data), batch_sampler=ranges, collate_fn=_collate,
-        num_workers=num_workers, pin_memory=pin_memory,
+        _Indexed(data),
+        batch_sampler=ranges,
+        collate_fn=_collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
     )
     for k, (indices, ok, images, errors) in zip(chunks, loader, strict=True):
         yield _Batch(k, indices, ok, images, errors)

@@ -32,8 +32,9 @@ from dnnbrain_captum.runner._storage import (
 from dnnbrain_captum.runner._work import Plan, fill_value
 
 
-def finish(plan: Plan, done: dict[int, dict[str, Any]], world: int, ranks: dict[int, int]
-           ) -> list[dict[str, Any]]:
+def finish(
+    plan: Plan, done: dict[int, dict[str, Any]], world: int, ranks: dict[int, int]
+) -> list[dict[str, Any]]:
     """Complete the run; returns the skipped items. ``done`` holds every chunk's record."""
     missing = [k for k in range(plan.n_chunks) if k not in done]
     if missing:
@@ -45,8 +46,9 @@ def finish(plan: Plan, done: dict[int, dict[str, Any]], world: int, ranks: dict[
             f"no item of the data set could be loaded; first errors: "
             f"{[s['id'] + ': ' + s['error'] for s in skipped[:3]]}"
         )
-    first = plan.out / (PARTIAL if with_data[0]["file"] == PARTIAL else
-                        f"{CHUNKS}/{with_data[0]['file']}")
+    first = plan.out / (
+        PARTIAL if with_data[0]["file"] == PARTIAL else f"{CHUNKS}/{with_data[0]['file']}"
+    )
     with open(first, "rb") as f:
         shape, dtype = npy_header(f, first)
     item_shape = tuple(shape[1:])
@@ -60,8 +62,9 @@ def finish(plan: Plan, done: dict[int, dict[str, Any]], world: int, ranks: dict[
     return skipped
 
 
-def _check_shape(k: int, chunk: np.ndarray, rows: int, item_shape: tuple[int, ...],
-                 dtype: np.dtype) -> None:
+def _check_shape(
+    k: int, chunk: np.ndarray, rows: int, item_shape: tuple[int, ...], dtype: np.dtype
+) -> None:
     if chunk.shape != (rows, *item_shape) or chunk.dtype != dtype:
         raise ValueError(
             f"chunk {k} has items of shape {chunk.shape[1:]} {chunk.dtype}, other chunks have "
@@ -69,8 +72,9 @@ def _check_shape(k: int, chunk: np.ndarray, rows: int, item_shape: tuple[int, ..
         )
 
 
-def _assemble(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int, ...],
-              dtype: np.dtype) -> str:
+def _assemble(
+    plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int, ...], dtype: np.dtype
+) -> str:
     """Copy chunk files (verified) and fill rows into ``result.partial.npy``, checksum it and
     rename it to ``result.npy``; returns its SHA-256."""
     copy = [k for k in range(plan.n_chunks) if done[k]["file"] != PARTIAL]
@@ -94,8 +98,9 @@ def _assemble(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int
     return digest
 
 
-def _keep_chunks(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int, ...],
-                 dtype: np.dtype) -> None:
+def _keep_chunks(
+    plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int, ...], dtype: np.dtype
+) -> None:
     """``assemble=False``: every chunk becomes a chunk file (with its sidecar and SHA-256)."""
     out = plan.out
     in_place = np.load(out / PARTIAL, mmap_mode="r") if (out / PARTIAL).is_file() else None
@@ -117,9 +122,16 @@ def _keep_chunks(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[
     (out / DONE_LOG).unlink(missing_ok=True)
 
 
-def _final_manifest(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tuple[int, ...],
-                    dtype: np.dtype, skipped: list[dict[str, Any]], world: int,
-                    ranks: dict[int, int], result_sha: str | None) -> None:
+def _final_manifest(
+    plan: Plan,
+    done: dict[int, dict[str, Any]],
+    item_shape: tuple[int, ...],
+    dtype: np.dtype,
+    skipped: list[dict[str, Any]],
+    world: int,
+    ranks: dict[int, int],
+    result_sha: str | None,
+) -> None:
     import captum
 
     import dnnbrain_captum
@@ -133,16 +145,28 @@ def _final_manifest(plan: Plan, done: dict[int, dict[str, Any]], item_shape: tup
         if not plan.assemble:
             entry.update(file=f"{CHUNKS}/{done[k]['file']}", sha256=done[k]["sha256"])
         chunks.append(entry)
-    manifest.update({
-        "status": "complete", "finished": now(),
-        "result": RESULT if plan.assemble else None, "result_sha256": result_sha,
-        "shape": [plan.n, *item_shape], "item_shape": list(item_shape), "dtype": str(dtype),
-        "fill_value": "NaN" if isinstance(fill, float) and math.isnan(fill) else fill,
-        "on_error": plan.on_error, "skipped": skipped, "world_size": world, "chunks": chunks,
-        "software": {"dnnbrain_captum": dnnbrain_captum.__version__,
-                     "torch": torch.__version__, "captum": captum.__version__,
-                     "numpy": np.__version__},
-    })
+    manifest.update(
+        {
+            "status": "complete",
+            "finished": now(),
+            "result": RESULT if plan.assemble else None,
+            "result_sha256": result_sha,
+            "shape": [plan.n, *item_shape],
+            "item_shape": list(item_shape),
+            "dtype": str(dtype),
+            "fill_value": "NaN" if isinstance(fill, float) and math.isnan(fill) else fill,
+            "on_error": plan.on_error,
+            "skipped": skipped,
+            "world_size": world,
+            "chunks": chunks,
+            "software": {
+                "dnnbrain_captum": dnnbrain_captum.__version__,
+                "torch": torch.__version__,
+                "captum": captum.__version__,
+                "numpy": np.__version__,
+            },
+        }
+    )
     dump_json(plan.out, plan.out / MANIFEST, manifest)
 
 

@@ -53,9 +53,12 @@ def _busy(folder: Path, path: Path) -> FolderBusyError:
 
 
 def _write_holder(fd: int) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv[:3])}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv[:3]),
+    }
     data = json.dumps(info).encode("utf-8")
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0) if hasattr(os, "pwrite") else os.write(fd, data)
@@ -128,8 +131,9 @@ def acquire(folder: Path) -> None:
     if fd is None:
         fd = _exclusive_file(folder, path)
     elif os.fstat(fd).st_size:
-        logger.info("took over the lock %s left by %s (no longer running)", path,
-                    _holder_text(path))
+        logger.info(
+            "took over the lock %s left by %s (no longer running)", path, _holder_text(path)
+        )
     _write_holder(fd)
     _HELD[key] = [fd, 1]
 

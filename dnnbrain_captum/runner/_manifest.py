@@ -46,8 +46,9 @@ def _request_problem(request: Any) -> str | None:
         "chunk_size": lambda v: _is_int(v, 1),
         "seed": lambda v: v is None or _is_int(v, -(2**63)),
         "stimulus_ids": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
-        "targets": lambda v: isinstance(v, dict)
-        and v.get("kind") in ("none", "single", "per_item"),
+        "targets": lambda v: (
+            isinstance(v, dict) and v.get("kind") in ("none", "single", "per_item")
+        ),
     }
     for key, check in checks.items():
         if key not in request:
@@ -62,21 +63,32 @@ def _request_problem(request: Any) -> str | None:
 def _complete_problem(manifest: dict[str, Any]) -> str | None:
     n_chunks = math.ceil(manifest["request"]["n_items"] / manifest["request"]["chunk_size"])
     shape = manifest.get("shape")
-    if not (isinstance(shape, list) and shape and all(_is_int(s) for s in shape)
-            and shape[0] == manifest["request"]["n_items"]):
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(_is_int(s) for s in shape)
+        and shape[0] == manifest["request"]["n_items"]
+    ):
         return "'shape' is not a list of sizes starting with n_items"
     if manifest.get("result") not in (RESULT, None):
         return f"'result' must be {RESULT!r} or null"
     if not isinstance(manifest.get("dtype"), str):
         return "'dtype' is missing"
     chunks = manifest.get("chunks")
-    if not (isinstance(chunks, list) and len(chunks) == n_chunks
-            and all(isinstance(c, dict) and "file" in c for c in chunks)):
+    if not (
+        isinstance(chunks, list)
+        and len(chunks) == n_chunks
+        and all(isinstance(c, dict) and "file" in c for c in chunks)
+    ):
         return f"'chunks' is not a list of {n_chunks} chunk records"
     if not isinstance(manifest.get("skipped"), list):
         return "'skipped' is not a list"
-    if manifest["format_version"] >= 2 and manifest["result"] is not None and not (
-        isinstance(manifest.get("result_sha256"), str) and len(manifest["result_sha256"]) == 64
+    if (
+        manifest["format_version"] >= 2
+        and manifest["result"] is not None
+        and not (
+            isinstance(manifest.get("result_sha256"), str) and len(manifest["result_sha256"]) == 64
+        )
     ):
         return "'result_sha256' is missing"
     return None
@@ -184,8 +196,14 @@ def check_folder(out: Path, request: dict[str, Any], overwrite: bool) -> dict[st
         logger.info("replacing the run in %s (differs in: %s)", out, ", ".join(diffs))
         remove_owned(out, manifest)
     (out / TMP).mkdir(exist_ok=True)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "running",
-                "created": now(), "files": OWNED, "request": request}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "status": "running",
+        "created": now(),
+        "files": OWNED,
+        "request": request,
+    }
     dump_json(out, path, manifest)
     return None
 
@@ -210,5 +228,8 @@ def reopen(out: Path, manifest: dict[str, Any]) -> None:
         (out / manifest["result"]).unlink(missing_ok=True)
     (out / TMP).mkdir(exist_ok=True)
     keep = ("format", "format_version", "created", "files", "request")
-    dump_json(out, out / MANIFEST, {**{k: manifest[k] for k in keep if k in manifest},
-                                    "status": "running"})
+    dump_json(
+        out,
+        out / MANIFEST,
+        {**{k: manifest[k] for k in keep if k in manifest}, "status": "running"},
+    )

@@ -91,8 +91,11 @@ def _jsonable(value: Any, model: Any) -> Any:
     if isinstance(value, nn.Module):
         return {"module": _layer_name(model, value)}
     if callable(value):
-        return {"callable": getattr(value, "__module__", "?") + "." + getattr(
-            value, "__qualname__", type(value).__qualname__)}
+        return {
+            "callable": getattr(value, "__module__", "?")
+            + "."
+            + getattr(value, "__qualname__", type(value).__qualname__)
+        }
     return {"repr": repr(value)}
 
 
@@ -122,9 +125,7 @@ def _normalise_targets(targets: Any, n: int) -> tuple[str, Any, Any]:
         value = [tuple(t) if isinstance(t, (list, tuple)) else t for t in targets]
         for t in value:
             if isinstance(t, bool) or not isinstance(t, (int, tuple)):
-                raise TypeError(
-                    f"per-item targets must be ints or tuples of ints, got {t!r}"
-                )
+                raise TypeError(f"per-item targets must be ints or tuples of ints, got {t!r}")
         return "per_item", value, [list(t) if isinstance(t, tuple) else t for t in value]
     if isinstance(targets, bool):
         raise TypeError(f"targets must be an int, tuple, callable or sequence, got {targets!r}")
@@ -149,4 +150,3 @@ def _ids_of(data: Any, n: int, ids: Sequence[Any] | None) -> list[str]:
     if len(ids) != n:
         raise ValueError(f"ids has {len(ids)} entries but the data set has {n} items")
     return ids
-

@@ -13,8 +13,7 @@ from dnnbrain_captum.runner._resume import done_chunks
 from dnnbrain_captum.runner._storage import MANIFEST, load_npy, npy_header, sha256_file
 
 
-def read_results(out: str | os.PathLike[str], mmap: bool = True, verify: bool = True
-                 ) -> np.ndarray:
+def read_results(out: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> np.ndarray:
     """The results of a completed :func:`run_over` as one array in data-set order.
 
     Parameters
@@ -68,9 +67,13 @@ def read_results(out: str | os.PathLike[str], mmap: bool = True, verify: bool = 
         with open(path, "rb") as f:
             shape, dtype = npy_header(f, path)
         if list(shape) != manifest["shape"] or str(dtype) != manifest["dtype"]:
-            raise ValueError(f"{path} holds {shape} {dtype}, the manifest says "
-                             f"{tuple(manifest['shape'])} {manifest['dtype']}")
+            raise ValueError(
+                f"{path} holds {shape} {dtype}, the manifest says "
+                f"{tuple(manifest['shape'])} {manifest['dtype']}"
+            )
         return np.load(path, mmap_mode="r" if mmap else None)
-    parts = [load_npy(out / c["file"], c.get("sha256") if checksums else None)
-             for c in manifest["chunks"]]
+    parts = [
+        load_npy(out / c["file"], c.get("sha256") if checksums else None)
+        for c in manifest["chunks"]
+    ]
     return np.concatenate(parts, axis=0)

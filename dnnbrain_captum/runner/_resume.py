@@ -100,24 +100,40 @@ def done_chunks(out: Path, n_chunks: int, chunk_size: int, n: int) -> dict[int, 
     for k, record in _sidecars(out, n_chunks).items():
         name, sha = record.get("file"), record.get("sha256")
         if name is None:
-            done[k] = {"chunk": k, "file": None, "sha256": None,
-                       "skipped": record.get("skipped", [])}
+            done[k] = {
+                "chunk": k,
+                "file": None,
+                "sha256": None,
+                "skipped": record.get("skipped", []),
+            }
         elif name == f"{chunk_name(k)}.npy" and (out / CHUNKS / name).is_file():
             if sha256_file(out / CHUNKS / name) == sha:
-                done[k] = {"chunk": k, "file": name, "sha256": sha,
-                           "skipped": record.get("skipped", [])}
+                done[k] = {
+                    "chunk": k,
+                    "file": name,
+                    "sha256": sha,
+                    "skipped": record.get("skipped", []),
+                }
             else:
-                logger.warning("%s does not match its checksum; recomputing chunk %d",
-                               out / CHUNKS / name, k)
+                logger.warning(
+                    "%s does not match its checksum; recomputing chunk %d", out / CHUNKS / name, k
+                )
     for k, lines in _log_records(out).items():
         if k in done or not 0 <= k < n_chunks:
             continue
         for record in reversed(lines):
             if _rows_match(out, k, chunk_size, n, record.get("sha256")):
-                done[k] = {"chunk": k, "file": PARTIAL, "sha256": record["sha256"],
-                           "skipped": record.get("skipped", [])}
+                done[k] = {
+                    "chunk": k,
+                    "file": PARTIAL,
+                    "sha256": record["sha256"],
+                    "skipped": record.get("skipped", []),
+                }
                 break
         else:
-            logger.warning("the rows of chunk %d in %s do not match their checksum; "
-                           "recomputing them", k, out / PARTIAL)
+            logger.warning(
+                "the rows of chunk %d in %s do not match their checksum; recomputing them",
+                k,
+                out / PARTIAL,
+            )
     return done

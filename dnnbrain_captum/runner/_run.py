@@ -179,17 +179,30 @@ def run_over(
     >>> run_over(saliency, images, targets=labels, out=folder, batch_size=4).reused
     10
     """
-    plan, request = _plan(attribution, dataset_or_loader, targets, out, batch_size, ids,
-                          on_error, assemble, num_workers, device, seed, show_progress,
-                          attribute_kwargs)
+    plan, request = _plan(
+        attribution,
+        dataset_or_loader,
+        targets,
+        out,
+        batch_size,
+        ids,
+        on_error,
+        assemble,
+        num_workers,
+        device,
+        seed,
+        show_progress,
+        attribute_kwargs,
+    )
     dist = _Dist()
     try:
         # 1. rank 0 locks the folder, checks it and finds the verified done chunks
         verdict = _on_rank0(dist, lambda: _prepare(plan, request, overwrite))
         in_place = _check_ranks(dist, plan, request)
         if verdict["complete"]:
-            return RunSummary(plan.out, plan.n, 0, plan.n, verdict["skipped"], 0.0, 0.0,
-                              dist.rank, dist.world)
+            return RunSummary(
+                plan.out, plan.n, 0, plan.n, verdict["skipped"], 0.0, 0.0, dist.rank, dist.world
+            )
         done = verdict["done"]
         reused = sum(plan.rows(k)[1] - plan.rows(k)[0] for k in done)
 
@@ -208,18 +221,38 @@ def run_over(
         done.update({r["chunk"]: r for rs in gathered for r in rs})
         skipped = _on_rank0(dist, lambda: {"skipped": finish(plan, done, dist.world, ranks)})
         rate = computed / seconds if seconds > 0 else 0.0
-        summary = RunSummary(plan.out, plan.n, computed, reused, skipped["skipped"], seconds,
-                             rate, dist.rank, dist.world)
+        summary = RunSummary(
+            plan.out,
+            plan.n,
+            computed,
+            reused,
+            skipped["skipped"],
+            seconds,
+            rate,
+            dist.rank,
+            dist.world,
+        )
         logger.info("run_over %s -> %s: %s", request["attribution"]["class"], plan.out, summary)
         return summary
     finally:
         _release(dist, plan.out)
 
 
-def _plan(attribution: Any, data: Any, targets: Any, out: Any, batch_size: int | None,
-          ids: Sequence[Any] | None, on_error: str, assemble: bool, num_workers: int | None,
-          device: Any, seed: int | None, show_progress: bool, kwargs: dict[str, Any]
-          ) -> tuple[Plan, dict[str, Any]]:
+def _plan(
+    attribution: Any,
+    data: Any,
+    targets: Any,
+    out: Any,
+    batch_size: int | None,
+    ids: Sequence[Any] | None,
+    on_error: str,
+    assemble: bool,
+    num_workers: int | None,
+    device: Any,
+    seed: int | None,
+    show_progress: bool,
+    kwargs: dict[str, Any],
+) -> tuple[Plan, dict[str, Any]]:
     """Check the arguments; the run's plan and its request (what identifies it)."""
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -241,27 +274,48 @@ def _plan(attribution: Any, data: Any, targets: Any, out: Any, batch_size: int |
         n = len(data)
     except TypeError:
         raise TypeError(
-            f"dataset_or_loader must be a map-style data set with len(), got "
-            f"{type(data).__name__}"
+            f"dataset_or_loader must be a map-style data set with len(), got {type(data).__name__}"
         ) from None
     if n == 0:
         raise ValueError("the data set is empty")
     stimulus_ids = _ids_of(data, n, ids)
     kind, target_value, target_json = _normalise_targets(targets, n)
     model = _model_of(attribution)
-    request = json.loads(json.dumps({  # the canonical JSON form (lists, string keys)
-        "attribution": _describe(attribution),
-        "parameters": {k: _jsonable(v, model) for k, v in sorted(kwargs.items())},
-        "n_items": n, "chunk_size": batch_size, "seed": seed, "stimulus_ids": stimulus_ids,
-        "targets": {"kind": kind, "value": target_json},
-    }, allow_nan=False))
+    request = json.loads(
+        json.dumps(
+            {  # the canonical JSON form (lists, string keys)
+                "attribution": _describe(attribution),
+                "parameters": {k: _jsonable(v, model) for k, v in sorted(kwargs.items())},
+                "n_items": n,
+                "chunk_size": batch_size,
+                "seed": seed,
+                "stimulus_ids": stimulus_ids,
+                "targets": {"kind": kind, "value": target_json},
+            },
+            allow_nan=False,
+        )
+    )
     if device is None and isinstance(model, nn.Module):
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else None
-    plan = Plan(attribution, data, Path(out), n, batch_size, stimulus_ids, kind, target_value,
-                on_error, num_workers or 0, pin_memory,
-                None if device is None else torch.device(device), seed, show_progress,
-                assemble, kwargs)
+    plan = Plan(
+        attribution,
+        data,
+        Path(out),
+        n,
+        batch_size,
+        stimulus_ids,
+        kind,
+        target_value,
+        on_error,
+        num_workers or 0,
+        pin_memory,
+        None if device is None else torch.device(device),
+        seed,
+        show_progress,
+        assemble,
+        kwargs,
+    )
     return plan, request
 
 

@@ -99,8 +99,11 @@ def npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """
     try:
         version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read(f)
     except (ValueError, OSError, SyntaxError, TypeError) as err:
         raise ValueError(f"{path} has a damaged .npy header ({err})") from None
@@ -137,8 +140,9 @@ class Partial:
         self.log_fd: int | None = None
 
     @classmethod
-    def create(cls, out: Path, n: int, item_shape: tuple[int, ...], dtype: np.dtype,
-               exclusive: bool) -> Partial | None:
+    def create(
+        cls, out: Path, n: int, item_shape: tuple[int, ...], dtype: np.dtype, exclusive: bool
+    ) -> Partial | None:
         """Open (creating it if needed) for ``n`` items; None when links are not supported and
         another process could race (``exclusive`` False): the caller then writes chunk files."""
         path = out / PARTIAL
@@ -146,8 +150,11 @@ class Partial:
             return cls.open(out, n, item_shape, dtype)
         row_bytes = math.prod(item_shape) * dtype.itemsize
         tmp = out / TMP / f"{PARTIAL}.{os.getpid()}"
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                  "shape": (n, *item_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": (n, *item_shape),
+        }
         try:
             with open(tmp, "w+b") as f:
                 try:
@@ -204,8 +211,9 @@ class Partial:
     def mark_done(self, record: dict[str, Any]) -> None:
         """Append a chunk's record as one JSON line (one ``O_APPEND`` write), after its rows."""
         if self.log_fd is None:
-            self.log_fd = os.open(self.out / DONE_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND,
-                                  0o644)
+            self.log_fd = os.open(
+                self.out / DONE_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644
+            )
         os.write(self.log_fd, (json.dumps(record, allow_nan=False) + "\n").encode("utf-8"))
 
     def close(self) -> None:

@@ -62,19 +62,28 @@ class Plan:
         return k * self.chunk_size, min((k + 1) * self.chunk_size, self.n)
 
 
-def work(plan: Plan, todo: list[int], rank: int, world: int, in_place: bool
-         ) -> tuple[int, float, list[dict[str, Any]]]:
+def work(
+    plan: Plan, todo: list[int], rank: int, world: int, in_place: bool
+) -> tuple[int, float, list[dict[str, Any]]]:
     """Compute ``todo`` (chunk indices); returns (items, seconds, the chunks' done records)."""
     store = _Store(plan, in_place, exclusive=world == 1)
     total = sum(plan.rows(k)[1] - plan.rows(k)[0] for k in todo)
     desc = type(plan.attribution).__name__ + (f" rank {rank}" if world > 1 else "")
     start, computed, records = time.perf_counter(), 0, []
-    with contextlib.closing(store), tqdm(
-        total=total, desc=desc, unit="item", disable=not plan.show_progress,
-        position=rank if world > 1 else None, leave=True,
-    ) as bar:
-        for batch in _batches(plan.data, todo, plan.chunk_size, plan.n, plan.num_workers,
-                              plan.pin_memory):
+    with (
+        contextlib.closing(store),
+        tqdm(
+            total=total,
+            desc=desc,
+            unit="item",
+            disable=not plan.show_progress,
+            position=rank if world > 1 else None,
+            leave=True,
+        ) as bar,
+    ):
+        for batch in _batches(
+            plan.data, todo, plan.chunk_size, plan.n, plan.num_workers, plan.pin_memory
+        ):
             skipped = _skipped(plan, batch.errors)
             array = None if batch.images is None else _compute(plan, batch)
             records.append(store.put(batch.chunk, array, skipped))
@@ -93,8 +102,7 @@ def _skipped(plan: Plan, errors: list[tuple[int, str]]) -> list[dict[str, Any]]:
             "unreadable items"
         )
     for record in skipped:
-        logger.warning("skipping item %d (%s): %s", record["index"], record["id"],
-                       record["error"])
+        logger.warning("skipping item %d (%s): %s", record["index"], record["id"], record["error"])
     return skipped
 
 
@@ -109,8 +117,9 @@ def _compute(plan: Plan, batch: Any) -> np.ndarray:
         result = plan.attribution.attribute(images, target=target, **plan.kwargs)
     array = _to_numpy(result, len(positions))
     if batch.errors:
-        full = np.full((len(batch.indices), *array.shape[1:]), fill_value(array.dtype),
-                       dtype=array.dtype)
+        full = np.full(
+            (len(batch.indices), *array.shape[1:]), fill_value(array.dtype), dtype=array.dtype
+        )
         full[batch.ok] = array
         array = full
     return array
@@ -124,18 +133,19 @@ class _Store:
         self.plan, self.in_place, self.exclusive = plan, in_place, exclusive
         self.partial: Partial | None = None
 
-    def put(self, k: int, array: np.ndarray | None, skipped: list[dict[str, Any]]
-            ) -> dict[str, Any]:
+    def put(
+        self, k: int, array: np.ndarray | None, skipped: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         out = self.plan.out
         if array is not None and self.in_place and self.partial is None:
-            self.partial = Partial.create(out, self.plan.n, array.shape[1:], array.dtype,
-                                          self.exclusive)
+            self.partial = Partial.create(
+                out, self.plan.n, array.shape[1:], array.dtype, self.exclusive
+            )
             self.in_place = self.partial is not None
         record: dict[str, Any] = {"chunk": k, "file": None, "sha256": None, "skipped": skipped}
         if array is not None and self.partial is not None:
             record["sha256"] = self.partial.write(self.plan.rows(k)[0], array)
-            self.partial.mark_done({"chunk": k, "sha256": record["sha256"],
-                                    "skipped": skipped})
+            self.partial.mark_done({"chunk": k, "sha256": record["sha256"], "skipped": skipped})
             return {**record, "file": PARTIAL}
         (out / CHUNKS).mkdir(exist_ok=True)
         if array is not None:
