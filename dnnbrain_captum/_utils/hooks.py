@@ -180,7 +180,15 @@ def _call(
     else:
         extra = (additional_forward_args,)
     with keeping_buffers(forward_func):
-        return forward_func(*inputs, *extra)
+        try:
+            return forward_func(*inputs, *extra)
+        except RuntimeError as err:  # torch's shape and dtype errors: say what the model got
+            shapes = ", ".join(
+                str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__ for t in inputs
+            )
+            if hasattr(err, "add_note"):  # Python >= 3.11; the error keeps its type
+                err.add_note(f"(the model's forward pass failed on inputs of shape {shapes})")
+            raise
 
 
 def run_to_layer(
