@@ -5,21 +5,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from dnnbrain_captum._utils.hooks import watching_modules
 from dnnbrain_captum._utils.layers import LayerSpec, layer_path, resolve_layer
 from dnnbrain_captum.models.aliases import dnnbrain_aliases
+from dnnbrain_captum.receptive_field._analysis import trace_model
 from dnnbrain_captum.receptive_field._geometry import (
     Flat,
-    GeometryTracer,
     Spatial,
+    Tokens,
     UnsupportedOperationError,
     entry_values,
-    input_axis,
 )
 
 __all__ = [
@@ -58,6 +55,10 @@ class LayerReceptiveField:
         (H, W) of the layer's output (None when not spatial).
     box : list of (int, int)
         ``[(h0, h1), (w0, w1)]``: pixels seen by at least one unit (the union of all fields).
+    tokens : (int, int) or None
+        For a token sequence (a vision transformer's ``(N, 1 + H*W, D)``): the token axis
+        and the number of extra tokens before the grid (unit (i, j) is token
+        ``extra + i * W + j``). None for maps with separate H and W axes.
 
     ``size``, ``stride`` and ``padding`` are None for a spatial layer whose fields are not
     evenly spaced (adaptive pooling with uneven windows, merged paths with different jumps);
@@ -72,6 +73,7 @@ class LayerReceptiveField:
     padding: tuple[int, int] | None
     output_size: tuple[int, int] | None
     box: Box
+    tokens: tuple[int, int] | None = None
     _rows: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
     _cols: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
@@ -381,87 +383,16 @@ class TheoreticalReceptiveField:
                 f"input_size={self.input_size})")
 
 
-def _first_tensor(obj: Any) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(obj, dict):
-        return _first_tensor(list(obj.values()))
-    return None
-
-
-class _Stop(Exception):
-    """Ends the analysis once the requested layer has run."""
-
-
 def _analyse(model: nn.Module, input_size: tuple[int, int, int],
              stop: nn.Module | None = None) -> ReceptiveFieldTable:
-    stack: list[tuple[str, nn.Module]] = []
-
-    def where() -> str:
-        for path, module in reversed(stack):
-            if path:
-                return f"module {path!r} ({type(module).__name__})"
-        return f"the forward method of {type(model).__name__}"
-
-    tracer = GeometryTracer(where)
-    order: dict[str, int] = {}
-    calls: dict[str, list[tuple[int, str, Any]]] = {}
-    counter = [0]
-
-    def before(path: str, module: nn.Module) -> None:
-        stack.append((path, module))
-        counter[0] += 1
-        calls.setdefault(path, []).append((counter[0], type(module).__name__, None))
-        order.setdefault(path, counter[0])
-
-    def after(path: str, module: nn.Module, output: Any) -> None:
-        stack.pop()
-        if module is stop:
-            finish(path, output)
-            raise _Stop
-        finish(path, output)
-
-    def finish(path: str, output: Any) -> None:
-        tensor = _first_tensor(output)
-        state = tracer.state(tensor) if tensor is not None else None
-        records = calls[path]
-        for k in range(len(records) - 1, -1, -1):
-            if records[k][2] is None:
-                records[k] = (records[k][0], records[k][1], state if state is not None else 0)
-                break
-
-    c, h, w = input_size
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
-                 torch.get_default_dtype())
-    x = torch.empty((2, c, h, w), device="meta", dtype=dtype)
-    tracer.set_state(x, Spatial((2, 3), (input_axis(h), input_axis(w))))
-    with torch.no_grad(), watching_modules(model, before, after):
-        try:
-            with tracer:
-                model(x)
-        except _Stop:
-            pass
-        except UnsupportedOperationError:
-            raise
-        except Exception as err:
-            if hasattr(err, "add_note"):  # Python >= 3.11; the error keeps its type
-                err.add_note(
-                    f"TheoreticalReceptiveField ran the forward pass of {type(model).__name__} "
-                    f"on shape-only (meta) tensors of size {input_size}; it failed in "
-                    f"{where()}")
-            raise
+    trace = trace_model(model, input_size, stop)
     entries: dict[str, LayerReceptiveField] = {}
     rows = []
-    for path, records in calls.items():
+    for path, records in trace.calls.items():
         if not path:
             continue
         for k, (start, type_name, state) in enumerate(records):
-            if not isinstance(state, (Spatial, Flat)):
+            if not isinstance(state, (Spatial, Tokens, Flat)):
                 continue
             rows.append((start, f"{path}:{k}" if k else path, type_name, state))
     for _, name, type_name, state in sorted(rows, key=lambda r: r[0]):
@@ -470,13 +401,15 @@ def _analyse(model: nn.Module, input_size: tuple[int, int, int],
                                type(model).__name__)
 
 
-def _entry(name: str, type_name: str, state: Spatial | Flat) -> LayerReceptiveField:
+def _entry(name: str, type_name: str, state: Spatial | Tokens | Flat) -> LayerReceptiveField:
     if isinstance(state, Flat):
         (h0, h1), (w0, w1) = state.box
         return LayerReceptiveField(name, type_name, False, (h1 - h0, w1 - w0), None, None, None,
                                    [state.box[0], state.box[1]])
     size, stride, padding = entry_values(state)
     rows, cols = state.axes
-    box = state.box()
+    box = state.grid_box() if isinstance(state, Tokens) else state.box()
+    tokens = (state.dim, len(state.prefix)) if isinstance(state, Tokens) else None
     return LayerReceptiveField(name, type_name, True, size, stride, padding, (rows.n, cols.n),
-                               [box[0], box[1]], (rows.lo, rows.hi), (cols.lo, cols.hi))
+                               [box[0], box[1]], tokens=tokens, _rows=(rows.lo, rows.hi),
+                               _cols=(cols.lo, cols.hi))
