@@ -271,7 +271,13 @@ class MinimalParcelImage(LayerPerturbation):
         fill = fill_images(x, baselines)
         n = x.shape[0]
         score = TargetScorer(
-            self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
+            self.forward_func,
+            self.layer,
+            target,
+            activation_criterion,
+            additional_forward_args,
+            n,
+            self.reshape_transform,
         )
         labels = parcel_labels(x, segmentation, segmentation_kwargs, feature_mask)
         warn_if_training(self.forward_func)

@@ -46,6 +46,7 @@ class Trace:
     calls: dict[str, list[tuple[int, str, State | None]]] = field(default_factory=dict)
     stop_state: State | None = None
     stopped: bool = False
+    inside_attention: bool = False  # the stop layer ran inside a module analysed as one step
 
 
 class _Stop(BaseException):
@@ -87,6 +88,7 @@ class _Pass:
             first = next(iter(_iter_tensors(args)), None)
             self.trace.stop_state = self.tracer.state(first) if first is not None else None
             self.trace.stopped = True
+            self.trace.inside_attention = self.tracer.suspended > 0
             raise _Stop
         if self.tracer.suspended:
             return
@@ -127,6 +129,7 @@ class _Pass:
         if module is self.stop:
             self.trace.stop_state = state
             self.trace.stopped = True
+            self.trace.inside_attention = self.tracer.suspended > 0
             raise _Stop
 
     def _check_channels(self, path: str, module: nn.Module, args: tuple[Any, ...]) -> None:

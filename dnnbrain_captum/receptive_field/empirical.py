@@ -12,9 +12,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dnnbrain_captum._utils.hooks import run_to_layer
 from dnnbrain_captum._utils.layers import layer_path
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum._utils.validation import check_image_batch, pair
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
@@ -334,7 +333,13 @@ class EmpiricalReceptiveField:
             scores = _box_scores(maps, entry)
         else:
             with torch.no_grad():
-                output = run_to_layer(self.model, self.layer, (x,), additional_forward_args)
+                output = layer_output(
+                    self.model,
+                    self.layer,
+                    (x,),
+                    additional_forward_args,
+                    getattr(self.engine, "reshape_transform", None),
+                )
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {self._path!r} returns several tensors")
             scores = channel_maps(output, target)
