@@ -332,8 +332,9 @@ def evaluate_target(
         attribute_to_layer_input,
         additional_forward_args,
     )
+    # A Conv2d with 4-D input or a Linear with 2-D input is channels-first by definition.
     fast = not taps and _fast_channel_layer(layer, target, attribute_to_layer_input)
-    if fast and layout.is_identity:
+    if fast and layout.kind in ("channels_first", "static"):
         layer_input = run_to_layer(
             forward_func, layer, inputs, additional_forward_args, on_input=True, taps=taps
         )

@@ -198,8 +198,9 @@ class EmpiricalReceptiveField:
             if entry.size is None:
                 raise ValueError(
                     f"layer {self._path!r} has no regular receptive field at input "
-                    f"size {key} (uneven adaptive pooling or merged paths with "
-                    "different strides): there is no common field to align on"
+                    f"size {key}: its units' fields are not evenly spaced (windowed "
+                    "attention, upsampling, uneven adaptive pooling or merged paths with "
+                    "different strides), so there is no common field to align on"
                 )
             self._theory[key] = entry  # type: ignore[index]
         return self._theory[key]  # type: ignore[index]
