@@ -242,31 +242,53 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args: Any,
         plan: _Sweep,
     ) -> Tensor | None:
-        """Occluded values by incremental inference, or None to use the full recompute."""
+        """Occluded values by incremental inference, or None to use the full recompute.
+
+        Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
+        means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
+        reason under ``method="incremental"``.
+        """
         if method == "full":
             return None
         try:
-            if not isinstance(self.forward_func, nn.Module):
-                raise IncrementalUnsupported("the forward function is not an nn.Module")
-            if self.layer is None:
-                raise IncrementalUnsupported("layer=None explains the model output")
-            if additional_forward_args is not None:
-                raise IncrementalUnsupported("additional_forward_args are given")
-            if callable(target) and not isinstance(target, Tensor):
-                raise IncrementalUnsupported("the target is a callable")
-            engine = IncrementalOcclusion(self.forward_func, self.layer)
-            clean = engine.clean_targets(x, target, reduction)
-            scale = original.abs().max().item()
-            if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
-                raise IncrementalUnsupported(
-                    "the traced graph does not reproduce the model's value at the layer"
-                )
-        except IncrementalUnsupported as reason:
+            values = self._incremental_values(
+                x, fill, original, target, reduction, additional_forward_args, plan
+            )
+        except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
+            if not isinstance(reason, IncrementalUnsupported):
+                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
             if method == "incremental":
                 raise ValueError(f"method='incremental' is not possible here: {reason}") from None
             logger.debug("occlusion map by full recompute: %s", reason)
             return None
         logger.debug("occlusion map by incremental inference")
+        return values
+
+    def _incremental_values(
+        self,
+        x: Tensor,
+        fill: Tensor,
+        original: Tensor,
+        target: Any,
+        reduction: str,
+        additional_forward_args: Any,
+        plan: _Sweep,
+    ) -> Tensor:
+        if not isinstance(self.forward_func, nn.Module):
+            raise IncrementalUnsupported("the forward function is not an nn.Module")
+        if self.layer is None:
+            raise IncrementalUnsupported("layer=None explains the model output")
+        if additional_forward_args is not None:
+            raise IncrementalUnsupported("additional_forward_args are given")
+        if callable(target) and not isinstance(target, Tensor):
+            raise IncrementalUnsupported("the target is a callable")
+        engine = IncrementalOcclusion(self.forward_func, self.layer)
+        clean = engine.clean_targets(x, target, reduction)
+        scale = original.abs().max().item()
+        if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+            raise IncrementalUnsupported(
+                "the traced graph does not reproduce the model's value at the layer"
+            )
         per_image = plan.grid[0] * plan.grid[1]
         bar = tqdm(
             total=x.shape[0] * -(-per_image // plan.batch),

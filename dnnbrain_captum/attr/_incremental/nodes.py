@@ -222,6 +222,27 @@ class _Pointwise(_Node):
         return self.function(regions[0], channels)
 
 
+class _SizeKeeping(_Node):
+    """An adaptive pooling to the size of its input: the identity (each bin is one unit).
+
+    The clean pass checks the size; an adaptive pooling that changes it is a global
+    operation and is refused.
+    """
+
+    def __init__(self, module: nn.Module, label: str) -> None:
+        self.module = module
+        self.label = label
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        out = self.module.forward(values[0])
+        if out.shape[-2:] != values[0].shape[-2:]:
+            raise IncrementalUnsupported(f"{self.label} changes the map size (global op)")
+        return out
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        return regions[0]
+
+
 class _Merge(_Node):
     """Several same-shape tensors combined element-wise (``+``, ``-``, ``*``, ``/``)."""
 

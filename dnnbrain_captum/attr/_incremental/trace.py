@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dnnbrain_captum._utils.layers import layer_path
+from dnnbrain_captum.attr._incremental.mutation import check_no_hidden_writes
 from dnnbrain_captum.attr._incremental.nodes import (
     Channels,
     IncrementalUnsupported,
@@ -23,6 +24,7 @@ from dnnbrain_captum.attr._incremental.nodes import (
     _Merge,
     _Node,
     _Pointwise,
+    _SizeKeeping,
 )
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
@@ -81,6 +83,19 @@ _POINTWISE_FUNCTIONS: set[Any] = {
     torch.abs,
     torch.neg,
     operator.neg,
+}
+# In-place functions and their out-of-place forms.
+_IN_PLACE_FUNCTIONS: dict[Any, Callable[..., Tensor]] = {
+    torch.relu_: torch.relu,
+    torch.sigmoid_: torch.sigmoid,
+    torch.tanh_: torch.tanh,
+    torch.clamp_: torch.clamp,
+    torch.abs_: torch.abs,
+    torch.neg_: torch.neg,
+    F.elu_: F.elu,
+    F.leaky_relu_: F.leaky_relu,
+    F.hardtanh_: F.hardtanh,
+    F.celu_: F.celu,
 }
 _POINTWISE_METHODS = {
     "relu",
@@ -156,14 +171,7 @@ def _convert_module(module: nn.Module, name: str) -> _Node:
             )
         return _Pointwise(_batch_norm(module))
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-
-        def adaptive(x: Tensor, channels: Channels) -> Tensor:
-            out = module.forward(x)
-            if out.shape[-2:] != x.shape[-2:]:
-                raise IncrementalUnsupported(f"{name} ({kind}) changes the map size (global op)")
-            return out
-
-        return _Pointwise(adaptive)
+        return _SizeKeeping(module, f"{name} ({kind})")
     if type(module) in _POINTWISE_MODULES:
         return _Pointwise(_module_pointwise(module))
     raise IncrementalUnsupported(f"{name} ({kind}) has no known spatial footprint")
@@ -208,6 +216,8 @@ def _convert_call(node: fx.Node, tensor_args: list[fx.Node]) -> _Node:
     ):
         rest = args[1:]
         copy = any(a is True for a in rest)  # a positional ``inplace=True``
+        if not method and target in _IN_PLACE_FUNCTIONS:  # proven invisible (mutation.py)
+            return _Pointwise(lambda x, c, f=_IN_PLACE_FUNCTIONS[target]: f(x, *rest, **kwargs))
         if not method and target in _POINTWISE_FUNCTIONS:
             return _Pointwise(
                 lambda x, c, f=target: f(x.clone() if copy else x, *rest, **kwargs)  # type: ignore[operator]
@@ -228,6 +238,41 @@ class _Graph:
     target: int  # index of the target node
 
 
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model traced by ``torch.fx``.
+
+    Raises
+    ------
+    IncrementalUnsupported
+        When global forward hooks are registered or the model cannot be traced.
+    """
+    module_hooks = torch.nn.modules.module
+    if getattr(module_hooks, "_global_forward_hooks", None) or getattr(
+        module_hooks, "_global_forward_pre_hooks", None
+    ):
+        raise IncrementalUnsupported("global forward hooks are registered")
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:  # noqa: BLE001 - any tracing failure means "fall back"
+        raise IncrementalUnsupported(
+            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}"
+        ) from None
+
+
+def layer_node(graph_nodes: list[fx.Node], path: str) -> fx.Node:
+    """The traced node whose value is the output of the layer at ``path`` (its first call)."""
+    calls = [n for n in graph_nodes if n.op == "call_module" and n.target == path]
+    if calls:
+        return calls[0]  # run_to_layer explains the layer's first call
+    if path:
+        inside = [n for n in graph_nodes if path in (n.meta.get("nn_module_stack") or {})]
+        members = set(inside)
+        leaving = [n for n in inside if any(u not in members for u in n.users)]
+        if len(leaving) == 1:
+            return leaving[0]
+    raise IncrementalUnsupported(f"the layer {path!r} is not one operation of the traced graph")
+
+
 def analyse(model: nn.Module, layer: nn.Module) -> _Graph:
     """The operations from the input to ``layer`` in execution order.
 
@@ -235,36 +280,17 @@ def analyse(model: nn.Module, layer: nn.Module) -> _Graph:
     ------
     IncrementalUnsupported
         With the reason, when an operation has no known spatial footprint, the model cannot be
-        traced, ``layer`` is not found as one traced operation, or a module has hooks.
+        traced, ``layer`` is not found as one traced operation, a module has hooks, or an
+        in-place operation could make the traced graph differ from eager execution.
     """
-    path = layer_path(model, layer)
-    module_hooks = torch.nn.modules.module
-    if getattr(module_hooks, "_global_forward_hooks", None) or getattr(
-        module_hooks, "_global_forward_pre_hooks", None
-    ):
-        raise IncrementalUnsupported("global forward hooks are registered")
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as error:  # noqa: BLE001 - any tracing failure means "fall back"
-        raise IncrementalUnsupported(
-            f"torch.fx cannot trace {type(model).__name__}: {type(error).__name__}: {error}"
-        ) from None
-    graph_nodes = list(traced.graph.nodes)
-    placeholders = [n for n in graph_nodes if n.op == "placeholder"]
-    target_node = None
-    calls = [n for n in graph_nodes if n.op == "call_module" and n.target == path]
-    if calls:
-        target_node = calls[0]  # run_to_layer explains the layer's first call
-    elif path:
-        inside = [n for n in graph_nodes if path in (n.meta.get("nn_module_stack") or {})]
-        members = set(inside)
-        leaving = [n for n in inside if any(u not in members for u in n.users)]
-        if len(leaving) == 1:
-            target_node = leaving[0]
-    if target_node is None:
-        raise IncrementalUnsupported(f"the layer {path!r} is not one operation of the traced graph")
+    graph_nodes = list(trace(model).graph.nodes)
+    return convert(model, graph_nodes, layer_node(graph_nodes, layer_path(model, layer)))
 
-    # Ancestors of the target, in graph (= execution) order.
+
+def convert(model: nn.Module, graph_nodes: list[fx.Node], target_node: fx.Node) -> _Graph:
+    """The engine's operations for the ancestors of ``target_node`` (see :func:`analyse`)."""
+    check_no_hidden_writes(graph_nodes[: graph_nodes.index(target_node) + 1], model)
+    placeholders = [n for n in graph_nodes if n.op == "placeholder"]
     needed: set[fx.Node] = set()
     stack = [target_node]
     while stack:
@@ -273,38 +299,41 @@ def analyse(model: nn.Module, layer: nn.Module) -> _Graph:
             continue
         needed.add(node)
         stack.extend(node.all_input_nodes)
-    ordered = [n for n in graph_nodes if n in needed]
     if not placeholders or placeholders[0] not in needed:
         raise IncrementalUnsupported("the target layer does not depend on the input")
     index: dict[fx.Node, int] = {}
     nodes: list[_Node] = []
-    for node in ordered:
-        if node.op == "placeholder":
-            if node is not placeholders[0]:
-                raise IncrementalUnsupported(
-                    f"the target depends on the extra model argument {node.name!r}"
-                )
-            converted: _Node = _Input()
-            tensor_args: list[fx.Node] = []
-        elif node.op == "call_module":
-            module = model.get_submodule(str(node.target))
-            if module._forward_hooks or module._forward_pre_hooks:
-                raise IncrementalUnsupported(f"{node.target} has forward hooks")
-            converted = _convert_module(module, str(node.target))
-            tensor_args = list(node.all_input_nodes)
-            if len(tensor_args) != 1 or node.args[0] is not tensor_args[0]:
-                raise IncrementalUnsupported(f"{node.target} takes several inputs")
-        elif node.op in ("call_function", "call_method"):
-            tensor_args = list(node.all_input_nodes)
-            converted = _convert_call(node, tensor_args)
-            if isinstance(converted, _Cat):
-                tensor_args = list(node.args[0] if node.args else node.kwargs["tensors"])
-            elif isinstance(converted, _Merge):
-                tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
-        else:
-            raise IncrementalUnsupported(f"{node.name} ({node.op} {node.target}) is not supported")
+    for node in (n for n in graph_nodes if n in needed):  # ancestors in execution order
+        converted, tensor_args = _convert_node(model, node, placeholders[0])
         converted.name = str(node.target) if node.op == "call_module" else node.name
         converted.inputs = tuple(index[a] for a in tensor_args)
         index[node] = len(nodes)
         nodes.append(converted)
     return _Graph(nodes, index[target_node])
+
+
+def _convert_node(model: nn.Module, node: fx.Node, image: fx.Node) -> tuple[_Node, list[fx.Node]]:
+    """One traced node as the engine's operation, with the nodes it reads."""
+    if node.op == "placeholder":
+        if node is not image:
+            raise IncrementalUnsupported(
+                f"the target depends on the extra model argument {node.name!r}"
+            )
+        return _Input(), []
+    if node.op == "call_module":
+        module = model.get_submodule(str(node.target))
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise IncrementalUnsupported(f"{node.target} has forward hooks")
+        tensor_args = list(node.all_input_nodes)
+        if len(tensor_args) != 1 or node.args[0] is not tensor_args[0]:
+            raise IncrementalUnsupported(f"{node.target} takes several inputs")
+        return _convert_module(module, str(node.target)), tensor_args
+    if node.op in ("call_function", "call_method"):
+        tensor_args = list(node.all_input_nodes)
+        converted = _convert_call(node, tensor_args)
+        if isinstance(converted, _Cat):
+            tensor_args = list(node.args[0] if node.args else node.kwargs["tensors"])
+        elif isinstance(converted, _Merge):
+            tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        return converted, tensor_args
+    raise IncrementalUnsupported(f"{node.name} ({node.op} {node.target}) is not supported")
