@@ -58,7 +58,7 @@ def problems(draw: Any, classes: bool) -> dict[str, Any]:
         baselines=baselines,
         reduction=draw(st.sampled_from(["mean", "max", "sum"])),
         unit=draw(st.booleans()),
-        ppe=draw(st.integers(1, 7)),
+        ppe=draw(st.sampled_from([5, 16, 64])),
     )
 
 
@@ -129,7 +129,7 @@ def test_generator_draws_in_place_hazards_and_padding_modes(dummy: int) -> None:
     """The generator does produce the cases the property is about (not only easy nets)."""
     seen: set[str] = set()
 
-    @settings(max_examples=60, derandomize=True, deadline=None, database=None)
+    @settings(max_examples=100, derandomize=True, deadline=None, database=None)
     @given(model=random_cnns((10, 11)))
     def collect(model: RandomCNN) -> None:
         seen.update(model.kinds)
@@ -139,13 +139,6 @@ def test_generator_draws_in_place_hazards_and_padding_modes(dummy: int) -> None:
             seen.add("ceil_mode")
 
     collect()
-    assert {
-        "conv",
-        "pool",
-        "bn",
-        "add",
-        "cat",
-        "relu_inplace_module",
-        "reflect",
-        "ceil_mode",
-    } <= seen, seen
+    in_place = {"relu_inplace_module", "relu_inplace_functional", "relu_method_"}
+    assert in_place & seen, seen
+    assert {"conv", "pool", "bn", "add", "cat", "reflect", "circular", "ceil_mode"} <= seen, seen
