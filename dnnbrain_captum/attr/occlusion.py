@@ -45,11 +45,39 @@ def occlusion_grid_shape(
     )
 
 
+def _spatial(value: Any, name: str, channels: int, window: bool) -> tuple[int, int]:
+    """(H, W) from an int, an (h, w) pair or Captum's (C, h, w) form.
+
+    Captum's ``Occlusion`` takes ``sliding_window_shapes=(C, h, w)`` and ``strides=(C, s_h,
+    s_w)`` for a (C, H, W) input. This map always covers every channel, so a window's
+    channel entry must be the number of input channels; a stride's channel entry is any
+    int >= 1 (with a window over all channels there is one channel position whatever it is).
+    """
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        first = value[0]
+        if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+            raise ValueError(f"{name}={value!r}: the channel entry must be an int >= 1")
+        if window and first != channels:
+            raise ValueError(
+                f"{name}={value!r} in Captum's (C, h, w) form must cover all {channels} input "
+                f"channels (C={channels}); the occluder always covers every channel. Give "
+                f"({channels}, {value[1]}, {value[2]}) or the (h, w) pair ({value[1]}, {value[2]})"
+            )
+        value = tuple(value[1:])
+    return pair(value, name)
+
+
 def _check_window(image_size: tuple[int, int], window: tuple[int, int]) -> None:
     if window[0] > image_size[0] or window[1] > image_size[1]:
         raise ValueError(
             f"sliding_window_shapes={window} is larger than the image {image_size} (H, W)"
         )
+
+
+def _describe(baselines: Any) -> str:
+    if isinstance(baselines, Tensor):
+        return f"a tensor of shape {tuple(baselines.shape)} with NaN or infinite values"
+    return repr(baselines)
 
 
 class _Sweep(NamedTuple):
@@ -145,14 +173,15 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         inputs: Tensor,
         target: Any = None,
         additional_forward_args: Any = None,
-        sliding_window_shapes: int | tuple[int, int] = (11, 11),
-        strides: int | tuple[int, int] = (2, 2),
+        sliding_window_shapes: int | tuple[int, ...] = (11, 11),
+        strides: int | tuple[int, ...] = (2, 2),
         baselines: float | Tensor | str = 0.0,
         reduction: str = "mean",
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
         method: str = "auto",
+        keepdim: bool = False,
     ) -> Tensor:
         """Occluder discrepancy map of ``target``.
 
@@ -166,10 +195,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args : Any, optional
             Further positional arguments of the model (batch-first tensors are matched to
             their example).
-        sliding_window_shapes : int or (h, w)
+        sliding_window_shapes : int, (h, w) or (C, h, w)
             Occluder size in pixels, (H, W) order (DNNBrain's ``window``, which was (W, H)).
-        strides : int or (s_h, s_w)
-            Step between window positions, >= 1.
+            Captum's form ``(C, h, w)`` is accepted when C is the number of input channels
+            (the occluder covers every channel).
+        strides : int, (s_h, s_w) or (c, s_h, s_w)
+            Step between window positions, >= 1 (Captum's form with a channel step first is
+            accepted; with a window over all channels the channel step changes nothing).
         baselines : float, Tensor or "noise"
             What the occluder shows, in model space: a number (default 0.0), a tensor
             broadcastable to the inputs, or ``"noise"`` — uniform random pixels between each
@@ -189,15 +221,26 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             once per image (see Notes); raises ``ValueError`` saying why when that is not
             possible. ``"auto"`` (default): incremental when possible, else full (the reason
             is logged at DEBUG level on this module's logger).
+        keepdim : bool
+            Return (N, 1, n_rows, n_cols), the layout of Captum's layer attributions, e.g. for
+            ``captum.attr.LayerAttribution.interpolate(grid, (H, W))``.
 
         Returns
         -------
-        Tensor of shape (N, n_rows, n_cols)
+        Tensor of shape (N, n_rows, n_cols), or (N, 1, n_rows, n_cols) with ``keepdim``
+
+        Raises
+        ------
+        ValueError
+            For a window larger than the image, a (C, h, w) window whose C is not the number
+            of input channels, non-finite ``baselines``, an unknown ``method``, or
+            ``method="incremental"`` where incremental inference is not possible.
         """
         check_reduction(reduction)
         x = check_image_batch(inputs)
-        window = pair(sliding_window_shapes, "sliding_window_shapes")
-        stride = pair(strides, "strides")
+        channels = x.shape[1]
+        window = _spatial(sliding_window_shapes, "sliding_window_shapes", channels, True)
+        stride = _spatial(strides, "strides", channels, False)
         image_size = (x.shape[-2], x.shape[-1])
         _check_window(image_size, window)
         if method not in METHODS:
@@ -212,6 +255,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             show_progress,
         )
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
+        if not bool(torch.isfinite(fill).all()):
+            raise ValueError(f"baselines must be finite, got {_describe(baselines)}")
         with torch.no_grad():
             original = evaluate_target(
                 self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
@@ -229,7 +274,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 )
         n = x.shape[0]
         discrepancy = original.repeat_interleave(plan.grid[0] * plan.grid[1]) - occluded
-        return discrepancy.view(n, *plan.grid).to(x.dtype)
+        shape = (n, 1, *plan.grid) if keepdim else (n, *plan.grid)
+        return discrepancy.view(shape).to(x.dtype)
 
     def _incremental(
         self,
