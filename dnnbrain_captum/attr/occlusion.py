@@ -141,7 +141,11 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
     stride, padding, dilation, groups; zero padding), max/average pooling, element-wise
     activations, ``BatchNorm2d`` in eval mode, identity/dropout in eval mode, arithmetic with
     numbers, and additions or channel concatenations of such paths (ResNet blocks,
-    AlexNet/VGG features). No module on the path may carry forward hooks. The values equal the
+    AlexNet/VGG features). No module on the path may carry forward hooks, and no in-place
+    operation (``nn.ReLU(inplace=True)``, ``x.relu_()``, ``h += y``) may write into a value that
+    anything else reads, or into the image (the traced graph would then differ from eager
+    execution). Anything it cannot prove, and any failure at any stage, makes ``"auto"`` use
+    the full recompute. The values equal the
     full recompute up to floating-point rounding (float64: 1e-10 in the tests; float32: about
     1e-6 of the target's clean value).
 
