@@ -21,7 +21,11 @@ from dnnbrain_captum._utils.targets import (
 )
 from dnnbrain_captum._utils.validation import check_image_batch, pair, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
-from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
+from dnnbrain_captum.attr._incremental import (
+    IncrementalOcclusion,
+    IncrementalUnsupported,
+    OutputOcclusion,
+)
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -326,14 +330,20 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
     ) -> Tensor:
         if not isinstance(self.forward_func, nn.Module):
             raise IncrementalUnsupported("the forward function is not an nn.Module")
-        if self.layer is None:
-            raise IncrementalUnsupported("layer=None explains the model output")
         if additional_forward_args is not None:
             raise IncrementalUnsupported("additional_forward_args are given")
         if callable(target) and not isinstance(target, Tensor):
             raise IncrementalUnsupported("the target is a callable")
-        engine = IncrementalOcclusion(self.forward_func, self.layer)
-        clean = engine.clean_targets(x, target, reduction)
+        if self.layer is None:
+            engine: Any = OutputOcclusion(self.forward_func, x[:1])
+            clean = engine.clean_targets(x, target)
+            chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, plan.batch)
+        else:
+            engine = IncrementalOcclusion(self.forward_func, self.layer)
+            clean = engine.clean_targets(x, target, reduction)
+            chunks = engine.occluded_values(
+                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
+            )
         scale = original.abs().max().item()
         if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
             raise IncrementalUnsupported(
@@ -347,9 +357,6 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         )
         values = []
         with bar:
-            chunks = engine.occluded_values(
-                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
-            )
             for chunk in chunks:
                 values.append(chunk)
                 bar.update()

@@ -38,5 +38,6 @@ match its ``find_region`` boxes.
 
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
+from dnnbrain_captum.attr._incremental.output import OutputOcclusion
 
-__all__ = ["IncrementalOcclusion", "IncrementalUnsupported"]
+__all__ = ["IncrementalOcclusion", "IncrementalUnsupported", "OutputOcclusion"]

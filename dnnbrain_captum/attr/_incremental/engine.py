@@ -18,7 +18,7 @@ from dnnbrain_captum.attr._incremental.nodes import (
     _Input,
 )
 from dnnbrain_captum.attr._incremental.planning import _Plan, make_plan
-from dnnbrain_captum.attr._incremental.trace import analyse
+from dnnbrain_captum.attr._incremental.trace import _Graph, analyse
 
 
 class IncrementalOcclusion:
@@ -28,8 +28,10 @@ class IncrementalOcclusion:
     ----------
     model : nn.Module
         The model (traced with torch.fx).
-    layer : nn.Module
+    layer : nn.Module, optional
         The target layer.
+    graph : _Graph, optional
+        The operations to run instead of the path to ``layer`` (see ``output.py``).
 
     Raises
     ------
@@ -37,8 +39,14 @@ class IncrementalOcclusion:
         When the path to ``layer`` contains an operation without a known footprint.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
-        self.graph = analyse(model, layer)
+    def __init__(
+        self, model: nn.Module, layer: nn.Module | None = None, graph: _Graph | None = None
+    ) -> None:
+        if graph is None:
+            if layer is None:
+                raise ValueError("give the target layer or the graph")
+            graph = analyse(model, layer)
+        self.graph = graph
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
         self._flipped: dict[int, Tensor] = {}
@@ -189,7 +197,7 @@ class IncrementalOcclusion:
         device = source.device
         b, c_in, lih, liw = source.shape
         clean_in = padded[(k, -1)][
-            _patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
+            patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
         ]
         change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
         if k not in self._flipped:
@@ -198,7 +206,7 @@ class IncrementalOcclusion:
         c_out, gh, gw = grown.shape[1:]
         loh, low = plan.axes[k][0].length, plan.axes[k][1].length
         size = b * loh * low
-        index = _patch_index(plan.axes[k], rows, cols, self.clean_values[k].shape[-1], device)
+        index = patch_index(plan.axes[k], rows, cols, self.clean_values[k].shape[-1], device)
         out = padded[(k, -2)][torch.cat([index, index[:1]])]  # spare row for the overflow
         shift_r, shift_c = plan.delta[k]
         dest_r = torch.arange(gh, device=device) - shift_r.to(device)[rows][:, None]
@@ -337,7 +345,7 @@ class IncrementalOcclusion:
         return incremental, full
 
 
-def _patch_index(
+def patch_index(
     axes: tuple[_Axis, _Axis], rows: Tensor, cols: Tensor, width: int, device: torch.device
 ) -> Tensor:
     """Flat (row-major) positions of the patches of windows (rows, cols) in a map."""
