@@ -115,6 +115,12 @@ def test_layer_occlusion_equals_brute_force(problem: dict[str, Any], data: Any) 
     _check(problem, "head", target)
 
 
+@PROPERTY
+@given(problem=problems(classes=True), data=st.data())
+def test_class_occlusion_equals_brute_force(problem: dict[str, Any], data: Any) -> None:
+    _check(problem, None, data.draw(st.integers(0, problem["model"].fc.out_features - 1)))
+
+
 def _head_shape(problem: dict[str, Any]) -> tuple[int, int]:
     captured = []
     handle = problem["model"].head.register_forward_hook(lambda m, a, o: captured.append(o))
