@@ -294,3 +294,59 @@ def test_default_preset_works_on_grey_images() -> None:
     assert images.shape == (2, 1, 10, 10)
     with pytest.raises(ValueError, match="decorrelate=True needs 3-channel"):
         SynthesisImage(model, "1").attribute(start, target=0, n_iter=3, decorrelate=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("preset", ["default", "dnnbrain"])
+def test_low_precision_model_synthesises(dtype: torch.dtype, preset: str) -> None:
+    # Issue 11: the colour decorrelation's matrix inverse (and the FFT) have no half kernels on
+    # CPU; the parameters live in float32 and only the forward pass runs in the model's dtype.
+    model = digits_cnn().to(dtype)
+    start = random_images(2, 16, dtype=dtype, seed=4)
+    result = SynthesisImage(model, "conv3").attribute(
+        start, target=[0, 1], n_iter=6, preset=preset, return_history=True
+    )
+    assert isinstance(result, SynthesisResult)
+    assert result.images.dtype == dtype and result.images.shape == start.shape
+    assert bool(result.images.isfinite().all())
+    reference = SynthesisImage(digits_cnn(), "conv3").attribute(
+        start.float(), target=[0, 1], n_iter=6, preset=preset, return_history=True
+    )
+    assert isinstance(reference, SynthesisResult)
+    # Adam's normalised steps amplify rounding (lr 1 flips whole pixels), so the images are not
+    # compared; the optimisation makes the same progress as in float32.
+    assert bool((result.activation[:, -1] > result.activation[:, 0]).all())
+    gain, gain32 = (r.activation[:, -1] - r.activation[:, 0] for r in (result, reference))
+    assert bool((gain > 0.5 * gain32).all()), (gain, gain32)
+
+
+def test_unsupported_low_precision_forward_names_the_dtype() -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
+        return x.mean(dim=(2, 3))
+
+    with pytest.raises(TypeError, match="torch.float16"):
+        SynthesisImage(forward).attribute(
+            random_images(1, 8, dtype=torch.float16), target=0, n_iter=1
+        )
+
+
+@pytest.mark.parametrize("preset", ["dnnbrain", "dnnbrain-guide", "default"])
+def test_channels_last_input_gives_the_contiguous_result(preset: str) -> None:
+    # Issue 11: the fused Adam step read a channels-last parameter in the wrong order.
+    model = digits_cnn()
+    start = random_images(2, 16, kind="uniform", seed=3)
+    strided = start.contiguous(memory_format=torch.channels_last)
+    assert not strided.is_contiguous()
+    synth = SynthesisImage(model, "conv3")
+    plain = synth.attribute(start, target=[0, 1], n_iter=5, preset=preset)
+    other = synth.attribute(strided, target=[0, 1], n_iter=5, preset=preset)
+    torch.testing.assert_close(other, plain, rtol=0, atol=1e-6)
+    transposed = start.transpose(2, 3).contiguous().transpose(2, 3)  # another strided copy
+    torch.testing.assert_close(
+        synth.attribute(transposed, target=[0, 1], n_iter=5, preset=preset),
+        plain,
+        rtol=0,
+        atol=1e-6,
+    )

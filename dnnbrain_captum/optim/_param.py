@@ -173,7 +173,9 @@ class ImageParam:
         self.mix = mix.to(dtype=dtype, device=device)
         with torch.no_grad():
             tensor = self._from_model(init.detach())
-        self.tensor = tensor.clone().requires_grad_(True)
+        # Dense row-major storage whatever the input's layout (a channels-last start made the
+        # fused Adam kernel pair parameters and gradients in different orders).
+        self.tensor = tensor.clone(memory_format=torch.contiguous_format).requires_grad_(True)
 
     # --- rendering -------------------------------------------------------------------------
     def _squash(self, raw: Tensor) -> Tensor:
@@ -189,7 +191,9 @@ class ImageParam:
         return torch.log(unit) - torch.log1p(-unit)
 
     def _mix_colours(self, x: Tensor, inverse: bool = False) -> Tensor:
-        matrix = torch.linalg.inv(self.mix) if inverse else self.mix
+        matrix = self.mix
+        if inverse:  # an ill-conditioned step: always in float64, whatever the image dtype
+            matrix = torch.linalg.inv(self.mix.double()).to(self.mix.dtype)
         return torch.einsum("ij,njhw->nihw", matrix, x)
 
     def _from_model(self, model: Tensor) -> Tensor:

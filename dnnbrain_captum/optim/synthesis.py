@@ -172,6 +172,9 @@ def random_images(
     return scale.to_model(value)
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def _mix_seed(seed: int, k: int) -> int:
     return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)
 
@@ -285,6 +288,19 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         module = resolve_layer(forward_func, layer)
         NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
         GradientAttribution.__init__(self, forward_func)
+
+    def _evaluate(self, images: Tensor, target: Any, reduction: str, args: Any) -> Tensor:
+        """The target's value per image; a model without kernels for the dtype is refused."""
+        try:
+            layer = self.layer
+            return evaluate_target(self.forward_func, layer, (images,), target, reduction, args)
+        except (RuntimeError, NotImplementedError) as error:
+            if images.dtype not in _LOW_PRECISION:
+                raise
+            raise TypeError(
+                f"the model cannot run in {images.dtype} on {images.device.type} ({error}); "
+                "use a float32 model and float32 inputs"
+            ) from error
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -429,10 +445,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             raise TypeError(f"seed must be an int, got {seed!r}")
         size = (x.shape[-2], x.shape[-1])
         steps = _resolve_transforms(transforms, size)
-        scale = ValueRange(x.shape[1], mean, std, value_range, x.dtype, x.device)
+        # Low-precision models: the parameters, FFTs and colour mixing stay in float32 (CPU
+        # has no half kernels for them); only the forward pass runs in the model's dtype.
+        work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+        scale = ValueRange(x.shape[1], mean, std, value_range, work, x.device)
         warn_if_training(self.forward_func)
 
-        image = ImageParam(x, param, decorrelate, scale, clamp)
+        image = ImageParam(x.to(work), param, decorrelate, scale, clamp)
         optimizer = torch.optim.Adam([image.tensor], lr=lr, **_adam_kernel(image.tensor))
         generator = torch.Generator().manual_seed(seed)
         activations: list[Tensor] = []
@@ -450,7 +469,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
         for step in bar:
             if snapshot_every is not None and step % snapshot_every == 0:
-                snapshots.append(image.result())
+                snapshots.append(image.result().to(x.dtype))
                 snapshot_steps.append(step)
             with torch.enable_grad():
                 rendered = image.render()
@@ -459,14 +478,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                     seen = transform(seen, generator)
                 if tuple(seen.shape[-2:]) != size:
                     seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
-                activation = evaluate_target(
-                    self.forward_func,
-                    self.layer,
-                    (seen,),
-                    target,
-                    reduction,
-                    additional_forward_args,
-                )
+                activation = self._evaluate(
+                    seen.to(x.dtype), target, reduction, additional_forward_args
+                ).to(work)
                 penalty = penalty_of(rendered)
                 loss = (penalty - activation).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
@@ -474,7 +488,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             penalties.append(penalty.detach())
             if fourier_factor > 0:
                 grad = image.smooth_gradient(grad, fourier_factor, fourier_variant)
-            image.tensor.grad = grad
+            image.tensor.grad = grad.contiguous()
             optimizer.step()
             image.tensor.grad = None
             if blur_sigma > 0 and (step + 1) % blur_every == 0:
@@ -484,18 +498,16 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 bar.set_postfix(activation=float(activation.detach().mean()))
         bar.close()
 
-        result = image.result()
+        result = image.result().to(x.dtype)
         if not return_history and snapshot_every is None:
             return result
         if snapshot_every is not None and n_iter % snapshot_every == 0:
             snapshots.append(result)
             snapshot_steps.append(n_iter)
         with torch.no_grad():
-            final = evaluate_target(
-                self.forward_func, self.layer, (result,), target, reduction, additional_forward_args
-            )
+            final = self._evaluate(result, target, reduction, additional_forward_args).to(work)
         activations.append(final.detach())
-        penalties.append(penalty_of(result).detach())
+        penalties.append(penalty_of(result.to(work)).detach())
         return SynthesisResult(
             images=result,
             activation=torch.stack(activations, dim=1),
