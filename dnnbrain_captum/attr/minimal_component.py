@@ -193,10 +193,11 @@ class MinimalComponentImage(LayerPerturbation):
         sampling: str = "patches",
         patch_size: int = 8,
         n_components: int | None = None,
-        search_criterion: str = "max",
+        search_criterion: str = "removal",
         activation_criterion: str = "max",
         activation_ratio: float = 0.9,
         max_components: int | None = None,
+        candidates_per_step: int | None = 16,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
@@ -223,14 +224,18 @@ class MinimalComponentImage(LayerPerturbation):
             ``min(L − 1, D)``; ICA the numerical rank of the samples (every direction they
             span beyond rounding; FastICA cannot whiten the others). Both reconstruct the
             image exactly.
-        search_criterion : {"max", "fitting_curve", "threshold", "removal"}
-            As in :class:`MinimalParcelImage`.
+        search_criterion : {"removal", "max", "fitting_curve", "threshold"}
+            As in :class:`MinimalParcelImage` (default: backward elimination to
+            ``activation_ratio`` of the original, a locally minimal set of components).
         activation_criterion : {"max", "mean", "median", "L1", "L2"}
             Pooling of a channel's values (vector norms for L1/L2).
         activation_ratio : float in (0, 1)
             Fraction of the original activation to keep (``"threshold"``, ``"removal"``).
         max_components : int, optional
             Longest prefix considered by the ranking searches.
+        candidates_per_step : int or None
+            Components scored per round of ``"removal"`` (as in :class:`MinimalParcelImage`),
+            >= 1; None scores all of them every round.
         perturbations_per_eval : int
             Candidate images per forward pass.
         show_progress : bool
@@ -264,6 +269,8 @@ class MinimalComponentImage(LayerPerturbation):
         positive_int(patch_size, "patch_size")
         if max_components is not None:
             positive_int(max_components, "max_components")
+        if candidates_per_step is not None:
+            positive_int(candidates_per_step, "candidates_per_step")
         if n_components is not None and (
             isinstance(n_components, bool) or not isinstance(n_components, int)
         ):
@@ -284,7 +291,14 @@ class MinimalComponentImage(LayerPerturbation):
                 original = score(x, everything)
                 if search_criterion == "removal":
                     chosen, activation = removal_search(
-                        score, parts.compose, counts, original, ratio, batch, bar
+                        score,
+                        parts.compose,
+                        counts,
+                        original,
+                        ratio,
+                        batch,
+                        bar,
+                        candidates_per_step,
                     )
                 else:
                     chosen, activation = prefix_search(
