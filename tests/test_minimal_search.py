@@ -7,7 +7,8 @@ response below ``activation_ratio × original``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -118,53 +119,55 @@ def _random_cnn() -> nn.Sequential:
     return net
 
 
-def _cases(n_digits: int, grid: tuple[int, int]) -> Tensor:
-    """Run every model family on ``n_digits`` digits with a ``grid`` parcellation."""
-    outcomes: list[list[bool] | None] = []
+class Case(NamedTuple):
+    """One search problem: explain ``target`` of ``layer`` on ``image`` cut by ``labels``."""
+
+    model: nn.Module
+    layer: str | None
+    score: Callable[[Tensor], Tensor]  # the oracle: images (S, C, H, W) -> activations (S,)
+    image: Tensor
+    labels: Tensor
+    target: int
+    options: dict[str, Any]
+
+
+def cases(n_digits: int, grid: tuple[int, int]) -> Iterator[Case]:
+    """Four model families (digits logits, digits conv3 channels, a region-selective model, a
+    random CNN), ``n_digits`` images each, cut by a ``grid`` of parcels."""
     images, labels = digits_images("test", n=n_digits)
     model = digits_cnn()
     parcels32 = grid_labels(32, *grid)
     for k in range(n_digits):
         label = int(labels[k])
-        outcomes.append(
-            check_case(model, None, _digits_logit(model, label), images[k], parcels32, label)
-        )
+        yield Case(model, None, _digits_logit(model, label), images[k], parcels32, label, {})
     front = model.features[:7]  # conv3 after its ReLU
     with torch.no_grad():
         strongest = front(images).amax(dim=(2, 3)).argmax(1)
     for k in range(n_digits):
         channel = int(strongest[k])
-        outcomes.append(
-            check_case(
-                model,
-                "conv3_relu",
-                _channel_max(front, channel),
-                images[k],
-                parcels32,
-                channel,
-            )
-        )
+        score = _channel_max(front, channel)
+        yield Case(model, "conv3_relu", score, images[k], parcels32, channel, {})
     region = RegionModel(window=(3, 10, 5, 13))
-    detector = lambda images: region.relu(region.mix(images))[:, 0].mul(region.inside[0, 0])  # noqa: E731
+
+    def detector(x: Tensor) -> Tensor:
+        return region.relu(region.mix(x))[:, 0].mul(region.inside[0, 0]).flatten(1).mean(1)
+
     parcels16 = grid_labels(16, *grid)
     generator = torch.Generator().manual_seed(3)
     for _ in range(n_digits):
         image = 0.1 + torch.rand(3, 16, 16, generator=generator)
-        outcomes.append(
-            check_case(
-                region,
-                "detector",
-                lambda x: detector(x).flatten(1).mean(1),
-                image,
-                parcels16,
-                0,
-                activation_criterion="mean",
-            )
+        yield Case(
+            region, "detector", detector, image, parcels16, 0, {"activation_criterion": "mean"}
         )
     cnn = _random_cnn()
     for k in range(n_digits):
-        outcomes.append(check_case(cnn, "4", _channel_max(cnn, k % 8), images[k], parcels32, k % 8))
-    return torch.tensor([o for o in outcomes if o is not None])  # (cases, len(CANDIDATES))
+        yield Case(cnn, "4", _channel_max(cnn, k % 8), images[k], parcels32, k % 8, {})
+
+
+def _cases(n_digits: int, grid: tuple[int, int]) -> Tensor:
+    """Check every case; (cases with a positive original, len(CANDIDATES)) hits."""
+    outcomes = [check_case(*case[:-1], **case.options) for case in cases(n_digits, grid)]
+    return torch.tensor([o for o in outcomes if o is not None])
 
 
 def test_default_search_is_locally_minimal_and_mostly_optimal_on_3x3_grids() -> None:

@@ -8,6 +8,7 @@ decorrelation and transformation robustness.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -27,6 +28,7 @@ from dnnbrain_captum.optim._objectives import (
     check_regularizers,
 )
 from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange
+from dnnbrain_captum.optim._relu import redirected_relu
 from dnnbrain_captum.optim._transforms import Transform, standard_transforms
 
 __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
@@ -43,6 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": True,
     },
     # Lucent's render_vis defaults: fft + decorrelation, standard transforms, Adam lr 0.05.
     "lucent": {
@@ -54,6 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": True,
     },
     # The DNNBrain paper's figures (visualize_DNN tutorial): pixels, TV λ = 0.1, Adam lr 1.0.
     "dnnbrain": {
@@ -65,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {"tv": 0.1},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": False,
     },
     # DNNBrain's user-guide example: TV λ 0.01, blur σ 0.3, Fourier factor 0.3, lr 0.1.
     "dnnbrain-guide": {
@@ -76,6 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {"tv": 0.01},
         "blur_sigma": 0.3,
         "fourier_factor": 0.3,
+        "redirect_relu": False,
     },
 }
 
@@ -320,6 +326,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         blur_every: int = 1,
         fourier_factor: float | None = None,
         fourier_variant: str = "fftfreq",
+        redirect_relu: bool | None = None,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
@@ -370,6 +377,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             Fourier gradient smoothing strength (DNNBrain's ``factor``); 0 turns it off.
         fourier_variant : {"fftfreq", "dnnbrain"}
             Frequency indexing of the smoothing filter (see :func:`fourier_filter`).
+        redirect_relu : bool
+            Redirected ReLU gradients (Olah et al. 2017): an example whose units behind an
+            ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
+            :mod:`._relu`); forward values are unchanged.
         mean, std : float or sequence of float, optional
             The model's input normalisation, ``model = (value − mean) / std``; default none
             (the model takes values directly, like the digits CNN).
@@ -416,6 +427,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         regularizers = settings["regularizers"] if regularizers is None else regularizers
         blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
         fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
+        redirect_relu = settings["redirect_relu"] if redirect_relu is None else redirect_relu
+        if not isinstance(redirect_relu, bool):
+            raise TypeError(f"redirect_relu must be a bool, got {redirect_relu!r}")
 
         if param not in PARAMETRIZATIONS:
             raise ValueError(
@@ -467,11 +481,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             return total
 
         bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
+        model = self.forward_func
+        redirect = (lambda: redirected_relu(model)) if redirect_relu else nullcontext
         for step in bar:
             if snapshot_every is not None and step % snapshot_every == 0:
                 snapshots.append(image.result().to(x.dtype))
                 snapshot_steps.append(step)
-            with torch.enable_grad():
+            with torch.enable_grad(), redirect():
                 rendered = image.render()
                 seen = rendered
                 for transform in steps:
