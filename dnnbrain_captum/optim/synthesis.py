@@ -18,14 +18,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.hooks import run_to_layer, warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
+from dnnbrain_captum._utils.targets import check_reduction, evaluate_target, select_layer_target
 from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
 from dnnbrain_captum.optim._objectives import (
     FOURIER_VARIANTS,
     REGULARIZERS,
     check_regularizers,
+    diversity_penalty,
 )
 from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange
 from dnnbrain_captum.optim._relu import redirected_relu
@@ -308,6 +309,16 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 "use a float32 model and float32 inputs"
             ) from error
 
+    def _layer_output(self, images: Tensor, args: Any) -> Tensor:
+        """The target layer's output (for the diversity term), one tensor (N, C, ...)."""
+        output = run_to_layer(self.forward_func, self.layer, (images,), args)
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            raise ValueError(
+                "diversity needs a layer whose output is one tensor (N, C, ...); this layer "
+                f"gives {type(output).__name__}"
+            )
+        return output
+
     @log_usage()
     def attribute(  # type: ignore[override]
         self,
@@ -327,6 +338,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         fourier_factor: float | None = None,
         fourier_variant: str = "fftfreq",
         redirect_relu: bool | None = None,
+        diversity: float = 0.0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
@@ -381,6 +393,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             Redirected ReLU gradients (Olah et al. 2017): an example whose units behind an
             ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
             :mod:`._relu`); forward values are unchanged.
+        diversity : float
+            Weight λ >= 0 of the diversity term (Olah et al. 2017): each example is penalised
+            by λ × its mean cosine similarity to the other examples' Gram matrices of the
+            layer's output (:func:`diversity_penalty`), so a batch that synthesises one
+            channel several times shows different solutions. It couples the examples of a
+            batch (a batched run then differs from single runs) and needs a ``layer``. It is
+            part of ``penalty`` in the history for the steps, not for the final entry.
         mean, std : float or sequence of float, optional
             The model's input normalisation, ``model = (value − mean) / std``; default none
             (the model takes values directly, like the digits CNN).
@@ -428,6 +447,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
         fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
         redirect_relu = settings["redirect_relu"] if redirect_relu is None else redirect_relu
+        diversity = non_negative(diversity, "diversity")
+        if diversity > 0 and self.layer is None:
+            raise ValueError("diversity needs a layer (it compares the layer's feature maps)")
         if not isinstance(redirect_relu, bool):
             raise TypeError(f"redirect_relu must be a bool, got {redirect_relu!r}")
 
@@ -494,10 +516,16 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                     seen = transform(seen, generator)
                 if tuple(seen.shape[-2:]) != size:
                     seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
-                activation = self._evaluate(
-                    seen.to(x.dtype), target, reduction, additional_forward_args
-                ).to(work)
-                penalty = penalty_of(rendered)
+                if diversity > 0:
+                    output = self._layer_output(seen.to(x.dtype), additional_forward_args)
+                    activation = select_layer_target(output, target, reduction).to(work)
+                    spread = diversity * diversity_penalty(output.to(work))
+                    penalty = penalty_of(rendered) + spread
+                else:
+                    activation = self._evaluate(
+                        seen.to(x.dtype), target, reduction, additional_forward_args
+                    ).to(work)
+                    penalty = penalty_of(rendered)
                 loss = (penalty - activation).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
             activations.append(activation.detach())
