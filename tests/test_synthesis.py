@@ -396,3 +396,22 @@ def test_redirected_relu_moves_a_silent_channel(model: torch.nn.Module) -> None:
         before = model.features[:7](start)[0, 17].mean()
         after = model.features[:7](moved)[0, 17].mean()
     assert float(after) > float(before)  # the pre-activation rises towards firing
+
+
+@pytest.mark.parametrize("kind", ["grey", "uniform"])
+def test_default_synthesis_beats_the_data_on_every_conv1_relu_channel(
+    model: torch.nn.Module, kind: str
+) -> None:
+    # A representative part of the sweep in benchmarks/README.md (bench_synthesis.py --sweep):
+    # default preset and steps, grey or noise start, every channel in one batch, after the
+    # ReLU. Channel 10 is silent on every held-out digit: the redirected ReLU gradient makes
+    # it fire (without it the gradient is zero and the image never moves).
+    images, _ = digits_images("test")
+    with torch.no_grad():
+        best = model.features[:2](images).mean(dim=(2, 3)).max(0).values
+    channels = list(range(16))
+    start = random_images(16, 32, kind=kind, seed=1)
+    result = SynthesisImage(model, "conv1_relu").attribute(start, target=channels)
+    with torch.no_grad():
+        reached = model.features[:2](result).mean(dim=(2, 3))[torch.arange(16), channels]
+    assert bool((reached > best).all()), reached - best

@@ -81,7 +81,7 @@ def diversity_penalty(features: Tensor) -> Tensor:
     Examples
     --------
     >>> same = torch.ones(2, 3, 4, 4)
-    >>> diversity_penalty(same)
+    >>> diversity_penalty(same).round(decimals=4)
     tensor([1., 1.])
     >>> diversity_penalty(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     tensor([0., 0.])
