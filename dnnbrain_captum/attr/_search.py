@@ -308,14 +308,22 @@ def removal_search(
     ratio: float,
     batch: int,
     bar: Any,
+    candidates: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Greedy removal (Zhou et al. 2015): drop the element whose removal costs least.
+    """Backward elimination (Zhou et al. 2015): drop the element whose removal costs least.
 
-    Starting from all elements, each round scores every one-element removal (all examples in
-    one batched pass) and removes the element leaving the highest activation (ties: the lower
-    element index), as long as that activation stays ``>= ratio × original``. The result is
-    the last selection that stayed above; removing any single further element from it drops
-    the activation below the threshold.
+    Starting from all elements, each round scores one-element removals of the current
+    selection (all examples together, ``batch`` images per forward pass) and removes the
+    element leaving the highest activation (ties: the lower element index), as long as that
+    activation stays ``>= ratio × original``.
+
+    ``candidates=None`` scores every kept element in every round (O(K²) evaluations). With
+    ``candidates=c`` a round scores only the ``c`` kept elements whose removal left the highest
+    activation when last scored (the first round scores all of them, so this is the ranking
+    by removal cost; ties: the lower index). When none of those stays above the threshold,
+    the next round scores every kept element before the search stops, so the result is
+    always *locally minimal*: removing any single further element drops the activation below
+    the threshold.
 
     Returns
     -------
@@ -327,34 +335,43 @@ def removal_search(
     current = torch.zeros(n, k_max, dtype=torch.bool)
     for e, c in enumerate(counts):
         current[e, :c] = True
+    last = torch.full((n, k_max), math.inf, dtype=torch.float64)  # never scored: try first
     activation = original.detach().cpu().clone()
     positive = [e for e in range(n) if float(original[e]) > 0]
     if len(positive) < n:
         _warn_non_positive(
             [e for e in range(n) if e not in positive], original, "all elements are kept"
         )
-    active = positive
-    while active:
-        jobs_e, jobs_s, owners = [], [], []
-        for e in active:
+    full = dict.fromkeys(positive, True)  # examples whose next round scores every element
+    while full:
+        jobs_e, jobs_s, owners, complete = [], [], [], []
+        for e, everything in full.items():
             members = torch.nonzero(current[e])[:, 0]
-            candidates = current[e].repeat(members.shape[0], 1)
-            candidates[torch.arange(members.shape[0]), members] = False
+            complete.append(everything or candidates is None or members.shape[0] <= candidates)
+            if not complete[-1]:
+                order = torch.argsort(-last[e, members], stable=True)
+                members = members[order[:candidates]].sort().values
+            options = current[e].repeat(members.shape[0], 1)
+            options[torch.arange(members.shape[0]), members] = False
             jobs_e.append(torch.full((members.shape[0],), e, dtype=torch.long))
-            jobs_s.append(candidates)
+            jobs_s.append(options)
             owners.append(members)
         values = score_selections(
             score, compose, torch.cat(jobs_e).to(device), torch.cat(jobs_s).to(device), batch, bar
         ).cpu()
-        still, offset = [], 0
-        for e, members in zip(active, owners, strict=True):
+        following: dict[int, bool] = {}
+        offset = 0
+        for e, members, scored_all in zip(full, owners, complete, strict=True):
             part = values[offset : offset + members.shape[0]]
             offset += members.shape[0]
+            last[e, members] = part.double()
             best = int(part.argmax())
             if float(part[best]) >= ratio * float(original[e]):
                 current[e, members[best]] = False
                 activation[e] = part[best]
                 if bool(current[e].any()):
-                    still.append(e)
-        active = still
+                    following[e] = False
+            elif not scored_all:
+                following[e] = True  # confirm with every element before stopping
+        full = following
     return current.to(device), activation.to(device=device, dtype=original.dtype)
