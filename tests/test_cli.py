@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -292,12 +291,16 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
                                atol=1e-5)
 
 
-def test_demo_index_references_existing_images(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    started = time.perf_counter()
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quick demo run (two digits), shared by the page checks."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert run(["demo", "--out", out, "--n-images", 2, "--quick", "--quiet"]) == 0
-    seconds = time.perf_counter() - started
-    assert seconds < 120, seconds
+    return out
+
+
+def test_demo_index_references_existing_images(demo_out: Path) -> None:
+    out = demo_out
 
     class Panels(HTMLParser):
         def __init__(self) -> None:
@@ -323,6 +326,45 @@ def test_demo_index_references_existing_images(tmp_path: Path) -> None:
             assert not source.startswith(("/", "http"))
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
+
+
+def test_demo_page_in_a_real_browser(demo_out: Path, tmp_path: Path) -> None:
+    """Headless Chromium opens index.html: every image decodes, no broken link, no console
+    error, and a screenshot of the whole page is taken."""
+    from tests.helpers.browser import check_page
+
+    report = check_page(demo_out / "index.html", tmp_path / "demo.png")
+    tags = (demo_out / "index.html").read_text().count("<img ")
+    assert len(report.images) == tags >= 11  # every panel has at least one figure
+    assert [image.src for image in report.images if not image.decoded] == []
+    assert report.broken_links == []
+    assert report.console_errors == []
+    with Image.open(report.screenshot) as shot:
+        assert shot.format == "PNG" and shot.width == 1200 and shot.height > 2000
+
+
+def test_browser_helper_sees_broken_images_links_and_errors(tmp_path: Path) -> None:
+    """The same helper on a page with every fault: each one is reported."""
+    from tests.helpers.browser import check_page
+
+    Image.new("RGB", (4, 3), "red").save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_text("not a png")
+    (tmp_path / "page.html").write_text(
+        '<html><body id="top"><img src="good.png"><img src="bad.png"><img src="gone.png">'
+        '<a href="#top">ok</a><a href="#nowhere">frag</a><a href="missing.html">m</a>'
+        '<a href="https://example.org/">web</a><script>console.error("boom")</script>'
+        "</body></html>"
+    )
+    report = check_page(tmp_path / "page.html", tmp_path / "shot.png")
+    decoded = {Path(i.src).name: i.decoded for i in report.images}
+    assert decoded == {"good.png": True, "bad.png": False, "gone.png": False}
+    assert sorted(Path(link).name for link in report.broken_links) == [
+        "gone.png", "missing.html", "page.html#nowhere"]
+    assert report.external_links == ["https://example.org/"]
+    assert "boom" in report.console_errors
+    assert any("gone.png" in error for error in report.console_errors)
+    with Image.open(report.screenshot) as shot:
+        assert shot.format == "PNG"
 
 
 def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
