@@ -111,14 +111,26 @@ class _Pipe:
             os.dup2(write_end, 4)
 
         command = [
-            executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-            "--allow-file-access-from-files", f"--user-data-dir={profile}",
-            "--remote-debugging-pipe", "about:blank",
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
         self.process = subprocess.Popen(  # noqa: S603 - a fixed command line
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, close_fds=False, preexec_fn=wire,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=wire,
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -126,12 +138,12 @@ class _Pipe:
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
         """Send one command and return its ``result`` (events meanwhile go to ``events``)."""
         self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method,
-                                   "params": params or {}}
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session is not None:
             message["sessionId"] = session
         os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
@@ -264,29 +276,34 @@ def check_page(
 
 def _inspect(pipe: _Pipe, page_path: Path, screenshot: Path, width: int) -> PageReport:
     target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
-        "sessionId"
-    ]
+    session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log"):
         pipe.send(f"{domain}.enable", session=session)
-    pipe.send("Emulation.setDeviceMetricsOverride",
-              {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
-              session=session)
+    pipe.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     pipe.events.clear()
     pipe.send("Page.navigate", {"url": page_path.as_uri()}, session=session)
     pipe.wait_for("Page.loadEventFired")
-    answer = pipe.send("Runtime.evaluate",
-                       {"expression": _INSPECT, "awaitPromise": True, "returnByValue": True},
-                       session=session)
+    answer = pipe.send(
+        "Runtime.evaluate",
+        {"expression": _INSPECT, "awaitPromise": True, "returnByValue": True},
+        session=session,
+    )
     if "exceptionDetails" in answer:
         raise BrowserError(f"the page inspection script failed: {answer['exceptionDetails']}")
     page = answer["result"]["value"]
     height = max(int(page["size"][1]), 1)
-    pipe.send("Emulation.setDeviceMetricsOverride",
-              {"width": width, "height": min(height, 16384), "deviceScaleFactor": 1,
-               "mobile": False}, session=session)
-    shot = pipe.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                     session=session)
+    pipe.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": min(height, 16384), "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
+    shot = pipe.send(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
+    )
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     broken, external = _broken_links(page)
