@@ -48,7 +48,16 @@ __all__ = [
 
 #: File name endings (lower case) that :func:`find_images` picks up inside folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
 )
 #: ImageNet channel means and standard deviations (torchvision's pretrained models).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -186,7 +195,11 @@ def load_image(path: PathLike, size: int | tuple[int, int] | None = None) -> Ten
             if hw is not None and (image.height, image.width) != hw:
                 image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:  # the header claims too many pixels
+        raise UnreadableImageError(
+            path, f"refused as a possible decompression bomb (PIL): {err}"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise UnreadableImageError(path, str(err) or type(err).__name__) from None
     return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
@@ -233,7 +246,10 @@ class Preprocess:
                 target = tuple(self.size)
             if tuple(x.shape[-2:]) != target:
                 x = torch.nn.functional.interpolate(
-                    x.unsqueeze(0), size=target, mode="bilinear", align_corners=False,
+                    x.unsqueeze(0),
+                    size=target,
+                    mode="bilinear",
+                    align_corners=False,
                     antialias=True,
                 ).squeeze(0)
         crop = _pair_size(self.crop, "crop")

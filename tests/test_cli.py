@@ -32,6 +32,7 @@ from dnnbrain_captum.io import Preprocess, find_images, load_image
 from dnnbrain_captum.models import digits_cnn, digits_images
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG_NAME = "dnnbrain-captum"
 
 
 def run(args: Sequence[str]) -> int:
@@ -976,3 +977,104 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
     # --skip-unreadable is refused for in-memory runs
     assert run([*args[:-1], tmp_path / "x", "--skip-unreadable", "--no-stream"]) == 2
     assert "--skip-unreadable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- unreadable inputs
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _bomb(path: Path) -> None:
+    """A 100-byte PNG whose header claims 30000 x 30000 pixels."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _truncated(path: Path) -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    image.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+UNREADABLE = {
+    "bad header": lambda path: path.write_bytes(b"GIF89a but not really an image at all"),
+    "decompression bomb": _bomb,
+    "truncated": _truncated,
+}
+# every subcommand that reads images, with the options it needs besides the image
+IMAGE_COMMANDS = {
+    "saliency": [],
+    "occlusion": ["--window", "8", "--stride", "8"],
+    "upsample": ["--layer", "conv3", "--channel", "0"],
+    "mask": [],
+    "minimal": [],
+    "rf": ["--layer", "conv3"],
+    "empirical-rf": ["--layer", "conv3", "--channel", "0"],
+    "synthesize": ["--layer", "conv3", "--channel", "0", "--n-iter", "2"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+@pytest.mark.parametrize("command", sorted(IMAGE_COMMANDS))
+def test_unreadable_image_is_one_line_exit_2_and_nothing_written(
+    command: str, kind: str, tmp_path: Path, capsys
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    good = work / "good.png"
+    Image.new("RGB", (32, 32), "white").save(good)
+    bad = work / "bad.png"
+    UNREADABLE[kind](bad)
+    before = {p: p.read_bytes() for p in work.iterdir()}
+    out = work / "out"
+    code = run([command, good, bad, *IMAGE_COMMANDS[command], "--out", out])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured.err
+    assert f"{PROG_NAME} {command}: error:" in lines[0] and "bad.png" in lines[0]
+    assert "Traceback" not in captured.err
+    assert {p: p.read_bytes() for p in work.iterdir()} == before  # nothing written
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_unreadable_weights_file_is_one_line_exit_2(kind: str, tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "weights.pt"
+    if kind == "truncated":
+        torch.save(digits_cnn().state_dict(), weights)
+        weights.write_bytes(weights.read_bytes()[:5000])
+    else:
+        weights.write_bytes(b"\x89PNG not a checkpoint")
+    out = tmp_path / "out"
+    assert run(["saliency", "--digits", 1, "--weights", weights, "--out", out]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "weights.pt" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_streamed_unreadable_image_is_one_line_exit_2(kind: str, tmp_path: Path, capsys) -> None:
+    """Streamed runs (a folder) stop at an unreadable image with one line naming it; the
+    run folder keeps its completed chunks for a resume (see docs/cli.md)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "white").save(folder / "a_good.png")
+    UNREADABLE[kind](folder / "b_bad.png")
+    assert run(["saliency", folder, "--out", tmp_path / "out", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "b_bad.png" in lines[0] and "Traceback" not in captured.err
