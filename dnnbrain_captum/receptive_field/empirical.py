@@ -12,6 +12,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import run_to_layer
 from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import channel_maps
@@ -89,6 +90,7 @@ def occlusion_pixel_map(grid: Tensor, image_size: tuple[int, int], window: tuple
     return result
 
 
+@captum_keyword_aliases
 class EmpiricalReceptiveField:
     """The receptive field a layer's units actually use, measured on images.
 
