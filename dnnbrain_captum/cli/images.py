@@ -144,7 +144,6 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=8, help="tile side for pca/ica")
     parser.add_argument("--n-components", type=int, default=None,
                         help="components per image for pca/ica (default: full rank)")
-    parser.add_argument("--seed", type=int, default=0, help="FastICA's random state")
     parser.add_argument("--perturbations-per-eval", type=int, default=64, metavar="K",
                         help="candidate images per forward pass")
 
