@@ -380,6 +380,8 @@ def test_demo_index_references_existing_images(demo_out: Path) -> None:
             assert not source.startswith(("/", "http"))
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
+    held_out = digits_images()[0].shape[0]
+    assert f"on the {held_out} held-out digits" in (out / "index.html").read_text()
 
 
 def test_demo_page_in_a_real_browser(demo_out: Path, tmp_path: Path) -> None:
@@ -1078,3 +1080,178 @@ def test_streamed_unreadable_image_is_one_line_exit_2(kind: str, tmp_path: Path,
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "b_bad.png" in lines[0] and "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------------------- repeatable runs
+
+
+RANDOM_MODEL = ["--model", "resnet18", "--layer", "layer1", "--channel", "3", "--image-size", "32"]
+
+
+def test_random_weights_are_seeded_said_and_recorded(tmp_path: Path, capsys) -> None:
+    results = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        assert run(["upsample", "--digits", 2, *RANDOM_MODEL, "--seed", seed, "--out", out]) == 0
+        err = capsys.readouterr().err
+        assert f"resnet18 has random weights (seeded with --seed {seed})" in err
+        record = json.loads((out / "results.json").read_text())
+        assert record["random_weights_seed"] == seed
+        results.append(np.load(out / "upsample.npy"))
+    np.testing.assert_array_equal(results[0], results[1])  # the same command, the same numbers
+    assert not np.array_equal(results[0], results[2])  # another seed, other weights
+    before = torch.random.get_rng_state()
+    cli.load_model("resnet18", seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG untouched
+
+
+def test_streamed_rerun_of_a_random_model_resumes(
+    tmp_path: Path, five_digits: Path, capsys
+) -> None:
+    out = tmp_path / "stream"
+    args = ["saliency", five_digits, *RANDOM_MODEL, "--out", out, "--no-figures"]
+    assert run(args) == 0
+    first = np.load(out / "result.npy")
+    capsys.readouterr()
+    assert run(args) == 0  # was refused: "differs in model_sha256"
+    assert "0 computed, 5 reused" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out / "result.npy"), first)
+
+
+def test_checkpoints_module_prefix_pickled_model_and_factory_from_cwd(
+    tmp_path: Path, model, capsys, monkeypatch
+) -> None:
+    ddp = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ddp)
+    out = tmp_path / "ddp"
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                1,
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--weights",
+                ddp,
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    expected = UpsamplingActivationMapping(model, "conv3").attribute(
+        digits_images(n=1)[0], target=1
+    )
+    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-6)
+    whole = tmp_path / "whole.pt"
+    torch.save(model, whole)
+    capsys.readouterr()
+    assert run(["saliency", "--digits", 1, "--weights", whole, "--out", tmp_path / "w"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+    assert "whole pickled model" in lines[0] and "state_dict()" in lines[0]
+    # package.module:factory from the current folder, without PYTHONPATH
+    (tmp_path / "mymodels.py").write_text(
+        "from dnnbrain_captum.models import digits_cnn\n\ndef make():\n    return digits_cnn()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert str(tmp_path) not in sys.path
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                1,
+                "--model",
+                "mymodels:make",
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--out",
+                tmp_path / "factory",
+            ]
+        )
+        == 0
+    )
+    assert str(tmp_path) not in sys.path  # put back
+    np.testing.assert_allclose(
+        np.load(tmp_path / "factory" / "upsample.npy"), expected.numpy(), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind, magic", [("svg", b"<?xml"), ("pdf", b"%PDF-")])
+def test_figure_format_and_dpi(kind: str, magic: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                2,
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--format",
+                kind,
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    figures = sorted(p for p in out.iterdir() if p.suffix == f".{kind}")
+    assert len(figures) == 2 and all(p.read_bytes()[:5] == magic for p in figures)
+    assert set(json.loads((out / "results.json").read_text())["files"]) == files_in(out)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, dpi in ((small, 50), (large, 100)):
+        assert (
+            run(
+                [
+                    "upsample",
+                    "--digits",
+                    1,
+                    "--layer",
+                    "conv3",
+                    "--channel",
+                    1,
+                    "--dpi",
+                    dpi,
+                    "--out",
+                    folder,
+                ]
+            )
+            == 0
+        )
+    (png_small,), (png_large,) = small.glob("*.png"), large.glob("*.png")
+    with Image.open(png_small) as a, Image.open(png_large) as b:
+        assert b.width == 2 * a.width
+
+
+def test_photos_are_cropped_not_squashed(tmp_path: Path) -> None:
+    """A 64 x 32 photo for the 32 x 32 digits model: shorter side 32, centre 32 x 32 kept."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    out = tmp_path / "res"
+    assert (
+        run(["upsample", tmp_path / "wide.png", "--layer", "conv3", "--channel", 1, "--out", out])
+        == 0
+    )
+    centre = torch.from_numpy(wide[:, 16:48]).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(centre, target=1)
+    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-5)
+    record = json.loads((out / "results.json").read_text())
+    assert record["preprocessing"]["center_crop"] == 32
+
+
+def test_upsample_help_says_layer_and_channel_are_required(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["upsample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0-BASED channel of --layer, required" in text
+    assert "the class index" not in text  # upsample has no class mode
