@@ -11,6 +11,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.filters import gaussian_blur
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.targets import (
@@ -186,6 +187,7 @@ def _erode(mask: Tensor) -> Tensor:
     return -F.max_pool2d(-F.pad(mask, (1, 1, 1, 1), value=0.0), 3, stride=1)
 
 
+@captum_keyword_aliases
 class MaskedImage(LayerPerturbation):
     """Tight mask around the high-contrast part of an image that still drives the target.
 

@@ -9,6 +9,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.validation import check_finite, check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
@@ -114,6 +115,7 @@ def parcel_labels(
     return labels
 
 
+@captum_keyword_aliases
 class MinimalParcelImage(LayerPerturbation):
     """Minimal image: the fewest parcels (superpixels) of an image that still drive the target.
 

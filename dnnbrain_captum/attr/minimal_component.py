@@ -10,6 +10,7 @@ from captum.log import log_usage
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.validation import check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
@@ -125,6 +126,7 @@ class _Decomposition:
         return images[:, :, :h, :w]
 
 
+@captum_keyword_aliases
 class MinimalComponentImage(LayerPerturbation):
     """Minimal image over image components: the fewest PCA/ICA components that drive the target.
 

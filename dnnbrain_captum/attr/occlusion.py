@@ -11,6 +11,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layouts import reads_channels_first
@@ -103,6 +104,7 @@ def _noise_field(seed: int) -> Callable[[Tensor], Tensor]:
     return noise
 
 
+@captum_keyword_aliases
 class OccluderDiscrepancyMapping(LayerPerturbation):
     """Drop of a channel's (or unit's, or output's) value when a window of the image is occluded.
 

@@ -17,6 +17,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from dnnbrain_captum._compat import TargetType, format_output, is_tuple
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import LayerCapture, guided_relu, warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform, grid_view
@@ -68,6 +69,7 @@ def smoothgrad_stdev(inputs: Tensor | tuple[Tensor, ...], sigma_multiplier: floa
     return float(torch.tensor(sigma_multiplier * (high - low), dtype=torch.float32))
 
 
+@captum_keyword_aliases
 class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
     """Signed gradient of a layer's channel, unit or of a model output.
 

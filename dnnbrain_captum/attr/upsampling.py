@@ -10,6 +10,7 @@ from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
@@ -56,6 +57,7 @@ def floor_below_quantile(maps: Tensor, threshold: float, binarize: bool = False)
     return torch.maximum(flat, floor).view_as(maps)
 
 
+@captum_keyword_aliases
 class UpsamplingActivationMapping(LayerAttribution):
     """The map of one channel of a layer, interpolated to the size of the input image.
 
@@ -111,6 +113,7 @@ class UpsamplingActivationMapping(LayerAttribution):
         interpolate_mode: str = "bicubic",
         threshold: float | None = None,
         binarize: bool = False,
+        keepdim: bool = False,
     ) -> Tensor:
         """Upsampled activation map of channel ``target``.
 
@@ -129,10 +132,14 @@ class UpsamplingActivationMapping(LayerAttribution):
             it (see :func:`floor_below_quantile`). None keeps the map as is.
         binarize : bool
             With ``threshold``: return 1 where the map reaches the quantile, 0 elsewhere.
+        keepdim : bool
+            Return (N, 1, H, W), the layout of Captum's layer attributions, so the maps go
+            straight into ``LayerAttribution.interpolate`` and, as ``m[k].permute(1, 2, 0)``,
+            into ``visualize_image_attr`` (see ``docs/captum.md``).
 
         Returns
         -------
-        Tensor of shape (N, H, W)
+        Tensor of shape (N, H, W), or (N, 1, H, W) with ``keepdim``
         """
         if interpolate_mode not in INTERPOLATE_MODES:
             raise ValueError(
@@ -162,4 +169,5 @@ class UpsamplingActivationMapping(LayerAttribution):
             ).squeeze(1)
             if threshold is not None:
                 upsampled = floor_below_quantile(upsampled, threshold, binarize)
-        return upsampled.to(x.dtype)
+        upsampled = upsampled.to(x.dtype)
+        return upsampled.unsqueeze(1) if keepdim else upsampled

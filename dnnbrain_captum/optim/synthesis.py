@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
@@ -152,6 +153,7 @@ def _resolve_transforms(
     return items
 
 
+@captum_keyword_aliases
 class SynthesisImage(NeuronAttribution, GradientAttribution):
     """Activation maximisation: images that maximise a channel, a unit or a class score.
 

@@ -12,6 +12,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum._utils.validation import check_image_batch, pair
@@ -90,6 +91,7 @@ def occlusion_pixel_map(
     return result
 
 
+@captum_keyword_aliases
 class EmpiricalReceptiveField:
     """The receptive field a layer's units actually use, measured on images.
 
