@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.baselines import baseline_images
-from dnnbrain_captum._utils.hooks import run_to_layer
+from dnnbrain_captum._utils.layouts import ReshapeTransform
 from dnnbrain_captum._utils.targets import (
     channel_maps,
     evaluate_target,
+    layer_output,
     per_example_targets,
     reduce_per_example,
     take_examples,
@@ -88,6 +89,7 @@ class TargetScorer:
         criterion: str,
         additional_forward_args: Any,
         n: int,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         if criterion not in ACTIVATION_CRITERIA:
             raise ValueError(
@@ -99,6 +101,7 @@ class TargetScorer:
         self.criterion = criterion
         self.args = additional_forward_args
         self.n = n
+        self.reshape_transform = reshape_transform
         self.entries = per_example_targets(target, n)
         is_unit = isinstance(target, tuple) or bool(
             self.entries and isinstance(self.entries[0], (tuple, list))
@@ -117,10 +120,21 @@ class TargetScorer:
             target = [self.entries[k] for k in example.tolist()]
         args = take_examples(self.args, example, self.n)
         if self.pools_channel:
-            output = run_to_layer(self.forward_func, self.layer, (images,), args)
+            assert self.layer is not None
+            output = layer_output(
+                self.forward_func, self.layer, (images,), args, self.reshape_transform
+            )
             return reduce_per_example(channel_maps(output, target), self.criterion)
         reduction = self.criterion if self.criterion in ("mean", "max") else "mean"
-        return evaluate_target(self.forward_func, self.layer, (images,), target, reduction, args)
+        return evaluate_target(
+            self.forward_func,
+            self.layer,
+            (images,),
+            target,
+            reduction,
+            args,
+            reshape_transform=self.reshape_transform,
+        )
 
 
 def score_selections(

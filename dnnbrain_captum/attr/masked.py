@@ -351,6 +351,7 @@ class MaskedImage(LayerPerturbation):
                     chunk_target,
                     reduction,
                     chunk_args,
+                    reshape_transform=self.reshape_transform,
                 )
             )
             masks.append(soft)

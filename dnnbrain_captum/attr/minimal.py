@@ -271,7 +271,13 @@ class MinimalParcelImage(LayerPerturbation):
         fill = fill_images(x, baselines)
         n = x.shape[0]
         score = TargetScorer(
-            self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
+            self.forward_func,
+            self.layer,
+            target,
+            activation_criterion,
+            additional_forward_args,
+            n,
+            self.reshape_transform,
         )
         check_finite(segmentation_kwargs, "segmentation_kwargs")
         labels = parcel_labels(x, segmentation, segmentation_kwargs, feature_mask)

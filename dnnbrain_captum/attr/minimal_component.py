@@ -247,7 +247,13 @@ class MinimalComponentImage(LayerPerturbation):
         batch = check_batch_size(perturbations_per_eval)
         n = x.shape[0]
         score = TargetScorer(
-            self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
+            self.forward_func,
+            self.layer,
+            target,
+            activation_criterion,
+            additional_forward_args,
+            n,
+            self.reshape_transform,
         )
         parts = _Decomposition(x, decomposition, sampling, patch_size, n_components, seed)
         warn_if_training(self.forward_func)

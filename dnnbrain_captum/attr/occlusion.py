@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.layouts import reads_channels_first
 from dnnbrain_captum._utils.targets import (
     check_reduction,
     evaluate_target,
@@ -214,7 +215,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
         with torch.no_grad():
             original = evaluate_target(
-                self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
+                self.forward_func,
+                self.layer,
+                (x,),
+                target,
+                reduction,
+                additional_forward_args,
+                reshape_transform=self.reshape_transform,
             )
             occluded = self._incremental(
                 method, x, fill, original, target, reduction, additional_forward_args, plan
@@ -254,6 +261,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 raise IncrementalUnsupported("additional_forward_args are given")
             if callable(target) and not isinstance(target, Tensor):
                 raise IncrementalUnsupported("the target is a callable")
+            layout = self.reshape_transform
+            if not reads_channels_first(self.forward_func, self.layer, (x,), layout):
+                raise IncrementalUnsupported("the layer's output is not read channels-first")
             engine = IncrementalOcclusion(self.forward_func, self.layer)
             clean = engine.clean_targets(x, target, reduction)
             scale = original.abs().max().item()
@@ -329,7 +339,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             args = take_examples(additional_forward_args, example, n)
             try:
                 values = evaluate_target(
-                    self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
+                    self.forward_func,
+                    self.layer,
+                    (occluded,),
+                    chunk_target,
+                    reduction,
+                    args,
+                    reshape_transform=self.reshape_transform,
                 )
             except RuntimeError:
                 if not channels_last:
@@ -344,6 +360,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                     chunk_target,
                     reduction,
                     args,
+                    reshape_transform=self.reshape_transform,
                 )
             yield values
 

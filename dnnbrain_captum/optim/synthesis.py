@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
+from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
 from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
 from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
 from dnnbrain_captum.optim._objectives import (
@@ -220,6 +221,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     layer : nn.Module, str or None
         The layer whose channel or unit is maximised (module, dotted path or DNNBrain alias);
         None maximises a model output (e.g. a class logit) selected by Captum's target.
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, H, W)`` (channels-first). By default the layout
+        is established (``dnnbrain_captum._utils.layouts``): channels-first maps as they are,
+        ViT tokens, Swin/ConvNeXt channels-last maps rearranged, anything else refused.
 
     Notes
     -----
@@ -280,9 +285,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     """
 
     def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
+        self,
+        forward_func: nn.Module | Callable[..., Any],
+        layer: LayerSpec = None,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         module = resolve_layer(forward_func, layer)
+        self.reshape_transform = check_reshape_transform(reshape_transform)
         NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
         GradientAttribution.__init__(self, forward_func)
 
@@ -466,6 +475,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                     target,
                     reduction,
                     additional_forward_args,
+                    reshape_transform=self.reshape_transform,
                 )
                 penalty = penalty_of(rendered)
                 loss = (penalty - activation).sum()
@@ -492,7 +502,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             snapshot_steps.append(n_iter)
         with torch.no_grad():
             final = evaluate_target(
-                self.forward_func, self.layer, (result,), target, reduction, additional_forward_args
+                self.forward_func,
+                self.layer,
+                (result,),
+                target,
+                reduction,
+                additional_forward_args,
+                reshape_transform=self.reshape_transform,
             )
         activations.append(final.detach())
         penalties.append(penalty_of(result).detach())
