@@ -48,16 +48,7 @@ __all__ = [
 
 #: File name endings (lower case) that :func:`find_images` picks up inside folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
 )
 #: ImageNet channel means and standard deviations (torchvision's pretrained models).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -242,10 +233,7 @@ class Preprocess:
                 target = tuple(self.size)
             if tuple(x.shape[-2:]) != target:
                 x = torch.nn.functional.interpolate(
-                    x.unsqueeze(0),
-                    size=target,
-                    mode="bilinear",
-                    align_corners=False,
+                    x.unsqueeze(0), size=target, mode="bilinear", align_corners=False,
                     antialias=True,
                 ).squeeze(0)
         crop = _pair_size(self.crop, "crop")

@@ -226,11 +226,8 @@ def _jsonable(value: Any, model: Any) -> Any:
     if isinstance(value, nn.Module):
         return {"module": _layer_name(model, value)}
     if callable(value):
-        return {
-            "callable": getattr(value, "__module__", "?")
-            + "."
-            + getattr(value, "__qualname__", type(value).__qualname__)
-        }
+        return {"callable": getattr(value, "__module__", "?") + "." + getattr(
+            value, "__qualname__", type(value).__qualname__)}
     return {"repr": repr(value)}
 
 
@@ -260,7 +257,9 @@ def _normalise_targets(targets: Any, n: int) -> tuple[str, Any, Any]:
         value = [tuple(t) if isinstance(t, (list, tuple)) else t for t in targets]
         for t in value:
             if isinstance(t, bool) or not isinstance(t, (int, tuple)):
-                raise TypeError(f"per-item targets must be ints or tuples of ints, got {t!r}")
+                raise TypeError(
+                    f"per-item targets must be ints or tuples of ints, got {t!r}"
+                )
         return "per_item", value, [list(t) if isinstance(t, tuple) else t for t in value]
     if isinstance(targets, bool):
         raise TypeError(f"targets must be an int, tuple, callable or sequence, got {targets!r}")
@@ -348,11 +347,8 @@ def _batches(
             yield _Batch(k, idx, list(range(len(idx))), images, [])
         return
     loader = DataLoader(
-        _Indexed(data),
-        batch_sampler=ranges,
-        collate_fn=_collate,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        _Indexed(data), batch_sampler=ranges, collate_fn=_collate,
+        num_workers=num_workers, pin_memory=pin_memory,
     )
     for k, (indices, ok, images, errors) in zip(chunks, loader, strict=True):
         yield _Batch(k, indices, ok, images, errors)
@@ -450,11 +446,8 @@ def _done_chunks(out: Path, n_chunks: int) -> dict[int, dict[str, Any]]:
 def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) from the header of an open ``.npy`` file, left at the start of the data."""
     version = np.lib.format.read_magic(f)
-    read = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
     shape, _, dtype = read(f)
     return shape, dtype
 
@@ -475,20 +468,16 @@ class _Partial:
         self.log_fd: int | None = None
 
     @classmethod
-    def open(
-        cls, out: Path, n: int, item_shape: tuple[int, ...], dtype: np.dtype, exclusive: bool
-    ) -> _Partial | None:
+    def open(cls, out: Path, n: int, item_shape: tuple[int, ...], dtype: np.dtype,
+             exclusive: bool) -> _Partial | None:
         """Open (creating it if needed) for ``n`` items; None when links are not supported and
         another process could race (``exclusive`` False): the caller then writes chunk files."""
         path = out / PARTIAL
         row_bytes = math.prod(item_shape) * dtype.itemsize
         if not path.is_file():
             tmp = path.with_name(f"{PARTIAL}.tmp-{os.getpid()}")
-            header = {
-                "descr": np.lib.format.dtype_to_descr(dtype),
-                "fortran_order": False,
-                "shape": (n, *item_shape),
-            }
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (n, *item_shape)}
             made = None
             try:
                 with open(tmp, "w+b") as f:
@@ -544,9 +533,8 @@ class _Partial:
         """Append ``chunk`` to the done log: one short ``O_APPEND`` write (atomic on one
         machine), after its rows were written."""
         if self.log_fd is None:
-            self.log_fd = os.open(
-                self.out / DONE_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644
-            )
+            self.log_fd = os.open(self.out / DONE_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND,
+                                  0o644)
         os.write(self.log_fd, f"{chunk}\n".encode("ascii"))
 
     def close(self) -> None:
@@ -748,7 +736,8 @@ def run_over(
         n = len(data)
     except TypeError:
         raise TypeError(
-            f"dataset_or_loader must be a map-style data set with len(), got {type(data).__name__}"
+            f"dataset_or_loader must be a map-style data set with len(), got "
+            f"{type(data).__name__}"
         ) from None
     if n == 0:
         raise ValueError("the data set is empty")
@@ -802,9 +791,8 @@ def run_over(
             )
         if verdict["complete"]:
             manifest = read_manifest(out)
-            return RunSummary(
-                out, n, 0, n, manifest.get("skipped", []), 0.0, 0.0, dist.rank, dist.world
-            )
+            return RunSummary(out, n, 0, n, manifest.get("skipped", []), 0.0, 0.0,
+                              dist.rank, dist.world)
 
         # 2. every rank computes its share of the chunks not done yet
         done = _done_chunks(out, n_chunks)
@@ -814,24 +802,9 @@ def run_over(
         computed, seconds, mine = 0, 0.0, []
         try:
             computed, seconds, mine = _work(
-                attribution,
-                data,
-                todo,
-                batch_size,
-                n,
-                stimulus_ids,
-                kind,
-                target_value,
-                on_error,
-                num_workers,
-                pin_memory,
-                device,
-                show_progress,
-                dist,
-                out,
-                attribute_kwargs,
-                seed,
-                in_place,
+                attribution, data, todo, batch_size, n, stimulus_ids, kind, target_value,
+                on_error, num_workers, pin_memory, device, show_progress, dist, out,
+                attribute_kwargs, seed, in_place,
             )
         except Exception as err:  # noqa: BLE001 - re-raised after telling the other ranks
             error = err
@@ -842,16 +815,14 @@ def run_over(
         skipped: list[dict[str, Any]] = []
         if dist.rank == 0:
             try:
-                skipped = _finalise(
-                    out, n_chunks, batch_size, n, on_error, dist.world, assemble, ranks
-                )
+                skipped = _finalise(out, n_chunks, batch_size, n, on_error, dist.world,
+                                    assemble, ranks)
             except Exception as err:  # noqa: BLE001
                 error = err
         skipped = _agree(dist, error, skipped)[0]
         rate = computed / seconds if seconds > 0 else 0.0
-        summary = RunSummary(
-            out, n, computed, reused, skipped, seconds, rate, dist.rank, dist.world
-        )
+        summary = RunSummary(out, n, computed, reused, skipped, seconds, rate, dist.rank,
+                             dist.world)
         logger.info("run_over %s -> %s: %s", request["attribution"]["class"], out, summary)
         return summary
     finally:
@@ -869,9 +840,8 @@ def _prepare(out: Path, request: dict[str, Any], overwrite: bool, assemble: bool
         old = manifest.get("request", {})
         if manifest.get("format") != FORMAT or old != request:
             if not overwrite:
-                diffs = (
-                    _differences(old, request) if manifest.get("format") == FORMAT else ["format"]
-                )
+                diffs = _differences(old, request) if manifest.get("format") == FORMAT else [
+                    "format"]
                 raise ValueError(
                     f"{out} holds a different run (differs in: {', '.join(diffs)}); nothing was "
                     "changed. Use another folder, or overwrite=True to replace it"
@@ -897,16 +867,13 @@ def _prepare(out: Path, request: dict[str, Any], overwrite: bool, assemble: bool
     for stale in out.glob("*.tmp-*"):
         stale.unlink()
     if not manifest_path.is_file():
-        _dump_json(
-            manifest_path,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "status": "running",
-                "created": _now(),
-                "request": request,
-            },
-        )
+        _dump_json(manifest_path, {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "status": "running",
+            "created": _now(),
+            "request": request,
+        })
     return False
 
 
@@ -921,24 +888,10 @@ def _now() -> str:
 
 
 def _work(
-    attribution: Any,
-    data: Any,
-    todo: list[int],
-    batch_size: int,
-    n: int,
-    ids: list[str],
-    kind: str,
-    target_value: Any,
-    on_error: str,
-    num_workers: int,
-    pin_memory: bool,
-    device: Any,
-    show_progress: bool,
-    dist: _Dist,
-    out: Path,
-    kwargs: dict[str, Any],
-    seed: int | None,
-    in_place: bool,
+    attribution: Any, data: Any, todo: list[int], batch_size: int, n: int, ids: list[str],
+    kind: str, target_value: Any, on_error: str, num_workers: int, pin_memory: bool,
+    device: Any, show_progress: bool, dist: _Dist, out: Path, kwargs: dict[str, Any],
+    seed: int | None, in_place: bool,
 ) -> tuple[int, float, list[int]]:
     folder = out / CHUNKS
     partial: _Partial | None = None
@@ -947,17 +900,10 @@ def _work(
     computed = 0
     desc = type(attribution).__name__ + (f" rank {dist.rank}" if dist.world > 1 else "")
     mine: list[int] = []
-    with (
-        contextlib.ExitStack() as stack,
-        tqdm(
-            total=total,
-            desc=desc,
-            unit="item",
-            disable=not show_progress,
-            position=dist.rank if dist.world > 1 else None,
-            leave=True,
-        ) as bar,
-    ):
+    with contextlib.ExitStack() as stack, tqdm(
+        total=total, desc=desc, unit="item", disable=not show_progress,
+        position=dist.rank if dist.world > 1 else None, leave=True,
+    ) as bar:
         for batch in _batches(data, todo, batch_size, n, num_workers, pin_memory):
             skipped = [{"index": i, "id": ids[i], "error": msg} for i, msg in batch.errors]
             if skipped and on_error == "raise":
@@ -968,9 +914,8 @@ def _work(
                     "on_error='skip' to skip unreadable items"
                 )
             for record in skipped:
-                logger.warning(
-                    "skipping item %d (%s): %s", record["index"], record["id"], record["error"]
-                )
+                logger.warning("skipping item %d (%s): %s", record["index"], record["id"],
+                               record["error"])
             array = None
             if batch.images is not None:
                 images = batch.images if device is None else batch.images.to(device)
@@ -983,18 +928,14 @@ def _work(
                     result = attribution.attribute(images, target=target, **kwargs)
                 array = _to_numpy(result, len(positions))
                 if batch.errors:
-                    full = np.full(
-                        (len(batch.indices), *array.shape[1:]),
-                        _fill_value(array.dtype),
-                        dtype=array.dtype,
-                    )
+                    full = np.full((len(batch.indices), *array.shape[1:]),
+                                   _fill_value(array.dtype), dtype=array.dtype)
                     full[batch.ok] = array
                     array = full
             name = _chunk_name(batch.chunk)
             if array is not None and in_place and partial is None:
-                partial = _Partial.open(
-                    out, n, array.shape[1:], array.dtype, exclusive=dist.world == 1
-                )
+                partial = _Partial.open(out, n, array.shape[1:], array.dtype,
+                                        exclusive=dist.world == 1)
                 if partial is None:
                     in_place = False
                 else:
@@ -1005,14 +946,11 @@ def _work(
             if skipped or (array is not None and partial is None):
                 folder.mkdir(exist_ok=True)
             if skipped:  # the sidecar goes before the .npy or the line that marks it done
-                _dump_json(
-                    folder / f"{name}.json",
-                    {
-                        "chunk": batch.chunk,
-                        "file": None if array is None else PARTIAL if partial else f"{name}.npy",
-                        "skipped": skipped,
-                    },
-                )
+                _dump_json(folder / f"{name}.json", {
+                    "chunk": batch.chunk,
+                    "file": None if array is None else PARTIAL if partial else f"{name}.npy",
+                    "skipped": skipped,
+                })
             if array is not None:
                 if partial is not None:
                     partial.mark_done(batch.chunk)
@@ -1069,14 +1007,8 @@ def _fill_value(dtype: np.dtype) -> Any:
 
 
 def _finalise(
-    out: Path,
-    n_chunks: int,
-    chunk_size: int,
-    n: int,
-    on_error: str,
-    world: int,
-    assemble: bool,
-    ranks: dict[int, int],
+    out: Path, n_chunks: int, chunk_size: int, n: int, on_error: str, world: int,
+    assemble: bool, ranks: dict[int, int],
 ) -> list[dict[str, Any]]:
     """Rank 0, once every chunk is done: complete ``result.npy`` (or the chunk files), write the
     final manifest, remove the chunks. Returns the skipped items."""
@@ -1134,14 +1066,13 @@ def _finalise(
                 continue
             name = _chunk_name(k) + ".npy"
             if record["file"] is None:  # an all-skipped chunk still gets its rows
-                rows = np.full((record["stop"] - record["start"], *item_shape), fill, dtype=dtype)
+                rows = np.full((record["stop"] - record["start"], *item_shape), fill,
+                               dtype=dtype)
             else:  # an earlier call wrote it in place
                 rows = np.asarray(in_place[record["start"] : record["stop"]])
             if record["skipped"]:  # the sidecar names the chunk's new file
-                _dump_json(
-                    folder / f"{_chunk_name(k)}.json",
-                    {"chunk": k, "file": name, "skipped": record["skipped"]},
-                )
+                _dump_json(folder / f"{_chunk_name(k)}.json",
+                           {"chunk": k, "file": name, "skipped": record["skipped"]})
             _write_atomic(folder / name, lambda f, a=rows: np.save(f, a))
             record["file"] = name
         del in_place
@@ -1152,36 +1083,30 @@ def _finalise(
 
     import dnnbrain_captum
 
-    manifest.update(
-        {
-            "status": "complete",
-            "finished": _now(),
-            "result": RESULT if assemble else None,
-            "shape": [n, *item_shape],
-            "item_shape": list(item_shape),
-            "dtype": str(dtype),
-            "fill_value": "NaN" if isinstance(fill, float) and math.isnan(fill) else fill,
-            "on_error": on_error,
-            "skipped": skipped,
-            "world_size": world,
-            "chunks": [
-                {
-                    "chunk": k,
-                    "start": done[k]["start"],
-                    "stop": done[k]["stop"],
-                    "rank": ranks.get(k),
-                    "file": None if assemble else f"{CHUNKS}/{done[k]['file']}",
-                }
-                for k in range(n_chunks)
-            ],
-            "software": {
-                "dnnbrain_captum": dnnbrain_captum.__version__,
-                "torch": torch.__version__,
-                "captum": captum.__version__,
-                "numpy": np.__version__,
-            },
-        }
-    )
+    manifest.update({
+        "status": "complete",
+        "finished": _now(),
+        "result": RESULT if assemble else None,
+        "shape": [n, *item_shape],
+        "item_shape": list(item_shape),
+        "dtype": str(dtype),
+        "fill_value": "NaN" if isinstance(fill, float) and math.isnan(fill) else fill,
+        "on_error": on_error,
+        "skipped": skipped,
+        "world_size": world,
+        "chunks": [
+            {"chunk": k, "start": done[k]["start"], "stop": done[k]["stop"],
+             "rank": ranks.get(k),
+             "file": None if assemble else f"{CHUNKS}/{done[k]['file']}"}
+            for k in range(n_chunks)
+        ],
+        "software": {
+            "dnnbrain_captum": dnnbrain_captum.__version__,
+            "torch": torch.__version__,
+            "captum": captum.__version__,
+            "numpy": np.__version__,
+        },
+    })
     _dump_json(out / MANIFEST, manifest)
     if assemble:
         (out / DONE_LOG).unlink(missing_ok=True)

@@ -128,25 +128,12 @@ def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path,
 
 def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "occ"
-    args = [
-        "occlusion",
-        digit_folder,
-        "--no-stream",
-        "--layer",
-        "conv4",
-        "--channel",
-        7,
-        "--window",
-        6,
-        4,
-    ]
+    args = ["occlusion", digit_folder, "--no-stream", "--layer", "conv4", "--channel", 7,
+            "--window", 6, 4]
     assert run([*args, "--stride", 3, "--baseline", 0.5, "--out", out]) == 0
     check_manifest(out, ["occlusion.npy"], 3)
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
-        loaded(digit_folder),
-        target=7,
-        sliding_window_shapes=(6, 4),
-        strides=(3, 3),
+        loaded(digit_folder), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
         baselines=0.5,
     )
     result = np.load(out / "occlusion.npy")
@@ -156,17 +143,8 @@ def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
 
 def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "up"
-    args = [
-        "upsample",
-        digit_folder,
-        "--no-stream",
-        "--digits",
-        2,
-        "--layer",
-        "features.10",
-        "--channel",
-        5,
-    ]
+    args = ["upsample", digit_folder, "--no-stream", "--digits", 2, "--layer", "features.10",
+            "--channel", 5]
     assert run([*args, "--threshold", 0.5, "--interpolate", "bilinear", "--out", out]) == 0
     check_manifest(out, ["upsample.npy"], 5)
     digits, _ = digits_images(n=2)
@@ -214,18 +192,13 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--tv", 0.01, "--out", out]) == 0
     check_manifest(out, ["synthesis.npy", "activation.npy"], 1)
     expected = SynthesisImage(model, "conv5").attribute(
-        random_images(2, 32),
-        target=[2, 5],
-        n_iter=3,
-        regularizers={"tv": 0.01},
+        random_images(2, 32), target=[2, 5], n_iter=3, regularizers={"tv": 0.01},
         return_history=True,
     )
-    np.testing.assert_allclose(
-        np.load(out / "synthesis.npy"), expected.images.numpy(), rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        np.load(out / "activation.npy"), expected.activation.numpy(), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.images.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "activation.npy"), expected.activation.numpy(),
+                               rtol=1e-5, atol=1e-6)
     # classes of the output, from one given start image, DNNBrain's pixel preset
     out = tmp_path / "syn2"
     args = ["synthesize", "--digits", 1, "--channel", "3-4", "--preset", "dnnbrain"]
@@ -233,9 +206,8 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--n-iter", 2, "--out", out]) == 0
     start = digits_images(n=1)[0].expand(2, -1, -1, -1)
     expected = SynthesisImage(model).attribute(start, target=[3, 4], preset="dnnbrain", n_iter=2)
-    np.testing.assert_allclose(
-        np.load(out / "synthesis.npy"), expected.numpy(), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_mask(tmp_path: Path, model) -> None:
@@ -275,10 +247,7 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
     assert run([*args, "--search", "removal", "--out", out]) == 0
     record = check_manifest(out, ["minimal.npy", "kept.npy", "parcels.npy"], 2)
     expected = MinimalParcelImage(model).attribute(
-        x,
-        target=classes,
-        segmentation="slic",
-        segmentation_kwargs={"n_segments": 12},
+        x, target=classes, segmentation="slic", segmentation_kwargs={"n_segments": 12},
         search_criterion="removal",
     )
     np.testing.assert_array_equal(np.load(out / "minimal.npy"), expected.images.numpy())
@@ -307,34 +276,20 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
     expected = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3")).attribute(
         x, target=5, threshold=0.5
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
+                               atol=1e-6)
     summary = json.loads((out / "empirical_rf.json").read_text())
     assert summary["size"] == expected.size.tolist()
     assert summary["theoretical_size"] == [18, 18] and summary["n_images"] == 5
     out = tmp_path / "erf2"
     args = ["empirical-rf", "--digits", 2, "--layer", "conv5", "--channel", 1]
-    assert (
-        run(
-            [
-                *args,
-                "--engine",
-                "occlusion",
-                "--window",
-                6,
-                "--stride",
-                4,
-                "--alignment",
-                "map",
-                "--out",
-                out,
-            ]
-        )
-        == 0
-    )
+    assert run([*args, "--engine", "occlusion", "--window", 6, "--stride", 4, "--alignment",
+                "map", "--out", out]) == 0
     expected = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv5")).attribute(
         x[:2], target=1, alignment="map", sliding_window_shapes=(6, 6), strides=(4, 4)
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
+                               atol=1e-5)
 
 
 def test_demo_index_references_existing_images(tmp_path: Path) -> None:
@@ -357,16 +312,8 @@ def test_demo_index_references_existing_images(tmp_path: Path) -> None:
 
     parser = Panels()
     parser.feed((out / "index.html").read_text())
-    expected = [
-        "saliency",
-        "occlusion",
-        "upsample",
-        "synthesize",
-        "mask",
-        "minimal",
-        "rf",
-        "empirical-rf",
-    ]
+    expected = ["saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
+                "empirical-rf"]
     assert set(expected) <= set(cli.SUBCOMMANDS)
     assert len(parser.images) == 11  # three saliency panels, two minimal-image panels
     for sources in parser.images:
@@ -389,12 +336,8 @@ def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     args = ["upsample", "--digits", 1, "--layer", "conv3", "--channel", 2, "--out", out]
     assert run([*args, "--overwrite"]) == 0
-    assert files_in(out) == {
-        "mine.txt",
-        "results.json",
-        "upsample.npy",
-        "000_digit0_label6_upsample.png",
-    }
+    assert files_in(out) == {"mine.txt", "results.json", "upsample.npy",
+                             "000_digit0_label6_upsample.png"}
     assert np.load(out / "upsample.npy").shape == (1, 32, 32)
 
 
@@ -415,12 +358,8 @@ def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
         np.load(tmp_path / "a" / "upsample.npy"), np.load(tmp_path / "b" / "upsample.npy")
     )
     args = ["saliency", "--digits", 1, "--model", "tests.helpers.models:TinyConvNet"]
-    assert (
-        run(
-            [*args, "--image-size", 12, "--layer", "conv2", "--channel", 1, "--out", tmp_path / "c"]
-        )
-        == 0
-    )
+    assert run([*args, "--image-size", 12, "--layer", "conv2", "--channel", 1,
+                "--out", tmp_path / "c"]) == 0
     assert np.load(tmp_path / "c" / "saliency.npy").shape == (1, 3, 12, 12)
 
 
@@ -444,12 +383,10 @@ def test_torchvision_weight_name_uses_the_hub_cache_only(tmp_path: Path, monkeyp
     for name in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
         out = tmp_path / name
         assert run([*args, "--weights", name, "--channel", 7, "--out", out, "--quiet"]) == 0
-        x = torch.nn.functional.interpolate(
-            digits_images(n=1)[0], size=(224, 224), mode="bilinear", antialias=True
-        )
+        x = torch.nn.functional.interpolate(digits_images(n=1)[0], size=(224, 224),
+                                            mode="bilinear", antialias=True)
         x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]
-        ).view(1, 3, 1, 1)
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         expected = UpsamplingActivationMapping(reference, "features.3").attribute(x, target=7)
         np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-4)
 
@@ -478,22 +415,15 @@ ERRORS = {
         "nope.png",
     ),
     "unreadable image": (_not_an_image, "broken.png"),
-    "unknown layer": (lambda tmp: ["--digits", "1", "--layer", "conv9", "--channel", "0"], "conv9"),
+    "unknown layer": (lambda tmp: ["--digits", "1", "--layer", "conv9", "--channel", "0"],
+                      "conv9"),
     "unknown model": (
         lambda tmp: ["--digits", "1", "--model", "alexnett", "--layer", "conv5", "--channel", "0"],
         "alexnett",
     ),
     "bad factory": (
-        lambda tmp: [
-            "--digits",
-            "1",
-            "--model",
-            "no_such_pkg.mod:make",
-            "--layer",
-            "x",
-            "--channel",
-            "0",
-        ],
+        lambda tmp: ["--digits", "1", "--model", "no_such_pkg.mod:make", "--layer", "x",
+                     "--channel", "0"],
         "no_such_pkg",
     ),
     "channel out of range": (
@@ -505,31 +435,13 @@ ERRORS = {
         "--channel -1",
     ),
     "missing weights file": (
-        lambda tmp: [
-            "--digits",
-            "1",
-            "--weights",
-            str(tmp / "w.pt"),
-            "--layer",
-            "conv5",
-            "--channel",
-            "0",
-        ],
+        lambda tmp: ["--digits", "1", "--weights", str(tmp / "w.pt"), "--layer", "conv5",
+                     "--channel", "0"],
         "w.pt",
     ),
     "weights not cached": (
-        lambda tmp: [
-            "--digits",
-            "1",
-            "--model",
-            "alexnet",
-            "--weights",
-            "IMAGENET1K_V1",
-            "--layer",
-            "conv5",
-            "--channel",
-            "0",
-        ],
+        lambda tmp: ["--digits", "1", "--model", "alexnet", "--weights", "IMAGENET1K_V1",
+                     "--layer", "conv5", "--channel", "0"],
         "IMAGENET1K_V1",
     ),
     "no images": (lambda tmp: ["--layer", "conv5", "--channel", "0"], "images"),
@@ -642,10 +554,7 @@ def test_entry_point_is_declared_and_runs_as_a_program(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     done = subprocess.run(
         [*program, "saliency", str(missing), "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+        capture_output=True, text=True, env=env, timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -675,16 +584,12 @@ def five_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_stream_folder_equals_library_run_over(
-    tmp_path: Path, five_digits: Path, model, capsys
-) -> None:
+def test_stream_folder_equals_library_run_over(tmp_path: Path, five_digits: Path, model,
+                                               capsys) -> None:
     from dnnbrain_captum import read_results, run_over
     from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
 
@@ -695,47 +600,25 @@ def test_stream_folder_equals_library_run_over(
     record = json.loads((out / "results.json").read_text())
     assert record["mode"] == "stream" and record["targets"] == 3
     assert record["images"] == [str(p) for p in find_images(five_digits)]
-    assert (
-        set(record["files"])
-        == files_in(out)
-        == {
-            "results.json",
-            "manifest.json",
-            "result.npy",
-            "000_d0_saliency.png",
-            "001_d1_saliency.png",
-        }
-    )
+    assert set(record["files"]) == files_in(out) == {
+        "results.json", "manifest.json", "result.npy", "000_d0_saliency.png",
+        "001_d1_saliency.png"}
     data = ImageFolderDataset(five_digits, transform=preprocessing_for("digits"))
     same = {"abs": False, "reduction": "mean"}  # the CLI passes its defaults explicitly
-    run_over(
-        VanillaSaliencyImage(model, "conv5"),
-        data,
-        targets=3,
-        out=tmp_path / "lib",
-        batch_size=2,
-        **same,
-    )
+    run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=tmp_path / "lib",
+             batch_size=2, **same)
     streamed = read_results(out)
     np.testing.assert_array_equal(streamed, read_results(tmp_path / "lib"))
     expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(five_digits), target=3)
     np.testing.assert_allclose(streamed, expected.numpy(), rtol=1e-5, atol=1e-7)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert (
-        manifest["request"]
-        == json.loads((tmp_path / "lib" / "manifest.json").read_text())["request"]
-    )
-    assert manifest["request"]["stimulus_ids"] == [
-        "d0.png",
-        "d1.png",
-        "d2.png",
-        "d3.png",
-        "sub/d4.png",
-    ]
+    assert manifest["request"] == json.loads((tmp_path / "lib" / "manifest.json").read_text())[
+        "request"]
+    assert manifest["request"]["stimulus_ids"] == ["d0.png", "d1.png", "d2.png", "d3.png",
+                                                   "sub/d4.png"]
     # the folder is a plain runner folder: the same call from Python finds it complete
-    again = run_over(
-        VanillaSaliencyImage(model, "conv5"), data, targets=3, out=out, batch_size=2, **same
-    )
+    again = run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=out,
+                     batch_size=2, **same)
     assert (again.computed, again.reused) == (0, 5)
 
 
@@ -744,105 +627,48 @@ def test_stream_smoothgrad_on_predicted_classes_equals_in_memory(
 ) -> None:
     from dnnbrain_captum import read_results
 
-    args = [
-        "saliency",
-        five_digits,
-        "--method",
-        "guided",
-        "--smooth",
-        2,
-        "--batch-size",
-        2,
-        "--no-figures",
-    ]
+    args = ["saliency", five_digits, "--method", "guided", "--smooth", 2, "--batch-size", 2,
+            "--no-figures"]
     assert run([*args, "--out", tmp_path / "s"]) == 0
     assert run([*args, "--no-stream", "--out", tmp_path / "m"]) == 0
     in_memory = json.loads((tmp_path / "m" / "results.json").read_text())
     assert read_results(tmp_path / "s" / "predicted_classes").tolist() == in_memory["targets"]
-    np.testing.assert_allclose(
-        read_results(tmp_path / "s"), np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(read_results(tmp_path / "s"),
+                               np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7)
     assert "predicted_classes" in files_in(tmp_path / "s")
 
 
-def test_stream_occlusion_and_upsample_with_digits(
-    tmp_path: Path, five_digits: Path, model
-) -> None:
+def test_stream_occlusion_and_upsample_with_digits(tmp_path: Path, five_digits: Path,
+                                                   model) -> None:
     from dnnbrain_captum import read_results
 
-    args = [
-        "occlusion",
-        five_digits,
-        "--layer",
-        "conv4",
-        "--channel",
-        7,
-        "--window",
-        6,
-        4,
-        "--stride",
-        3,
-        "--baseline",
-        0.5,
-        "--max-figures",
-        2,
-        "--out",
-        tmp_path / "o",
-    ]
+    args = ["occlusion", five_digits, "--layer", "conv4", "--channel", 7, "--window", 6, 4,
+            "--stride", 3, "--baseline", 0.5, "--max-figures", 2, "--out", tmp_path / "o"]
     assert run(args) == 0
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
-        loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3), baselines=0.5
-    )
-    np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5, atol=1e-6)
+        loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
+        baselines=0.5)
+    np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5,
+                               atol=1e-6)
     assert sorted(f for f in files_in(tmp_path / "o") if f.endswith(".png")) == [
-        "000_d0_occlusion.png",
-        "001_d1_occlusion.png",
-    ]
+        "000_d0_occlusion.png", "001_d1_occlusion.png"]
     # explicit --stream with files and --digits equals the in-memory run
     files = [str(p) for p in find_images(five_digits)[:2]]
-    args = [
-        "upsample",
-        *files,
-        "--digits",
-        2,
-        "--layer",
-        "conv5",
-        "--channel",
-        5,
-        "--threshold",
-        0.5,
-        "--no-figures",
-    ]
+    args = ["upsample", *files, "--digits", 2, "--layer", "conv5", "--channel", 5,
+            "--threshold", 0.5, "--no-figures"]
     assert run([*args, "--stream", "--batch-size", 3, "--out", tmp_path / "u"]) == 0
     assert run([*args, "--out", tmp_path / "v"]) == 0
-    np.testing.assert_allclose(
-        read_results(tmp_path / "u"),  # batches of 3 vs one of 4
-        np.load(tmp_path / "v" / "upsample.npy"),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    np.testing.assert_allclose(read_results(tmp_path / "u"),  # batches of 3 vs one of 4
+                               np.load(tmp_path / "v" / "upsample.npy"), rtol=1e-5, atol=1e-5)
 
 
-def test_stream_rerun_resumes_refuses_or_overwrites(
-    tmp_path: Path, five_digits: Path, capsys, monkeypatch
-) -> None:
+def test_stream_rerun_resumes_refuses_or_overwrites(tmp_path: Path, five_digits: Path, capsys,
+                                                    monkeypatch) -> None:
     from dnnbrain_captum import read_results
 
     out = tmp_path / "up"
-    args = [
-        "upsample",
-        five_digits,
-        "--layer",
-        "conv3",
-        "--channel",
-        1,
-        "--batch-size",
-        2,
-        "--max-figures",
-        1,
-        "--out",
-        out,
-    ]
+    args = ["upsample", five_digits, "--layer", "conv3", "--channel", 1, "--batch-size", 2,
+            "--max-figures", 1, "--out", out]
     original = UpsamplingActivationMapping.attribute
     calls: list[int] = []
 
@@ -878,8 +704,7 @@ def test_stream_rerun_resumes_refuses_or_overwrites(
     assert run([*args, "--channel", 2, "--overwrite"]) == 0
     assert "5 computed, 0 reused" in capsys.readouterr().err
     expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(
-        loaded(five_digits), target=2
-    )
+        loaded(five_digits), target=2)
     np.testing.assert_allclose(read_results(out), expected.numpy(), rtol=1e-5, atol=1e-5)
     # a folder holding other files (not a run) is refused
     other = tmp_path / "other"
@@ -902,19 +727,8 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
     shutil.copytree(five_digits, folder)
     (folder / "d2b.png").write_text("not a png")  # item 3 in path order
     out = tmp_path / "out"
-    args = [
-        "upsample",
-        folder,
-        "--layer",
-        "conv5",
-        "--channel",
-        4,
-        "--batch-size",
-        2,
-        "--no-figures",
-        "--out",
-        out,
-    ]
+    args = ["upsample", folder, "--layer", "conv5", "--channel", 4, "--batch-size", 2,
+            "--no-figures", "--out", out]
     assert run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "d2b.png" in err[0] and "--skip-unreadable" in err[0], err
@@ -924,8 +738,10 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
     assert "note: skipped unreadable image" in err and "d2b.png" in err
     result = read_results(out)
     assert result.shape == (6, 32, 32) and np.isnan(result[3]).all()
-    expected = UpsamplingActivationMapping(model, "conv5").attribute(loaded(five_digits), target=4)
-    np.testing.assert_allclose(np.delete(result, 3, axis=0), expected.numpy(), rtol=1e-5, atol=1e-5)
+    expected = UpsamplingActivationMapping(model, "conv5").attribute(
+        loaded(five_digits), target=4)
+    np.testing.assert_allclose(np.delete(result, 3, axis=0), expected.numpy(), rtol=1e-5,
+                               atol=1e-5)
     record = json.loads((out / "results.json").read_text())
     assert [s["id"] for s in record["run"]["skipped"]] == ["d2b.png"]
     # --skip-unreadable is refused for in-memory runs

@@ -58,33 +58,22 @@ def test_upsampling_engine_recovers_the_square(detector, squares) -> None:
 def test_occlusion_engine_finds_exactly_the_square(detector, squares) -> None:
     engine = OccluderDiscrepancyMapping(detector, "conv")
     result = EmpiricalReceptiveField(engine).attribute(
-        squares,
-        target=0,
-        reduction="max",
-        sliding_window_shapes=1,
-        strides=1,
-        perturbations_per_eval=512,
-    )
+        squares, target=0, reduction="max", sliding_window_shapes=1, strides=1,
+        perturbations_per_eval=512)
     margin = (KERNEL - SIDE) // 2
     expected = torch.zeros(KERNEL, KERNEL)
-    expected[margin : margin + SIDE, margin : margin + SIDE] = 3.0  # one unit weight x 3 channels
+    expected[margin:margin + SIDE, margin:margin + SIDE] = 3.0  # one unit weight x 3 channels
     torch.testing.assert_close(result.map, expected)
     assert result.size.tolist() == [SIDE, SIDE]
 
 
 @pytest.mark.parametrize(("window", "stride"), [((3, 3), (2, 2)), ((2, 3), (3, 2)), (5, 2)])
-def test_occlusion_coarse_grids_are_put_in_pixel_coordinates(
-    detector, squares, window, stride
-) -> None:
+def test_occlusion_coarse_grids_are_put_in_pixel_coordinates(detector, squares, window,
+                                                             stride) -> None:
     engine = OccluderDiscrepancyMapping(detector, "conv")
     result = EmpiricalReceptiveField(engine).attribute(
-        squares,
-        target=0,
-        reduction="max",
-        sliding_window_shapes=window,
-        strides=stride,
-        perturbations_per_eval=512,
-    )
+        squares, target=0, reduction="max", sliding_window_shapes=window, strides=stride,
+        perturbations_per_eval=512)
     assert result.size.tolist() == [SIDE, SIDE]
 
 
@@ -94,12 +83,11 @@ def test_map_alignment_and_unit_targets(detector, squares) -> None:
     # a fixed unit on noise images: the drop is the pixel value on the unit's square only
     noise = torch.rand(6, 3, 21, 21, generator=torch.Generator().manual_seed(1))
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(detector, "conv"))
-    result = occ.attribute(
-        noise, target=(0, 10, 10), sliding_window_shapes=1, strides=1, perturbations_per_eval=512
-    )
+    result = occ.attribute(noise, target=(0, 10, 10), sliding_window_shapes=1, strides=1,
+                           perturbations_per_eval=512)
     margin = (KERNEL - SIDE) // 2
     inside = torch.zeros(KERNEL, KERNEL, dtype=torch.bool)
-    inside[margin : margin + SIDE, margin : margin + SIDE] = True
+    inside[margin:margin + SIDE, margin:margin + SIDE] = True
     assert bool((result.map[inside] > 0).all()) and bool((result.map[~inside] == 0).all())
     assert result.size.tolist() == [SIDE, SIDE]
 
@@ -127,9 +115,8 @@ def test_digits_fields_fit_in_the_theoretical_ones(digits) -> None:
         assert (result.size >= 1).all() and (result.size <= torch.tensor(size)).all(), layer
     assert theoretical["conv3"] == (18, 18) and theoretical["conv5"] == (34, 34)
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv3"))
-    result = occ.attribute(
-        images[:8], target=3, sliding_window_shapes=4, strides=2, perturbations_per_eval=256
-    )
+    result = occ.attribute(images[:8], target=3, sliding_window_shapes=4, strides=2,
+                           perturbations_per_eval=256)
     assert (result.size >= 1).all() and (result.size <= 18).all()
 
 
@@ -145,12 +132,8 @@ def test_batch_at_once_equals_iterable_of_batches(digits) -> None:
         assert other.size.tolist() == whole.size.tolist()
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv2"))
     kwargs = {"target": 1, "sliding_window_shapes": 6, "strides": 4}
-    torch.testing.assert_close(
-        occ.attribute(iter([images[:3], images[3:6]]), **kwargs).map,
-        occ.attribute(images[:6], **kwargs).map,
-        rtol=0,
-        atol=0,
-    )
+    torch.testing.assert_close(occ.attribute(iter([images[:3], images[3:6]]), **kwargs).map,
+                               occ.attribute(images[:6], **kwargs).map, rtol=0, atol=0)
 
 
 def test_other_input_sizes_use_their_own_geometry(digits) -> None:
@@ -162,8 +145,7 @@ def test_other_input_sizes_use_their_own_geometry(digits) -> None:
     assert rf.theoretical((3, 48, 40)).output_size == (12, 10)
     with pytest.raises(ValueError, match="classifier.0.*no spatial output"):
         EmpiricalReceptiveField(UpsamplingActivationMapping(model, "fc1")).attribute(
-            images[:2], target=0
-        )
+            images[:2], target=0)
 
 
 # --------------------------------------------------------------- bad input

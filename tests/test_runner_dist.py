@@ -64,25 +64,11 @@ def test_torchrun_two_ranks_equals_single_process(hosts: str, tmp_path: Path) ->
     n, batch = 22, 4  # 6 chunks, the last one short; rank 0 gets 3 chunks (12), rank 1 3 (10)
     out = tmp_path / "dist"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            str(JOB),
-            str(out),
-            method,
-            str(n),
-            str(batch),
-        ]
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+         str(JOB), str(out), method, str(n), str(batch)]
         + (["--fake-hosts"] if hosts == "two" else []),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=_env(),
-        cwd=tmp_path,
+        capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summaries = sorted(_summaries(done.stdout), key=lambda s: s["rank"])
@@ -109,11 +95,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     done = subprocess.run(
         [sys.executable, str(JOB), str(out), "saliency", str(n), str(batch), "--die-after", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(),
-        cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
     )
     assert done.returncode == 3, done.stderr[-3000:]  # died abruptly inside the third chunk
     left = sorted(p.name for p in out.iterdir())

@@ -40,38 +40,21 @@ def test_tutorial_runs(path: Path, monkeypatch, tmp_path, capsys) -> None:
     assert list(tmp_path.iterdir()) in ([], [tmp_path / "torch"])  # tutorials write nothing
 
 
+
 # Every class and method of DNNBrain's `dnnbrain.dnn.algo` (its API documentation).
 SEED_API = {
     "Algorithm": ["get_layer", "set_layer"],
     "EmpiricalReceptiveField": ["compute", "generate_rf", "set_params"],
     "GuidedSaliencyImage": ["register_hooks"],
     "MaskedImage": ["prepare_test", "put_mask", "register_hooks", "set_parameters"],
-    "MinimalComponentImage": [
-        "combine_component",
-        "generate_minimal_image",
-        "ica_decompose",
-        "pca_decompose",
-        "set_params",
-        "sort_componet",
-    ],
-    "MinimalParcelImage": [
-        "combine_parcel",
-        "felzenszwalb_decompose",
-        "generate_minimal_image",
-        "quickshift_decompose",
-        "set_params",
-        "slic_decompose",
-        "sort_parcel",
-    ],
+    "MinimalComponentImage": ["combine_component", "generate_minimal_image", "ica_decompose",
+                              "pca_decompose", "set_params", "sort_componet"],
+    "MinimalParcelImage": ["combine_parcel", "felzenszwalb_decompose", "generate_minimal_image",
+                           "quickshift_decompose", "set_params", "slic_decompose", "sort_parcel"],
     "OccluderDiscrepancyMapping": ["compute", "set_params"],
     "SaliencyImage": ["backprop", "backprop_smooth", "register_hooks"],
-    "SynthesisImage": [
-        "register_hooks",
-        "set_loss",
-        "set_precondition",
-        "set_smooth_gradient",
-        "synthesize",
-    ],
+    "SynthesisImage": ["register_hooks", "set_loss", "set_precondition", "set_smooth_gradient",
+                       "synthesize"],
     "TheoreticalReceptiveField": ["compute", "compute_size", "find_region", "set_parameters"],
     "UpsamplingActivationMapping": ["compute", "set_params"],
     "VanillaSaliencyImage": ["register_hooks"],
@@ -79,7 +62,7 @@ SEED_API = {
 
 
 def test_migration_guide_maps_every_seed_class_and_method() -> None:
-    guide = Path(__file__).resolve().parents[1] / "docs" / "migrating_from_dnnbrain.md"
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "migrating_from_dnnbrain.md")
     rows = [line for line in guide.read_text().splitlines() if line.startswith("| ")]
     table = "\n".join(rows)
     for cls, methods in SEED_API.items():

@@ -81,9 +81,8 @@ def _run(args: argparse.Namespace) -> None:
         _run_streamed(args, command)
         return
     if getattr(args, "skip_unreadable", False):
-        raise CLIError(
-            "--skip-unreadable applies to streamed runs (a folder of images, or --stream)"
-        )
+        raise CLIError("--skip-unreadable applies to streamed runs (a folder of images, or "
+                       "--stream)")
     out = Path(args.out)
     if _occupied(out) and not args.overwrite:
         raise CLIError(
@@ -146,10 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         streamed = getattr(args, "_streamed_into", None)
         if streamed is not None:
-            sys.stderr.write(
-                f"{PROG} {args.command}: interrupted; the completed chunks are kept "
-                f"in {streamed}: rerun the same command to resume\n"
-            )
+            sys.stderr.write(f"{PROG} {args.command}: interrupted; the completed chunks are kept "
+                             f"in {streamed}: rerun the same command to resume\n")
             raise SystemExit(130) from None
         sys.stderr.write(f"{PROG} {args.command}: interrupted, nothing written\n")
         raise SystemExit(130) from None
@@ -159,3 +156,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str) -> NoReturn:
     sys.stderr.write(f"{PROG} {command}: error: {_one_line(message)}\n")
     raise SystemExit(2)
+

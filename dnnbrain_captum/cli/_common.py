@@ -125,7 +125,9 @@ def _common_options(parser: argparse.ArgumentParser, images: bool = True) -> Non
         metavar="PX",
         help="resize images to PX x PX (default: 32 for digits, 224 for other models)",
     )
-    model.add_argument("--device", default="cpu", help="torch device for the model and the images")
+    model.add_argument(
+        "--device", default="cpu", help="torch device for the model and the images"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     out.add_argument(
@@ -189,17 +191,8 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
-_ORDER = (
-    "saliency",
-    "occlusion",
-    "upsample",
-    "synthesize",
-    "mask",
-    "minimal",
-    "rf",
-    "empirical-rf",
-    "demo",
-)
+_ORDER = ("saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
+          "empirical-rf", "demo")
 
 
 def _register(command: Subcommand) -> Subcommand:
@@ -343,9 +336,8 @@ def load_model(name: str, weights: str | None = None) -> nn.Module:
         try:
             module = importlib.import_module(module_name)
         except Exception as err:  # noqa: BLE001 - report any import failure as one line
-            raise CLIError(
-                f"cannot import {module_name!r} for --model {name}: {_one_line(err)}"
-            ) from None
+            raise CLIError(f"cannot import {module_name!r} for --model {name}: "
+                           f"{_one_line(err)}") from None
         factory = getattr(module, factory_name, None)
         if not callable(factory):
             raise CLIError(f"--model {name}: {module_name} has no callable {factory_name!r}")
@@ -560,7 +552,8 @@ def _layer_shape(ctx: RunContext) -> tuple[int, ...]:
             output = run_to_layer(ctx.model, ctx.layer, (probe,))
         except RuntimeError as err:
             raise CLIError(
-                f"--model {ctx.model_name} failed on a {tuple(probe.shape)} input: {_one_line(err)}"
+                f"--model {ctx.model_name} failed on a {tuple(probe.shape)} input: "
+                f"{_one_line(err)}"
             ) from None
     if not isinstance(output, Tensor) or output.dim() < 2:
         raise CLIError(f"layer {ctx.layer_name} does not return one (N, C, ...) tensor")

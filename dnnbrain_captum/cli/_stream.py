@@ -67,8 +67,7 @@ class _Stimuli(torch.utils.data.Dataset):
 
         self.files = (
             ImageFolderDataset(images, transform=Preprocess(size=size, mean=mean, std=std))
-            if images
-            else None
+            if images else None
         )
         self.size = size
         self.digits = digits
@@ -194,9 +193,8 @@ def _stream_saliency(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
     attribution: Any
     if args.smooth > 0:
         attribution = _SmoothGradSaliency(ctx.model, ctx.layer, args.method)
-        kwargs.update(
-            smooth=args.smooth, sigma_multiplier=args.sigma_multiplier, noise_seed=args.seed
-        )
+        kwargs.update(smooth=args.smooth, sigma_multiplier=args.sigma_multiplier,
+                      noise_seed=args.seed)
     else:
         cls = GuidedSaliencyImage if args.method == "guided" else VanillaSaliencyImage
         attribution = cls(ctx.model, ctx.layer)
@@ -204,9 +202,7 @@ def _stream_saliency(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
     if args.smooth:
         label += f" SmoothGrad x{args.smooth}"
     return StreamJob(
-        attribution,
-        kwargs,
-        _positive(args.batch_size, "--batch-size"),
+        attribution, kwargs, _positive(args.batch_size, "--batch-size"),
         _stream_target(ctx, args.channel),
         lambda row, shown, t: saliency_figure(
             row, shown, sign="absolute_value", title=f"{label}, {_what(ctx, t)}"
@@ -228,15 +224,12 @@ def _stream_occlusion(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
         )
     record = {"options": {k: v for k, v in options.items() if k != "perturbations_per_eval"}}
     return StreamJob(
-        OccluderDiscrepancyMapping(ctx.model, ctx.layer),
-        options,
-        _positive(args.batch_size, "--batch-size"),
-        _stream_target(ctx, args.channel),
+        OccluderDiscrepancyMapping(ctx.model, ctx.layer), options,
+        _positive(args.batch_size, "--batch-size"), _stream_target(ctx, args.channel),
         lambda row, shown, t: occlusion_figure(
             row, shown, window, options["strides"], title=f"occlusion, {_what(ctx, t)}"
         ),
-        "occlusion",
-        record,
+        "occlusion", record,
     )
 
 
@@ -250,16 +243,11 @@ def _stream_upsample(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
         raise CLIError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.binarize and args.threshold is None:
         raise CLIError("--binarize needs --threshold")
-    kwargs = {
-        "interpolate_mode": args.interpolate,
-        "threshold": args.threshold,
-        "binarize": args.binarize,
-    }
+    kwargs = {"interpolate_mode": args.interpolate, "threshold": args.threshold,
+              "binarize": args.binarize}
     return StreamJob(
-        UpsamplingActivationMapping(ctx.model, ctx.layer),
-        kwargs,
-        _positive(args.batch_size, "--batch-size"),
-        args.channel,
+        UpsamplingActivationMapping(ctx.model, ctx.layer), kwargs,
+        _positive(args.batch_size, "--batch-size"), args.channel,
         lambda row, shown, t: activation_map_figure(
             row, shown, title=f"{ctx.layer_name} channel {t}"
         ),
@@ -370,13 +358,8 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
     args._streamed_into = out
     before = (out / RUN_MANIFEST).read_bytes() if (out / RUN_MANIFEST).is_file() else None
     predicted_existed = (out / PREDICTED).exists()
-    common = {
-        "batch_size": job.batch_size,
-        "on_error": on_error,
-        "num_workers": args.workers,
-        "show_progress": ctx.progress,
-        "overwrite": args.overwrite,
-    }
+    common = {"batch_size": job.batch_size, "on_error": on_error, "num_workers": args.workers,
+              "show_progress": ctx.progress, "overwrite": args.overwrite}
     with warnings.catch_warnings(record=True) as caught, _runner_log_quiet():
         warnings.simplefilter("always")
         for quiet in _QUIET_WARNINGS:
@@ -386,14 +369,11 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
             if job.target is PREDICTED:
                 run_over(_PredictedClass(ctx.model), data, out=out / PREDICTED, **common)
                 targets = read_results(out / PREDICTED, mmap=False).tolist()
-            summary = run_over(
-                job.attribution, data, targets=targets, out=out, **common, **job.kwargs
-            )
+            summary = run_over(job.attribution, data, targets=targets, out=out, **common,
+                               **job.kwargs)
         except (ValueError, TypeError, RuntimeError, OSError) as err:
-            unchanged = (
-                before is not None
-                and (out / RUN_MANIFEST).is_file()
-                and ((out / RUN_MANIFEST).read_bytes() == before)
+            unchanged = before is not None and (out / RUN_MANIFEST).is_file() and (
+                (out / RUN_MANIFEST).read_bytes() == before
             )
             if unchanged and not predicted_existed and _is_rank0():
                 shutil.rmtree(out / PREDICTED, ignore_errors=True)  # a refused rerun: undo
@@ -416,10 +396,8 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
             drawn.append(ctx.figure_name(k, job.suffix))
         del result
     notes = list(dict.fromkeys(_one_line(w.message) for w in caught))
-    notes += [
-        f"skipped unreadable image {data.sources[int(s['index'])]}: {_one_line(s['error'])}"
-        for s in summary.skipped
-    ]
+    notes += [f"skipped unreadable image {data.sources[int(s['index'])]}: {_one_line(s['error'])}"
+              for s in summary.skipped]
     files = sorted(set(drawn)) + [MANIFEST, RUN_MANIFEST, RUN_RESULT]
     if job.target is PREDICTED:
         files.append(PREDICTED)
@@ -439,19 +417,12 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
         "result": RUN_RESULT,
         "run_manifest": RUN_MANIFEST,
         "images": data.sources,
-        "targets": (
-            f"predicted class of each image ({PREDICTED}/{RUN_RESULT})"
-            if job.target is PREDICTED
-            else job.target
-        ),
+        "targets": (f"predicted class of each image ({PREDICTED}/{RUN_RESULT})"
+                    if job.target is PREDICTED else job.target),
         **job.record,
-        "run": {
-            "computed": summary.computed,
-            "reused": summary.reused,
-            "world_size": summary.world_size,
-            "skipped": summary.skipped,
-            "seconds": round(summary.seconds, 3),
-        },
+        "run": {"computed": summary.computed, "reused": summary.reused,
+                "world_size": summary.world_size,
+                "skipped": summary.skipped, "seconds": round(summary.seconds, 3)},
         "warnings": notes,
         "seconds": round(time.perf_counter() - started, 3),
         "files": files,

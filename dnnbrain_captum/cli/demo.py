@@ -45,7 +45,9 @@ class DemoPanel:
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results already in DIR"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     parser.add_argument(
         "--n-images", type=int, default=3, metavar="N", help="number of sample digits (1-8)"
@@ -209,9 +211,8 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
         analysis = TheoreticalReceptiveField(model, (3, *ctx.image_size))
         layers = ("conv1", "conv3", "conv5")
-        regions = [
-            analysis.find_region(name, (4, 4) if name != "conv1" else (16, 16)) for name in layers
-        ]
+        regions = [analysis.find_region(name, (4, 4) if name != "conv1" else (16, 16))
+                   for name in layers]
         labels = [f"{name}: {analysis[name].size[0]} px" for name in layers]
         ctx.save_figure("rf_theoretical.png", receptive_field_figure(display[0], regions, labels))
         return ["rf_theoretical.png"]
@@ -224,15 +225,12 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
             classes = list(range(10))
             result = SynthesisImage(model).attribute(
-                random_images(10, ctx.image_size),
-                target=classes,
+                random_images(10, ctx.image_size), target=classes,
                 n_iter=ctx.record["demo_steps"],
                 return_history=True,
             )
-            titles = [
-                f"class {c}: {v:.0f}"
-                for c, v in zip(classes, result.activation[:, -1].tolist(), strict=True)
-            ]
+            titles = [f"class {c}: {v:.0f}" for c, v in
+                      zip(classes, result.activation[:, -1].tolist(), strict=True)]
             fig = synthesis_grid(result.images.detach().clamp(0, 1), titles, ncols=5)
             ctx.save_figure("synthesis.png", fig)
             return ["synthesis.png"]
@@ -243,7 +241,8 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             "(Fourier parametrisation, random jitter/scale/rotation, "
             f"{ctx.record['demo_steps']} Adam steps); the "
             "title gives the logit reached.",
-            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} --out synthesis/",
+            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} "
+            "--out synthesis/",
             synthesis,
         )
 
@@ -259,13 +258,13 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = MaskedImage(model).attribute(ctx.images, target=classes, return_masks=True)
+                result = MaskedImage(model).attribute(
+                    ctx.images, target=classes, return_masks=True
+                )
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k],
-                    result.images[k].clamp(0, 1),
-                    result.masks[k, 0],
+                    display[k], result.images[k].clamp(0, 1), result.masks[k, 0],
                     ("original", f"masked, class {classes[k]}", "mask"),
                 )
                 names.append(f"mask_{k}.png")
@@ -287,23 +286,15 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             from dnnbrain_captum.attr.minimal import MinimalParcelImage
 
             result = MinimalParcelImage(model).attribute(
-                ctx.images,
-                target=classes,
-                segmentation="slic",
-                segmentation_kwargs={"n_segments": 30},
-                search_criterion="removal",
+                ctx.images, target=classes, segmentation="slic",
+                segmentation_kwargs={"n_segments": 30}, search_criterion="removal",
             )
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k],
-                    result.images[k].clamp(0, 1),
-                    result.masks[k].float(),
-                    (
-                        "original",
-                        f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
-                        "kept pixels",
-                    ),
+                    display[k], result.images[k].clamp(0, 1), result.masks[k].float(),
+                    ("original", f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} "
+                     "parcels", "kept pixels"),
                 )
                 names.append(f"minimal_parcels_{k}.png")
                 ctx.save_figure(names[-1], fig)
@@ -322,19 +313,14 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
 
             result = MinimalComponentImage(model).attribute(
-                ctx.images,
-                target=classes,
-                decomposition="pca",
-                patch_size=4,
+                ctx.images, target=classes, decomposition="pca", patch_size=4,
                 search_criterion="threshold",
             )
             total = int(result.selected.shape[1])
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k],
-                    result.images[k].clamp(0, 1),
-                    None,
+                    display[k], result.images[k].clamp(0, 1), None,
                     ("original", f"{int(result.n_selected[k])} of {total} PCA components"),
                 )
                 names.append(f"minimal_components_{k}.png")
@@ -364,8 +350,7 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             result = measure.attribute(many.to(ctx.device), target=c3)
             theory = measure.theoretical((3, *ctx.image_size)).size
             fig = empirical_rf_figure(
-                result.map,
-                result.size.tolist(),
+                result.map, result.size.tolist(),
                 title=f"conv3 channel {c3}, {many.shape[0]} digits (theoretical {theory[0]} px)",
             )
             ctx.save_figure("rf_empirical.png", fig)

@@ -102,21 +102,16 @@ class LayerReceptiveField:
                 f"layer {name!r} ({self.module_type}) has no spatial grid of units (its "
                 f"output was flattened or globally pooled); together its units see rows "
                 f"[{h0}, {h1}) and columns [{w0}, {w1}). find_region needs a layer with a "
-                "spatial output; use the table entry's `box` for the whole layer"
-            )
-        if (
-            not isinstance(unit, (tuple, list))
-            or len(unit) != 2
-            or any(isinstance(u, bool) or not isinstance(u, int) for u in unit)
-        ):
+                "spatial output; use the table entry's `box` for the whole layer")
+        if (not isinstance(unit, (tuple, list)) or len(unit) != 2
+                or any(isinstance(u, bool) or not isinstance(u, int) for u in unit)):
             raise TypeError(f"unit must be a (row, column) pair of ints, got {unit!r}")
         assert self.output_size is not None
         (n_h, n_w), (i, j) = self.output_size, unit
         if not (0 <= i < n_h and 0 <= j < n_w):
             raise ValueError(
                 f"unit {tuple(unit)} is outside the {n_h}x{n_w} output of layer {name!r}: "
-                f"rows must be in [0, {n_h - 1}] and columns in [0, {n_w - 1}]"
-            )
+                f"rows must be in [0, {n_h - 1}] and columns in [0, {n_w - 1}]")
         return [_interval(self._rows, i), _interval(self._cols, j)]
 
 
@@ -136,13 +131,8 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
     before their children), then the aliases. ``str(table)`` is a readable text table.
     """
 
-    def __init__(
-        self,
-        entries: dict[str, LayerReceptiveField],
-        aliases: dict[str, str],
-        input_size: tuple[int, int, int],
-        model_name: str,
-    ) -> None:
+    def __init__(self, entries: dict[str, LayerReceptiveField], aliases: dict[str, str],
+                 input_size: tuple[int, int, int], model_name: str) -> None:
         self._entries = entries
         self._aliases = {a: p for a, p in aliases.items() if p in entries}
         self.input_size = input_size
@@ -180,15 +170,11 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
             return self[layer]
         except KeyError:
             close = difflib.get_close_matches(layer, list(self), n=5, cutoff=0.5)
-            hint = (
-                ", ".join(repr(c) for c in close)
-                if close
-                else ", ".join(repr(c) for c in list(self._entries)[:5])
-            )
+            hint = ", ".join(repr(c) for c in close) if close else ", ".join(
+                repr(c) for c in list(self._entries)[:5])
             raise ValueError(
                 f"unknown layer {layer!r} in the receptive-field table of {self.model_name}; "
-                f"close names: {hint}"
-            ) from None
+                f"close names: {hint}") from None
 
     def find_region(self, layer: str, unit: Sequence[int]) -> Box:
         """Pixel box ``[(h0, h1), (w0, w1)]`` of unit (row, col) of ``layer``; see
@@ -209,19 +195,16 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
         widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
         lines = [f"receptive fields of {self.model_name} for input {self.input_size}"]
         for r in rows:
-            lines.append(
-                "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-            )
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                         .rstrip())
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.to_text()
 
     def __repr__(self) -> str:
-        return (
-            f"ReceptiveFieldTable({self.model_name}, input_size={self.input_size}, "
-            f"{len(self._entries)} layers)"
-        )
+        return (f"ReceptiveFieldTable({self.model_name}, input_size={self.input_size}, "
+                f"{len(self._entries)} layers)")
 
 
 class TheoreticalReceptiveField:
@@ -303,20 +286,14 @@ class TheoreticalReceptiveField:
     def __init__(self, model: nn.Module, input_size: Sequence[int]) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if (
-            not isinstance(input_size, (tuple, list))
-            or len(input_size) != 3
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in input_size)
-        ):
+        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in input_size)):
             raise TypeError(f"input_size must be a (C, H, W) tuple of 3 ints, got {input_size!r}")
         if any(v < 1 for v in input_size):
             raise ValueError(f"input_size={tuple(input_size)!r}: C, H and W must be >= 1")
         self.model = model
-        self.input_size: tuple[int, int, int] = (
-            int(input_size[0]),
-            int(input_size[1]),
-            int(input_size[2]),
-        )
+        self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]),
+                                                 int(input_size[2]))
         self._table: ReceptiveFieldTable | None = None
 
     def compute(self, until: LayerSpec = None) -> ReceptiveFieldTable:
@@ -396,14 +373,12 @@ class TheoreticalReceptiveField:
         if path not in self.table:
             raise ValueError(
                 f"layer {path!r} ({type(module).__name__}) did not run in the forward pass of "
-                f"{type(self.model).__name__} at input size {self.input_size}"
-            )
+                f"{type(self.model).__name__} at input size {self.input_size}")
         return path
 
     def __repr__(self) -> str:
-        return (
-            f"TheoreticalReceptiveField({type(self.model).__name__}, input_size={self.input_size})"
-        )
+        return (f"TheoreticalReceptiveField({type(self.model).__name__}, "
+                f"input_size={self.input_size})")
 
 
 def _first_tensor(obj: Any) -> Tensor | None:
@@ -423,9 +398,8 @@ class _Stop(Exception):
     """Ends the analysis once the requested layer has run."""
 
 
-def _analyse(
-    model: nn.Module, input_size: tuple[int, int, int], stop: nn.Module | None = None
-) -> ReceptiveFieldTable:
+def _analyse(model: nn.Module, input_size: tuple[int, int, int],
+             stop: nn.Module | None = None) -> ReceptiveFieldTable:
     stack: list[tuple[str, nn.Module]] = []
 
     def where() -> str:
@@ -462,9 +436,8 @@ def _analyse(
                 break
 
     c, h, w = input_size
-    dtype = next(
-        (p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype()
-    )
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                 torch.get_default_dtype())
     x = torch.empty((2, c, h, w), device="meta", dtype=dtype)
     tracer.set_state(x, Spatial((2, 3), (input_axis(h), input_axis(w))))
     with torch.no_grad(), watching_modules(model, before, after):
@@ -480,8 +453,7 @@ def _analyse(
                 err.add_note(
                     f"TheoreticalReceptiveField ran the forward pass of {type(model).__name__} "
                     f"on shape-only (meta) tensors of size {input_size}; it failed in "
-                    f"{where()}"
-                )
+                    f"{where()}")
             raise
     entries: dict[str, LayerReceptiveField] = {}
     rows = []
@@ -494,34 +466,17 @@ def _analyse(
             rows.append((start, f"{path}:{k}" if k else path, type_name, state))
     for _, name, type_name, state in sorted(rows, key=lambda r: r[0]):
         entries[name] = _entry(name, type_name, state)
-    return ReceptiveFieldTable(entries, dnnbrain_aliases(model), input_size, type(model).__name__)
+    return ReceptiveFieldTable(entries, dnnbrain_aliases(model), input_size,
+                               type(model).__name__)
 
 
 def _entry(name: str, type_name: str, state: Spatial | Flat) -> LayerReceptiveField:
     if isinstance(state, Flat):
         (h0, h1), (w0, w1) = state.box
-        return LayerReceptiveField(
-            name,
-            type_name,
-            False,
-            (h1 - h0, w1 - w0),
-            None,
-            None,
-            None,
-            [state.box[0], state.box[1]],
-        )
+        return LayerReceptiveField(name, type_name, False, (h1 - h0, w1 - w0), None, None, None,
+                                   [state.box[0], state.box[1]])
     size, stride, padding = entry_values(state)
     rows, cols = state.axes
     box = state.box()
-    return LayerReceptiveField(
-        name,
-        type_name,
-        True,
-        size,
-        stride,
-        padding,
-        (rows.n, cols.n),
-        [box[0], box[1]],
-        (rows.lo, rows.hi),
-        (cols.lo, cols.hi),
-    )
+    return LayerReceptiveField(name, type_name, True, size, stride, padding, (rows.n, cols.n),
+                               [box[0], box[1]], (rows.lo, rows.hi), (cols.lo, cols.hi))

@@ -71,27 +71,12 @@ def main() -> None:
     else:
         images, labels = digits_images(n=args.n)
         data, targets, on_error = images, labels, "raise"
-    summary = run_over(
-        attribution,
-        data,
-        targets=targets,
-        out=args.out,
-        batch_size=args.batch,
-        on_error=on_error,
-        **kwargs,
-    )
-    sys.stdout.write(
-        "SUMMARY "
-        + json.dumps(
-            {
-                "rank": summary.rank,
-                "world": summary.world_size,
-                "computed": summary.computed,
-                "reused": summary.reused,
-            }
-        )
-        + "\n"
-    )
+    summary = run_over(attribution, data, targets=targets, out=args.out, batch_size=args.batch,
+                       on_error=on_error, **kwargs)
+    sys.stdout.write("SUMMARY " + json.dumps({
+        "rank": summary.rank, "world": summary.world_size, "computed": summary.computed,
+        "reused": summary.reused,
+    }) + "\n")
 
 
 if __name__ == "__main__":
