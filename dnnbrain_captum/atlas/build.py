@@ -1,0 +1,332 @@
+"""``build_atlas``: every selected channel of some layers, characterised over a stimulus set."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dnnbrain_captum._utils.layers import layer_path, resolve_layer
+from dnnbrain_captum._utils.validation import positive_int
+from dnnbrain_captum.atlas._activations import ChannelActivations, rank_stimuli
+from dnnbrain_captum.atlas._files import AtlasFolder, Ranks
+from dnnbrain_captum.atlas._pieces import (
+    EmpiricalPerChannel,
+    MinimalImages,
+    Picked,
+    Stacked,
+    base_dataset,
+)
+from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
+from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
+from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
+from dnnbrain_captum.receptive_field.empirical import EmpiricalReceptiveField
+from dnnbrain_captum.receptive_field.theoretical import TheoreticalReceptiveField
+from dnnbrain_captum.runner import read_results, run_over
+
+__all__ = ["AtlasSummary", "LayerPlan", "build_atlas", "parse_channels"]
+
+#: Synthesis settings of the atlas unless overridden (``synthesis=``): the default preset, fewer
+#: steps (a thumbnail per channel, not a poster).
+SYNTHESIS_DEFAULTS: dict[str, Any] = {"n_iter": 64}
+
+
+@dataclass
+class LayerPlan:
+    """One layer of the atlas: its name, module, output shape and selected channels."""
+
+    name: str
+    folder: str
+    module: nn.Module
+    path: str
+    shape: tuple[int, ...]
+    channels: list[int]
+    offset: int = 0  # its first column in the activation pass's result
+    top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    bottom: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
+
+@dataclass
+class AtlasSummary:
+    """What :func:`build_atlas` produced (seen from one process).
+
+    Attributes
+    ----------
+    out : Path
+        The atlas folder; ``out / "index.html"`` is its first page.
+    n_stimuli : int
+    channels : dict of str to list of int
+        The selected channels of each layer.
+    seconds : float
+        Wall time of the call.
+    rank, world_size : int
+    """
+
+    out: Path
+    n_stimuli: int
+    channels: dict[str, list[int]]
+    seconds: float
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def index(self) -> Path:
+        """The atlas's first page."""
+        return self.out / "index.html"
+
+
+def parse_channels(spec: str | Sequence[int] | None, n_channels: int, layer: str) -> list[int]:
+    """The selected 0-based channels of a layer.
+
+    Parameters
+    ----------
+    spec : str, sequence of int or None
+        None: every channel; ``"0-7,12"``: ranges and single channels; or a list of ints.
+    n_channels : int
+    layer : str
+        For error messages.
+
+    Examples
+    --------
+    >>> parse_channels("0-2,5", 8, "conv1")
+    [0, 1, 2, 5]
+    """
+    if spec is None:
+        return list(range(n_channels))
+    values: list[int] = []
+    if isinstance(spec, str):
+        for part in spec.split(","):
+            low, sep, high = part.strip().partition("-")
+            try:
+                values.extend(range(int(low), int(high) + 1) if sep else [int(low)])
+            except ValueError:
+                raise ValueError(f"channels {spec!r}: expected ranges such as 0-7,12") from None
+    else:
+        values = [int(v) for v in spec]
+    if not values:
+        raise ValueError(f"channels {spec!r} selects no channel of layer {layer!r}")
+    bad = [v for v in values if not 0 <= v < n_channels]
+    if bad:
+        raise ValueError(f"channel {bad[0]} is out of range for layer {layer!r}: it has "
+                         f"{n_channels} channels, 0 to {n_channels - 1} (0-based)")
+    return sorted(set(values))
+
+
+def _folder_name(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
+    return keep or "layer"
+
+
+def _plans(model: nn.Module, layers: Sequence[nn.Module | str], example: Tensor,
+           channels: Any, reduction: str) -> tuple[list[LayerPlan], ChannelActivations]:
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    modules = [resolve_layer(model, layer) for layer in layers]
+    if not modules or any(m is None for m in modules):
+        raise ValueError("layers must name at least one layer of the model (None is the output)")
+    names = [layer if isinstance(layer, str) else layer_path(model, m)
+             for layer, m in zip(layers, modules)]
+    if len({id(m) for m in modules}) < len(modules):
+        raise ValueError(f"layers {names} name the same layer twice")
+    folders = [_folder_name(n) for n in names]
+    if len(set(folders)) < len(folders) or "stimuli" in folders or "runs" in folders:
+        raise ValueError(f"layers {names} give clashing folder names {folders}")
+    activations = ChannelActivations(model, modules, reduction)  # type: ignore[arg-type]
+    shapes = activations.probe(example)
+    plans, offset = [], 0
+    for name, folder, module, shape in zip(names, folders, modules, shapes):
+        spec = channels.get(name) if isinstance(channels, Mapping) else channels
+        plans.append(LayerPlan(name, folder, module, layer_path(model, module),  # type: ignore
+                               shape, parse_channels(spec, shape[0], name), offset))
+        offset += shape[0]
+    return plans, activations
+
+
+def build_atlas(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str] | nn.Module | str,
+    stimuli: Tensor | Any,
+    out: str | os.PathLike[str],
+    *,
+    channels: str | Sequence[int] | Mapping[str, Any] | None = None,
+    top_k: int = 9,
+    ids: Sequence[Any] | None = None,
+    reduction: str = "mean",
+    n_syntheses: int = 3,
+    synthesis: Mapping[str, Any] | None = None,
+    occlusion: Mapping[str, Any] | None = None,
+    minimal: Mapping[str, Any] | None = None,
+    interpolate_mode: str = "bilinear",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> AtlasSummary:
+    """Characterise every selected channel of ``layers`` over ``stimuli``; write a static site.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (left as it was).
+    layers : layer or sequence of layers
+        Modules, dotted paths or DNNBrain aliases; outputs must be (N, C, H, W).
+    stimuli : Tensor (N, C, H, W), Dataset or DataLoader
+        Model-ready images (as for :func:`dnnbrain_captum.run_over`).
+    out : path
+        The atlas folder (created; an existing one is resumed if it holds the same atlas).
+    channels : str, sequence of int or mapping, optional
+        Channels of every layer (``"0-7,12"`` or a list), or ``{layer name: channels}``;
+        default all.
+    top_k : int
+        Stimuli kept per channel at the top (and at the bottom).
+    ids : sequence, optional
+        Stimulus ids (default: the data set's ``ids``, else "0", "1", ...).
+    reduction : {"mean", "max", "sum"}
+        How a channel map becomes one activation (DNNBrain: mean).
+    n_syntheses : int
+        Syntheses per channel (``SynthesisImage``, different random starts).
+    synthesis, occlusion, minimal : mapping, optional
+        Keyword arguments of ``SynthesisImage.attribute`` (default ``n_iter=64``),
+        ``OccluderDiscrepancyMapping.attribute`` (default: windows a quarter of the image wide,
+        strides half a window) and ``MinimalParcelImage.attribute``.
+    interpolate_mode : str
+        Of the upsampled activation maps (and of the empirical receptive field).
+    mean, std : sequence of float, optional
+        The model's input normalisation, for the syntheses and to display images.
+    batch_size : int
+        Items per batch and per runner chunk.
+    seed : int
+        Seeds the syntheses' starts and the runner's chunks.
+    overwrite : bool
+        Replace an atlas built with other settings in ``out`` (only its own files go).
+    show_progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    AtlasSummary
+
+    Notes
+    -----
+    Layout of ``out``: ``index.html``, ``<layer>/<channel>.html`` and their pictures,
+    ``stimuli/<index>.png``, ``atlas.json`` (every number of the pages), ``runs/`` (the
+    runner folders of every piece, read with :func:`dnnbrain_captum.read_results`),
+    ``atlas-manifest.json`` (the settings) and ``atlas-files.txt`` (every file the atlas
+    wrote; nothing else in ``out`` is ever replaced or removed). Under ``torchrun`` every rank
+    calls this function with the same arguments: the stimuli pass is split over stimuli, every
+    piece over channels, and rank 0 writes the site; the result equals one process's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from dnnbrain_captum import digits_cnn, digits_images
+    >>> images, _ = digits_images(n=12)
+    >>> summary = build_atlas(digits_cnn(), ["conv5"], images, tempfile.mkdtemp(),
+    ...                       channels="0-1", top_k=3, n_syntheses=1, synthesis={"n_iter": 2})
+    >>> summary.index.is_file(), summary.channels
+    (True, {'conv5': [0, 1]})
+    """
+    started = time.perf_counter()
+    top_k = positive_int(top_k, "top_k")
+    n_syntheses = positive_int(n_syntheses, "n_syntheses")
+    batch_size = positive_int(batch_size, "batch_size")
+    data = base_dataset(stimuli)
+    n = len(data)
+    if n == 0:
+        raise ValueError("stimuli is empty")
+    example = Picked(data, [0])[0][None]
+    plans, activations = _plans(model, layers, example, channels, reduction)
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
+    height, width = example.shape[-2:]
+    occlusion = dict(occlusion or {})
+    window = occlusion.setdefault("sliding_window_shapes", (max(1, height // 4),
+                                                            max(1, width // 4)))
+    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
+    synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
+    if mean is not None:
+        synthesis.setdefault("mean", list(mean))
+        synthesis.setdefault("std", list(std) if std is not None else None)
+    settings = {"top_k": top_k, "reduction": reduction, "n_syntheses": n_syntheses,
+                "synthesis": synthesis, "occlusion": occlusion, "minimal": dict(minimal or {}),
+                "interpolate_mode": interpolate_mode, "batch_size": batch_size, "seed": seed}
+    request = json.loads(json.dumps({
+        "model": type(model).__name__, "n_stimuli": n,
+        "layers": [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans],
+        **settings}, default=str))
+    folder = AtlasFolder(Path(out))
+    ranks = Ranks()
+    with ranks.session():
+        error = None
+        if ranks.rank == 0:
+            try:
+                folder.prepare(request, overwrite)
+            except (ValueError, OSError) as err:
+                error = err
+        ranks.agree(error)
+        common = {"batch_size": batch_size, "seed": seed, "show_progress": show_progress,
+                  "overwrite": overwrite}
+        run_over(activations, stimuli, out=folder.run_folder("activations", ranks.rank == 0),
+                 ids=ids, **common)
+        values = np.asarray(read_results(folder.out / "runs" / "activations"))
+        for plan in plans:
+            columns = values[:, plan.offset + np.asarray(plan.channels)]
+            plan.top, plan.bottom = rank_stimuli(columns, top_k)
+            _run_pieces(model, plan, data, folder, ranks.rank == 0, settings, common)
+        if ranks.rank == 0:
+            from dnnbrain_captum.atlas._site import write_site
+
+            write_site(model, plans, data, values, folder, settings, mean, std, show_progress)
+            folder.seal()
+    return AtlasSummary(folder.out, n, {p.name: p.channels for p in plans},
+                        time.perf_counter() - started, ranks.rank, ranks.world)
+
+
+def _synthesis_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(settings["synthesis"])
+    parameters = inspect.signature(SynthesisImage.attribute).parameters
+    if "diversity" in parameters and "diversity" not in kwargs and settings["n_syntheses"] > 1:
+        kwargs["diversity"] = 1.0
+    return kwargs
+
+
+def _run_pieces(model: nn.Module, plan: LayerPlan, data: Any, folder: AtlasFolder, writer: bool,
+                settings: dict[str, Any], common: dict[str, Any]) -> None:
+    """The per-channel runs of one layer: maps, occlusion, empirical RF, syntheses, minimal."""
+    k, s = settings["top_k"], settings["n_syntheses"]
+    layer = plan.module
+    per_top = [c for c in plan.channels for _ in range(k)]
+    top = Picked(data, plan.top.reshape(-1).tolist())
+
+    def run(piece: str, attribution: Any, items: Any, targets: Any, **kwargs: Any) -> None:
+        out = folder.run_folder(f"{plan.folder}/{piece}", writer)
+        run_over(attribution, items, targets=targets, out=out, **{**common, **kwargs})
+
+    run("maps", UpsamplingActivationMapping(model, layer), top, per_top,
+        interpolate_mode=settings["interpolate_mode"])
+    run("occlusion", OccluderDiscrepancyMapping(model, layer), top, per_top,
+        **settings["occlusion"])
+    engine = UpsamplingActivationMapping(model, layer)
+    run("empirical_rf", EmpiricalPerChannel(EmpiricalReceptiveField(engine)),
+        Stacked(data, plan.top), list(plan.channels),
+        interpolate_mode=settings["interpolate_mode"])
+    c, h, w = top[0].shape
+    synthesis = settings["synthesis"]
+    starts = random_images(len(plan.channels) * s, (h, w), c, seed=settings["seed"],
+                           mean=synthesis.get("mean"), std=synthesis.get("std"))
+    per_synthesis = [ch for ch in plan.channels for _ in range(s)]
+    run("syntheses", SynthesisImage(model, layer), starts, per_synthesis,
+        **{**_synthesis_kwargs(settings), "batch_size": s * max(1, common["batch_size"] // s)})
+    run("minimal", MinimalImages(model, layer), Picked(data, plan.top[:, 0].tolist()),
+        list(plan.channels), **settings["minimal"])
