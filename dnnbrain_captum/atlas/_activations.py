@@ -3,6 +3,7 @@ early-exit forward pass per batch; and the top-K / bottom-K selection from its r
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dnnbrain_captum._utils.hooks import LayerCapture, run_to_layer
+from dnnbrain_captum._utils.hooks import LayerCapture, _StopForward, run_to_layer
 from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import check_reduction, reduce_per_example
 
@@ -18,15 +19,17 @@ __all__ = ["ChannelActivations", "rank_stimuli"]
 
 
 class _Ordered(LayerCapture):
-    """A capture that also notes the order in which the captured layers ran."""
+    """A capture that notes the order in which the captured layers ran; the pass stops once
+    all ``total`` of them have run."""
 
-    def __init__(self, module: nn.Module, order: list[nn.Module]) -> None:
+    def __init__(self, module: nn.Module, order: list[nn.Module], total: int) -> None:
         super().__init__(module)
-        self.order = order
+        self.order, self.total = order, total
 
     def _record(self, value: Any) -> Any:
         if self.value is None:
             self.order.append(self.module)
+            self.stop = len(self.order) == self.total
         return super()._record(value)
 
 
@@ -68,7 +71,7 @@ class ChannelActivations:
         self.layers = list(layers)
         self.paths = [layer_path(model, layer) for layer in self.layers]
         self.reduction = check_reduction(reduction)
-        self._last: nn.Module | None = None
+        self.last: nn.Module | None = None  # the layer that runs last (found by probe)
         self.widths: list[int] = []
 
     def probe(self, example: Tensor) -> list[tuple[int, ...]]:
@@ -83,8 +86,8 @@ class ChannelActivations:
             If a layer does not run, returns several tensors, or has no (C, H, W) output.
         """
         order: list[nn.Module] = []
-        captures = [_Ordered(layer, order) for layer in self.layers]
-        with torch.no_grad():
+        captures = [_Ordered(layer, order, len(self.layers)) for layer in self.layers]
+        with torch.no_grad(), contextlib.suppress(_StopForward):
             run_to_layer(self.forward_func, None, (example[:1],), taps=captures)
         shapes = []
         for path, capture in zip(self.paths, captures):
@@ -97,21 +100,21 @@ class ChannelActivations:
                     f"layer {path!r} gives {shape}; the atlas needs layers with (N, C, H, W) "
                     "outputs (channels on a spatial grid)")
             shapes.append(tuple(value.shape[1:]))
-        self._last = order[-1]
+        self.last = order[-1]
         self.widths = [s[0] for s in shapes]
         return shapes
 
     def attribute(self, inputs: Tensor, target: Any = None) -> Tensor:
         """Every channel's reduced activation: Tensor (N, sum of the layers' channels)."""
-        if self._last is None:
+        if self.last is None:
             self.probe(inputs)
-        taps = [LayerCapture(layer) for layer in self.layers if layer is not self._last]
+        taps = [LayerCapture(layer) for layer in self.layers if layer is not self.last]
         with torch.no_grad():
-            last = run_to_layer(self.forward_func, self._last, (inputs,), taps=taps)
+            last = run_to_layer(self.forward_func, self.last, (inputs,), taps=taps)
         values = iter(t.value for t in taps)
         columns = []
         for layer in self.layers:
-            output = last if layer is self._last else next(values)
+            output = last if layer is self.last else next(values)
             n, c = output.shape[:2]
             flat = reduce_per_example(output.reshape(n * c, -1), self.reduction)
             columns.append(flat.view(n, c))

@@ -37,7 +37,7 @@ background:#fff;padding:4px;text-decoration:none;color:#222;font-size:12px}
 .card img,.cell img{width:64px;height:64px;image-rendering:pixelated}
 .cell{display:inline-flex;flex-direction:column;align-items:center;margin:3px;font-size:11px;
 max-width:72px;overflow-wrap:anywhere;text-align:center}
-.big img{width:160px;height:160px;image-rendering:pixelated}
+.big .cell{max-width:170px}.big img{width:160px;height:160px;image-rendering:pixelated}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
 """
 
@@ -76,10 +76,12 @@ def _stimulus_ids(folder: AtlasFolder) -> list[str]:
     return [str(i) for i in manifest["request"]["stimulus_ids"]]
 
 
-def write_site(model: nn.Module, plans: Sequence[Any], data: Any, values: np.ndarray,
+def write_site(model: nn.Module, plans: Sequence[Any], last: nn.Module, data: Any,
+               values: np.ndarray,
                folder: AtlasFolder, settings: dict[str, Any], mean: Any, std: Any,
                show_progress: bool) -> None:
-    """Write the pictures, the pages and ``atlas.json`` of every layer."""
+    """Write the pictures, the pages and ``atlas.json`` of every layer (``last``: the layer
+    that runs last, where the receptive-field analysis stops)."""
     painter = Painter(mean, std)
     ids = _stimulus_ids(folder)
     used = sorted({int(i) for p in plans for i in np.concatenate([p.top.ravel(),
@@ -87,7 +89,6 @@ def write_site(model: nn.Module, plans: Sequence[Any], data: Any, values: np.nda
     for index in tqdm(used, desc="atlas stimuli", disable=not show_progress):
         folder.write_bytes(f"stimuli/{index}.png", painter.stimulus(Picked(data, [index])[0]))
     example = Picked(data, [0])[0]
-    last = max(plans, key=lambda p: p.offset).module
     table = TheoreticalReceptiveField(model, tuple(example.shape)).compute(until=last)
     layers = []
     for plan in plans:

@@ -287,7 +287,7 @@ def build_atlas(
         if ranks.rank == 0:
             from dnnbrain_captum.atlas._site import write_site
 
-            write_site(model, plans, data, values, folder, settings, mean, std, show_progress)
+            write_site(model, plans, activations.last, data, values, folder, settings, mean, std, show_progress)
             folder.seal()
     return AtlasSummary(folder.out, n, {p.name: p.channels for p in plans},
                         time.perf_counter() - started, ranks.rank, ranks.world)
