@@ -14,9 +14,9 @@ import torch
 from dnnbrain_captum import digits_cnn, digits_images
 from dnnbrain_captum.atlas import ChannelActivations, build_atlas, rank_stimuli, read_atlas
 
-N_IMAGES, TOP_K = 20, 3
+N_IMAGES, TOP_K = 16, 2
 CHEAP = {"n_syntheses": 1, "synthesis": {"n_iter": 1},
-         "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16)}}
+         "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16), "method": "full"}}
 
 
 @pytest.fixture(scope="module")
