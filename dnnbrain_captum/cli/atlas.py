@@ -1,0 +1,92 @@
+"""``dnnbrain-captum atlas``: a browsable unit atlas of some layers over a stimulus set.
+
+Unlike the other subcommands it writes straight into ``--out`` (no staging folder): the atlas is
+built on :func:`dnnbrain_captum.run_over`, so an interrupted atlas is resumed by rerunning the
+same command, and it may run under ``torchrun``. It only ever writes files it records in
+``DIR/atlas-files.txt``; a folder holding anything else is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dnnbrain_captum.cli._common import (
+    PROG,
+    CLIError,
+    RunContext,
+    Subcommand,
+    _common_options,
+    _make_context,
+    _positive,
+    _register,
+)
+
+
+def _add_atlas(parser: argparse.ArgumentParser) -> None:
+    _common_options(parser, layers=True)
+    group = parser.add_argument_group("atlas")
+    group.add_argument("--channels", default=None, metavar="SPEC",
+                       help="0-BASED channels of every --layer: 3, 0,4,7, 0-7 or a mix "
+                       "(default: every channel)")
+    group.add_argument("--top-k", type=int, default=9, metavar="K",
+                       help="top (and bottom) stimuli kept per channel")
+    group.add_argument("--syntheses", type=int, default=3, metavar="S",
+                       help="syntheses per channel (different random starts)")
+    group.add_argument("--synthesis-steps", type=int, default=64, metavar="N",
+                       help="optimisation steps of each synthesis")
+    group.add_argument("--batch-size", type=int, default=64, metavar="B",
+                       help="images per batch and per resumable chunk")
+    group.add_argument("--reduction", choices=("mean", "max", "sum"), default="mean",
+                       help="how a channel map becomes one activation (DNNBrain: mean)")
+
+
+def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
+    """Build the atlas into ``--out`` (called by the driver without a staging folder)."""
+    from dnnbrain_captum.atlas import build_atlas
+    from dnnbrain_captum.cli._stream import _is_rank0, _stimuli
+
+    layers = list(args.layer or [])
+    if not layers:
+        raise CLIError("atlas needs --layer (repeat it for several layers), e.g. --layer conv5")
+    for value, name in ((args.top_k, "--top-k"), (args.syntheses, "--syntheses"),
+                        (args.synthesis_steps, "--synthesis-steps"),
+                        (args.batch_size, "--batch-size")):
+        _positive(value, name)
+    out = Path(args.out)
+    context_args = argparse.Namespace(**{**vars(args), "layer": None})
+    ctx = _make_context(context_args, ATLAS, load_images=False)
+    data = _stimuli(args, ctx)
+    args._streamed_into = out  # an interrupted atlas keeps its finished chunks
+    summary = build_atlas(
+        ctx.model, layers, data, out, channels=args.channels, top_k=args.top_k,
+        reduction=args.reduction, n_syntheses=args.syntheses,
+        synthesis={"n_iter": args.synthesis_steps}, mean=ctx.mean, std=ctx.std,
+        batch_size=args.batch_size, overwrite=args.overwrite, show_progress=ctx.progress,
+    )
+    if not args.quiet and _is_rank0():
+        n_channels = sum(len(c) for c in summary.channels.values())
+        sys.stderr.write(f"{PROG} atlas: {n_channels} channels of {len(layers)} layer"
+                         f"{'' if len(layers) == 1 else 's'} over {summary.n_stimuli} images in "
+                         f"{summary.seconds:.1f} s; open {summary.index}\n")
+
+
+ATLAS = _register(
+    Subcommand(
+        "atlas",
+        "a browsable unit atlas: top stimuli, maps, receptive fields, syntheses per channel",
+        "For every selected channel of each --layer: the top-K and bottom-K images by the "
+        "channel's activation (one pass over the images for every channel at once), their "
+        "upsampled activation and occlusion maps, the theoretical and empirical receptive "
+        "fields, a few syntheses and the minimal image of the top image. Writes a static site "
+        "(DIR/index.html, DIR/<layer>/<channel>.html) and DIR/atlas.json. Resumable: rerun "
+        "the same command after an interruption; runs under torchrun.",
+        f"{PROG} atlas --digits 100 --layer conv3 --layer conv5 --channels 0-7 --top-k 9 "
+        "--out atlas/",
+        _add_atlas,
+        _run_atlas,
+        needs_images=True,
+        needs_layer=False,
+    )
+)
