@@ -22,6 +22,7 @@ from dnnbrain_captum.cli._common import (
     _positive,
     _register,
 )
+from dnnbrain_captum.cli.demo import DemoPanel
 
 
 def _add_atlas(parser: argparse.ArgumentParser) -> None:
@@ -90,3 +91,30 @@ ATLAS = _register(
         needs_layer=False,
     )
 )
+
+
+def demo_atlas(ctx: RunContext, quick: bool) -> DemoPanel:
+    """``demo --atlas``: a small atlas of conv5 (8 channels, 32 or 64 digits) in
+    ``DIR/atlas``."""
+    import time
+
+    from dnnbrain_captum.atlas import build_atlas
+    from dnnbrain_captum.models import digits_images
+
+    started = time.perf_counter()
+    images, _ = digits_images(n=32 if quick else 64)
+    build_atlas(
+        ctx.model, ["conv5"], images.to(ctx.device), ctx.out / "atlas", channels="0-7",
+        top_k=4 if quick else 6, n_syntheses=1, synthesis={"n_iter": 8 if quick else 32},
+        show_progress=ctx.progress,
+    )
+    ctx.files.append("atlas")
+    return DemoPanel(
+        "Unit atlas",
+        "Eight channels of conv5 over the first held-out digits: for each, the top and bottom "
+        "digits, activation and occlusion maps, receptive fields, a synthesis and a minimal "
+        "image, one page per channel.",
+        f"{PROG} atlas --digits {len(images)} --layer conv5 --channels 0-7 --out atlas/",
+        ["atlas/index.html", *(f"atlas/conv5/img/{c}_syn0.png" for c in range(4))],
+        time.perf_counter() - started,
+    )
