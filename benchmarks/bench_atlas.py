@@ -83,8 +83,12 @@ def bare_pass(model: torch.nn.Module, images: torch.Tensor) -> Clock:
 def atlas_pass(model: torch.nn.Module, images: torch.Tensor, k: int) -> Clock:
     with tempfile.TemporaryDirectory() as folder:
         with Clock() as clock:
-            run_over(ChannelActivations(model, [model.features[10]]), images, out=folder,
-                     batch_size=BATCH)
+            run_over(
+                ChannelActivations(model, [model.features[10]]),
+                images,
+                out=folder,
+                batch_size=BATCH,
+            )
             rank_stimuli(read_results(folder), k)
         return clock
 
@@ -92,19 +96,27 @@ def atlas_pass(model: torch.nn.Module, images: torch.Tensor, k: int) -> Clock:
 def one_channel(model: torch.nn.Module, images: torch.Tensor, channel: int, k: int) -> None:
     """Every piece of the atlas for one channel, with the public classes."""
     with torch.no_grad():
-        means = torch.cat([model.features[:11](images[i : i + BATCH])[:, channel].mean((1, 2))
-                           for i in range(0, len(images), BATCH)])
+        means = torch.cat(
+            [
+                model.features[:11](images[i : i + BATCH])[:, channel].mean((1, 2))
+                for i in range(0, len(images), BATCH)
+            ]
+        )
     order = torch.argsort(means, descending=True, stable=True)
     top, _bottom = images[order[:k]], images[order[-k:]]
-    UpsamplingActivationMapping(model, "conv5").attribute(top, target=channel,
-                                                          interpolate_mode="bilinear")
+    UpsamplingActivationMapping(model, "conv5").attribute(
+        top, target=channel, interpolate_mode="bilinear"
+    )
     OccluderDiscrepancyMapping(model, "conv5").attribute(
-        top, target=channel, sliding_window_shapes=(8, 8), strides=(4, 4))
+        top, target=channel, sliding_window_shapes=(8, 8), strides=(4, 4)
+    )
     EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv5")).attribute(
-        top, target=channel, interpolate_mode="bilinear")
+        top, target=channel, interpolate_mode="bilinear"
+    )
     TheoreticalReceptiveField(model, (3, 32, 32)).compute(until=model.features[10])
-    SynthesisImage(model, "conv5").attribute(random_images(3, 32, seed=channel), target=channel,
-                                             n_iter=64)
+    SynthesisImage(model, "conv5").attribute(
+        random_images(3, 32, seed=channel), target=channel, n_iter=64
+    )
     MinimalParcelImage(model, "conv5").attribute(top[:1], target=channel)
 
 
@@ -121,8 +133,10 @@ def main() -> None:
 
     bare, passes = [], []
     for r in range(args.repeats):
-        pair = [("bare", lambda: bare_pass(model, images)),
-                ("atlas", lambda: atlas_pass(model, images, args.k))]
+        pair = [
+            ("bare", lambda: bare_pass(model, images)),
+            ("atlas", lambda: atlas_pass(model, images, args.k)),
+        ]
         for name, run in pair if r % 2 == 0 else pair[::-1]:
             (bare if name == "bare" else passes).append(run())
     wall = (min(c.wall for c in bare), min(c.wall for c in passes))
@@ -130,8 +144,10 @@ def main() -> None:
     print(f"\n| top-K pass, best of {args.repeats} | wall s | CPU s | vs bare (wall, CPU) |")
     print("|---|---|---|---|")
     print(f"| bare forward to conv5 | {wall[0]:.3f} | {cpu[0]:.3f} | 1.00×, 1.00× |")
-    print(f"| atlas pass (run_over + top/bottom-K) | {wall[1]:.3f} | {cpu[1]:.3f} | "
-          f"{wall[1] / wall[0]:.2f}×, {cpu[1] / cpu[0]:.2f}× |")
+    print(
+        f"| atlas pass (run_over + top/bottom-K) | {wall[1]:.3f} | {cpu[1]:.3f} | "
+        f"{wall[1] / wall[0]:.2f}×, {cpu[1] / cpu[0]:.2f}× |"
+    )
 
     with tempfile.TemporaryDirectory() as folder, Clock() as whole:
         build_atlas(model, ["conv5"], images, Path(folder) / "atlas", top_k=args.k)
@@ -142,11 +158,15 @@ def main() -> None:
     scale = 64 / n
     print("\n| conv5, 64 channels, K = 9 | wall s | CPU s | slower than the atlas (wall, CPU) |")
     print("|---|---|---|---|")
-    print(f"| atlas (build_atlas, pages included) | {whole.wall:.1f} | {whole.cpu:.1f} | "
-          "1.00×, 1.00× |")
-    print(f"| one channel at a time, public classes ({n} timed, ×{scale:g}) | "
-          f"{some.wall * scale:.1f} | {some.cpu * scale:.1f} | "
-          f"{some.wall * scale / whole.wall:.2f}×, {some.cpu * scale / whole.cpu:.2f}× |")
+    print(
+        f"| atlas (build_atlas, pages included) | {whole.wall:.1f} | {whole.cpu:.1f} | "
+        "1.00×, 1.00× |"
+    )
+    print(
+        f"| one channel at a time, public classes ({n} timed, ×{scale:g}) | "
+        f"{some.wall * scale:.1f} | {some.cpu * scale:.1f} | "
+        f"{some.wall * scale / whole.wall:.2f}×, {some.cpu * scale / whole.cpu:.2f}× |"
+    )
 
 
 if __name__ == "__main__":

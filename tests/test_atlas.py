@@ -15,8 +15,11 @@ from dnnbrain_captum import digits_cnn, digits_images
 from dnnbrain_captum.atlas import ChannelActivations, build_atlas, rank_stimuli, read_atlas
 
 N_IMAGES, TOP_K = 16, 2
-CHEAP = {"n_syntheses": 1, "synthesis": {"n_iter": 1},
-         "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16), "method": "full"}}
+CHEAP = {
+    "n_syntheses": 1,
+    "synthesis": {"n_iter": 1},
+    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16), "method": "full"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,16 @@ def atlas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """conv5, every channel; conv3, a few: the atlas the tests below read."""
     out = tmp_path_factory.mktemp("atlas") / "site"
     images, _ = digits_images(n=N_IMAGES)
-    build_atlas(digits_cnn(), ["conv5", "conv3"], images, out, top_k=TOP_K,
-                channels={"conv3": "1,4-5"}, batch_size=8, **CHEAP)
+    build_atlas(
+        digits_cnn(),
+        ["conv5", "conv3"],
+        images,
+        out,
+        top_k=TOP_K,
+        channels={"conv3": "1,4-5"},
+        batch_size=8,
+        **CHEAP,
+    )
     return out
 
 
@@ -35,7 +46,8 @@ def _brute_force(layer_index: int) -> np.ndarray:
     images, _ = digits_images(n=N_IMAGES)
     seen: list[torch.Tensor] = []
     handle = model.features[layer_index].register_forward_hook(
-        lambda module, args, output: seen.append(output.detach().clone()))
+        lambda module, args, output: seen.append(output.detach().clone())
+    )
     try:
         with torch.no_grad():
             for image in images:
@@ -57,10 +69,12 @@ def test_top_and_bottom_k_equal_brute_force(atlas_dir: Path, name: str, index: i
         assert record["top_ids"] == [str(i) for i in order[:TOP_K]]
         lowest = sorted(range(N_IMAGES), key=lambda i: (column[i], i))
         assert record["bottom_ids"] == [str(i) for i in lowest[:TOP_K]]
-        np.testing.assert_allclose(record["top_activations"], column[order[:TOP_K]], rtol=1e-5,
-                                   atol=1e-6)
-        np.testing.assert_allclose(record["bottom_activations"], column[lowest[:TOP_K]],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            record["top_activations"], column[order[:TOP_K]], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            record["bottom_activations"], column[lowest[:TOP_K]], rtol=1e-5, atol=1e-6
+        )
         assert record["page"] == f"{name}/{record['channel']}.html"
         assert record["rf_size"] == ([34, 34] if name == "conv5" else [18, 18])
         assert len(record["empirical_rf_size"]) == 2
@@ -107,19 +121,25 @@ def test_every_page_and_link_exists(atlas_dir: Path) -> None:
     fourth = set(_links(atlas_dir / "conv3" / "4.html"))  # neighbours among the selected: 1, 5
     assert {"1.html", "5.html", "../index.html"} <= fourth and "3.html" not in fourth
     assert not {p for p in _links(atlas_dir / "conv3" / "5.html") if p.endswith(".html")} - {
-        "../index.html", "4.html"}
+        "../index.html",
+        "4.html",
+    }
 
 
 def test_channel_activations_pass_stops_at_the_deepest_layer() -> None:
     model = digits_cnn()
     images, _ = digits_images(n=5)
     ran: list[str] = []
-    handles = [module.register_forward_hook(lambda m, a, o, n=name: ran.append(n))
-               for name, module in model.named_modules() if name]
+    handles = [
+        module.register_forward_hook(lambda m, a, o, n=name: ran.append(n))
+        for name, module in model.named_modules()
+        if name
+    ]
     try:
         # given deepest first: the pass still captures both and stops after features.10
         values = ChannelActivations(model, [model.features[10], model.features[3]]).attribute(
-            images)
+            images
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -167,10 +187,12 @@ def test_folder_rules(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"layers": ["conv5", "features.10"]}, "the same layer twice"),
-     ({"layers": ["fc1"]}, r"\(N, C, H, W\)"),
-     ({"channels": "64"}, "channel 64 is out of range for layer 'conv5'"),
-     ({"top_k": 7}, "top_k=7 exceeds the 6 stimuli")],
+    [
+        ({"layers": ["conv5", "features.10"]}, "the same layer twice"),
+        ({"layers": ["fc1"]}, r"\(N, C, H, W\)"),
+        ({"channels": "64"}, "channel 64 is out of range for layer 'conv5'"),
+        ({"top_k": 7}, "top_k=7 exceeds the 6 stimuli"),
+    ],
 )
 def test_bad_requests_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
     images, _ = digits_images(n=6)
@@ -194,8 +216,17 @@ def test_site_in_a_headless_browser(atlas_dir: Path) -> None:
     links and images are checked on disk by test_every_page_and_link_exists.)"""
     from tests.helpers.atlas_browser import inspect_pages
 
-    pages = [atlas_dir / name for name in ("index.html", "conv3/1.html", "conv3/4.html",
-                                           "conv3/5.html", "conv5/0.html", "conv5/63.html")]
+    pages = [
+        atlas_dir / name
+        for name in (
+            "index.html",
+            "conv3/1.html",
+            "conv3/4.html",
+            "conv3/5.html",
+            "conv5/0.html",
+            "conv5/63.html",
+        )
+    ]
     reports = inspect_pages(pages)
     assert set(reports) == set(pages)
     n_images = 0
@@ -207,7 +238,7 @@ def test_site_in_a_headless_browser(atlas_dir: Path) -> None:
         n_images += len(report.images)
         for link in report.links:
             assert link.startswith("file://"), link
-            target = Path(urldefrag(link)[0][len("file://"):])
+            target = Path(urldefrag(link)[0][len("file://") :])
             assert target.is_file() and atlas_dir.resolve() in target.resolve().parents, link
     assert reports[atlas_dir / "index.html"].title.startswith("Unit atlas of DigitsCNN")
     assert n_images > 67 * 2 + 5 * 10

@@ -9,12 +9,29 @@ import pytest
 
 from dnnbrain_captum.cli import main
 
-ARGS = ["atlas", "--digits", "6", "--layer", "conv3", "--layer", "conv5", "--channels", "0-1",
-        "--top-k", "2", "--syntheses", "1", "--synthesis-steps", "1", "--quiet"]
+ARGS = [
+    "atlas",
+    "--digits",
+    "6",
+    "--layer",
+    "conv3",
+    "--layer",
+    "conv5",
+    "--channels",
+    "0-1",
+    "--top-k",
+    "2",
+    "--syntheses",
+    "1",
+    "--synthesis-steps",
+    "1",
+    "--quiet",
+]
 
 
-def test_atlas_command_writes_resumes_and_refuses(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_atlas_command_writes_resumes_and_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "atlas"
     assert main([*ARGS, "--out", str(out)]) == 0
     atlas = json.loads((out / "atlas.json").read_text())
@@ -39,13 +56,16 @@ def test_atlas_command_writes_resumes_and_refuses(tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--layer", "conv9"], "unknown layer 'conv9'"),
-     (["--layer", "conv5", "--channels", "70"], "channel 70 is out of range for layer 'conv5'"),
-     (["--layer", "conv5", "--top-k", "0"], "--top-k must be >= 1"),
-     ([], "atlas needs --layer")],
+    [
+        (["--layer", "conv9"], "unknown layer 'conv9'"),
+        (["--layer", "conv5", "--channels", "70"], "channel 70 is out of range for layer 'conv5'"),
+        (["--layer", "conv5", "--top-k", "0"], "--top-k must be >= 1"),
+        ([], "atlas needs --layer"),
+    ],
 )
-def test_atlas_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                              extra: list[str], message: str) -> None:
+def test_atlas_command_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
     out = tmp_path / "atlas"
     with pytest.raises(SystemExit) as stop:
         main(["atlas", "--digits", "4", *extra, "--out", str(out)])

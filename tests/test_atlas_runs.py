@@ -1,4 +1,5 @@
-"""The atlas on the runner: a killed atlas resumes to the same folder; torchrun equals one process."""
+"""The atlas on the runner: a killed atlas resumes to the same folder; torchrun equals one
+process."""
 
 from __future__ import annotations
 
@@ -34,10 +35,16 @@ def _job(out: Path, *extra: str, torchrun: bool = False) -> subprocess.Completed
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node=2",
-                        "--master_addr=127.0.0.1", f"--master_port={port}"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(),
-                          cwd=out.parent)
+        command[1:1] = [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+        ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=_env(), cwd=out.parent
+    )
 
 
 def _here(out: Path) -> None:

@@ -63,8 +63,9 @@ class ChannelActivations:
     (4, 112)
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[nn.Module],
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, model: nn.Module, layers: Sequence[nn.Module], reduction: str = "mean"
+    ) -> None:
         if not layers:
             raise ValueError("layers is empty: give at least one layer")
         self.forward_func = model
@@ -90,7 +91,7 @@ class ChannelActivations:
         with torch.no_grad(), contextlib.suppress(_StopForward):
             run_to_layer(self.forward_func, None, (example[:1],), taps=captures)
         shapes = []
-        for path, capture in zip(self.paths, captures):
+        for path, capture in zip(self.paths, captures, strict=True):
             value = capture.value
             if value is None:
                 raise ValueError(f"layer {path!r} did not run during the forward pass")
@@ -98,7 +99,8 @@ class ChannelActivations:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(
                     f"layer {path!r} gives {shape}; the atlas needs layers with (N, C, H, W) "
-                    "outputs (channels on a spatial grid)")
+                    "outputs (channels on a spatial grid)"
+                )
             shapes.append(tuple(value.shape[1:]))
         self.last = order[-1]
         self.widths = [s[0] for s in shapes]

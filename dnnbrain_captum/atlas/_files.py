@@ -61,23 +61,30 @@ class AtlasFolder:
             try:
                 previous = json.loads(manifest.read_text("utf-8"))
             except ValueError:
-                raise ValueError(f"{manifest} is not valid JSON; remove the folder or choose "
-                                 "another one") from None
+                raise ValueError(
+                    f"{manifest} is not valid JSON; remove the folder or choose another one"
+                ) from None
             if previous.get("format") != FORMAT:
                 raise ValueError(f"{manifest} is not an atlas manifest; choose another folder")
             if previous.get("request") == request:
                 return
             if not overwrite:
-                changed = sorted(k for k in set(request) | set(previous.get("request", {}))
-                                 if request.get(k) != previous.get("request", {}).get(k))
+                changed = sorted(
+                    k
+                    for k in set(request) | set(previous.get("request", {}))
+                    if request.get(k) != previous.get("request", {}).get(k)
+                )
                 raise ValueError(
                     f"atlas folder {out} holds an atlas built with different settings "
                     f"({', '.join(changed)}); pass overwrite=True (--overwrite) to replace it "
-                    "or choose another folder")
+                    "or choose another folder"
+                )
             self._remove_own()
         elif out.is_dir() and any(out.iterdir()):
-            raise ValueError(f"atlas folder {out} already holds files that are not an atlas; "
-                             "choose an empty or new folder")
+            raise ValueError(
+                f"atlas folder {out} already holds files that are not an atlas; "
+                "choose an empty or new folder"
+            )
         out.mkdir(parents=True, exist_ok=True)
         self.write_json(MANIFEST, {"format": FORMAT, "format_version": 1, "request": request})
 
@@ -102,8 +109,10 @@ class AtlasFolder:
         path = self.out / name
         if name not in self.owned:
             if path.exists() and name != MANIFEST:
-                raise ValueError(f"{path} exists and was not written by this atlas; it is left "
-                                 "alone: move it away or choose another folder")
+                raise ValueError(
+                    f"{path} exists and was not written by this atlas; it is left "
+                    "alone: move it away or choose another folder"
+                )
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / LEDGER, "a", encoding="utf-8") as ledger:
                 ledger.write(name + "\n")

@@ -81,10 +81,16 @@ class EmpiricalPerChannel:
         """Rows ``(h, w, map.flatten())`` for a batch of stacks (B, K, C, H, W)."""
         channels = target if isinstance(target, list) else [target] * inputs.shape[0]
         rows = []
-        for stack, channel in zip(inputs, channels):
+        for stack, channel in zip(inputs, channels, strict=True):
             result = self.field.attribute(stack, target=int(channel), **kwargs)
-            rows.append(torch.cat([result.size.to(torch.float64).cpu(),
-                                   result.map.to(torch.float64).flatten().cpu()]))
+            rows.append(
+                torch.cat(
+                    [
+                        result.size.to(torch.float64).cpu(),
+                        result.map.to(torch.float64).flatten().cpu(),
+                    ]
+                )
+            )
         return torch.stack(rows)
 
 

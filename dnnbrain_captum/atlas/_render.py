@@ -27,16 +27,21 @@ class Painter:
         integer factor to at least this many pixels per side.
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 min_size: int = 128) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        min_size: int = 128,
+    ) -> None:
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
         self.std = None if std is None else np.asarray(std, dtype=np.float64)
         self.min_size = min_size
 
     def display(self, image: Tensor | np.ndarray) -> np.ndarray:
         """A model-space image (C, H, W) as RGB floats in [0, 1], shape (H, W, 3)."""
-        array = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image,
-                           dtype=np.float64)
+        array = np.asarray(
+            image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float64
+        )
         if self.mean is not None and self.std is not None and array.shape[0] == self.mean.size:
             array = array * self.std.reshape(-1, 1, 1) + self.mean.reshape(-1, 1, 1)
             array = array.clip(0.0, 1.0)
@@ -48,8 +53,13 @@ class Painter:
         """PNG of a model-space image."""
         return png(self.display(image))
 
-    def heat(self, values: np.ndarray, image: Tensor | np.ndarray, cmap: str = "inferno",
-             alpha: float = 0.65) -> bytes:
+    def heat(
+        self,
+        values: np.ndarray,
+        image: Tensor | np.ndarray,
+        cmap: str = "inferno",
+        alpha: float = 0.65,
+    ) -> bytes:
         """PNG of a map (H, W), min-max scaled and coloured, laid over the image."""
         import matplotlib
 
@@ -79,8 +89,8 @@ class Painter:
         (h0, h1), (w0, w1) = region
         width = max(1, factor // 2)
         ImageDraw.Draw(picture).rectangle(
-            [w0 * factor, h0 * factor, w1 * factor - 1, h1 * factor - 1], outline=_BOX,
-            width=width)
+            [w0 * factor, h0 * factor, w1 * factor - 1, h1 * factor - 1], outline=_BOX, width=width
+        )
         return _encode(picture)
 
     def _factor(self, shape: Sequence[int]) -> int:

@@ -43,30 +43,35 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"{body}\n</body>\n</html>\n"
+    )
 
 
 def _cell(src: str, caption: str, alt: str) -> str:
-    return (f'<span class="cell"><img src="{escape(src)}" alt="{escape(alt)}">'
-            f"{escape(caption)}</span>")
+    return (
+        f'<span class="cell"><img src="{escape(src)}" alt="{escape(alt)}">{escape(caption)}</span>'
+    )
 
 
 def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _layer_maps(model: nn.Module, layer: nn.Module, images: torch.Tensor,
-                channels: list[int]) -> np.ndarray:
+def _layer_maps(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int]
+) -> np.ndarray:
     """The selected channel's map of each image at the layer: (N, H', W')."""
     with torch.no_grad():
         output = run_to_layer(model, layer, (images,))
     return channel_maps(output, channels).cpu().numpy()
 
 
-def _channel_values(model: nn.Module, layer: nn.Module, images: torch.Tensor,
-                    channels: list[int], reduction: str) -> np.ndarray:
+def _channel_values(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int], reduction: str
+) -> np.ndarray:
     values = ChannelActivations(model, [layer], reduction).attribute(images)
     return values[torch.arange(len(channels)), torch.tensor(channels)].cpu().numpy()
 
@@ -76,16 +81,25 @@ def _stimulus_ids(folder: AtlasFolder) -> list[str]:
     return [str(i) for i in manifest["request"]["stimulus_ids"]]
 
 
-def write_site(model: nn.Module, plans: Sequence[Any], last: nn.Module, data: Any,
-               values: np.ndarray,
-               folder: AtlasFolder, settings: dict[str, Any], mean: Any, std: Any,
-               show_progress: bool) -> None:
+def write_site(
+    model: nn.Module,
+    plans: Sequence[Any],
+    last: nn.Module,
+    data: Any,
+    values: np.ndarray,
+    folder: AtlasFolder,
+    settings: dict[str, Any],
+    mean: Any,
+    std: Any,
+    show_progress: bool,
+) -> None:
     """Write the pictures, the pages and ``atlas.json`` of every layer (``last``: the layer
     that runs last, where the receptive-field analysis stops)."""
     painter = Painter(mean, std)
     ids = _stimulus_ids(folder)
-    used = sorted({int(i) for p in plans for i in np.concatenate([p.top.ravel(),
-                                                                   p.bottom.ravel()])})
+    used = sorted(
+        {int(i) for p in plans for i in np.concatenate([p.top.ravel(), p.bottom.ravel()])}
+    )
     for index in tqdm(used, desc="atlas stimuli", disable=not show_progress):
         folder.write_bytes(f"stimuli/{index}.png", painter.stimulus(Picked(data, [index])[0]))
     example = Picked(data, [0])[0]
@@ -93,20 +107,44 @@ def write_site(model: nn.Module, plans: Sequence[Any], last: nn.Module, data: An
     layers = []
     for plan in plans:
         entry = table.entry(plan.path)
-        channels = _layer_channels(model, plan, data, values, folder, settings, painter, entry,
-                                   ids, show_progress)
-        layers.append({"layer": plan.name, "path": plan.path, "folder": plan.folder,
-                       "shape": list(plan.shape), "rf_size": list(entry.size),
-                       "rf_stride": list(entry.stride), "channels": channels})
-    atlas = {"format": "dnnbrain_captum.atlas", "format_version": 1,
-             "model": type(model).__name__, "n_stimuli": len(ids), **settings, "layers": layers}
+        channels = _layer_channels(
+            model, plan, data, values, folder, settings, painter, entry, ids, show_progress
+        )
+        layers.append(
+            {
+                "layer": plan.name,
+                "path": plan.path,
+                "folder": plan.folder,
+                "shape": list(plan.shape),
+                "rf_size": list(entry.size),
+                "rf_stride": list(entry.stride),
+                "channels": channels,
+            }
+        )
+    atlas = {
+        "format": "dnnbrain_captum.atlas",
+        "format_version": 1,
+        "model": type(model).__name__,
+        "n_stimuli": len(ids),
+        **settings,
+        "layers": layers,
+    }
     folder.write_json("atlas.json", atlas)
     folder.write_text("index.html", _index_page(atlas))
 
 
-def _layer_channels(model: nn.Module, plan: Any, data: Any, values: np.ndarray,
-                    folder: AtlasFolder, settings: dict[str, Any], painter: Painter,
-                    entry: Any, ids: list[str], show_progress: bool) -> list[dict[str, Any]]:
+def _layer_channels(
+    model: nn.Module,
+    plan: Any,
+    data: Any,
+    values: np.ndarray,
+    folder: AtlasFolder,
+    settings: dict[str, Any],
+    painter: Painter,
+    entry: Any,
+    ids: list[str],
+    show_progress: bool,
+) -> list[dict[str, Any]]:
     """Pictures, page and ``atlas.json`` record of every selected channel of one layer."""
     k, s, runs = settings["top_k"], settings["n_syntheses"], folder.out / RUNS / plan.folder
     maps = read_results(runs / "maps")
@@ -123,13 +161,16 @@ def _layer_channels(model: nn.Module, plan: Any, data: Any, values: np.ndarray,
     best = _layer_maps(model, plan.module, tops, plan.channels).reshape(m, -1).argmax(1)
     n_w = entry.output_size[1]
     repeated = [c for c in plan.channels for _ in range(s)]
-    synthesis_values = _channel_values(model, plan.module, syntheses, repeated,
-                                       settings["reduction"]).reshape(m, s)
-    minimal_values = _channel_values(model, plan.module, minimal, plan.channels,
-                                     settings["reduction"])
+    synthesis_values = _channel_values(
+        model, plan.module, syntheses, repeated, settings["reduction"]
+    ).reshape(m, s)
+    minimal_values = _channel_values(
+        model, plan.module, minimal, plan.channels, settings["reduction"]
+    )
     records = []
-    for j, channel in enumerate(tqdm(plan.channels, desc=f"atlas {plan.name}",
-                                     disable=not show_progress)):
+    for j, channel in enumerate(
+        tqdm(plan.channels, desc=f"atlas {plan.name}", disable=not show_progress)
+    ):
         column = values[:, plan.offset + channel]
         unit = (int(best[j]) // n_w, int(best[j]) % n_w)
         region = entry.region(unit, label=plan.path)
@@ -154,8 +195,10 @@ def _layer_channels(model: nn.Module, plan: Any, data: Any, values: np.ndarray,
             "bottom_activations": [float(column[i]) for i in plan.bottom[j]],
             "synthesis_activation": [float(v) for v in synthesis_values[j]],
             "minimal_activation": float(minimal_values[j]),
-            "rf_size": list(entry.size), "rf_stride": list(entry.stride),
-            "best_unit": list(unit), "best_unit_region": [list(b) for b in region],
+            "rf_size": list(entry.size),
+            "rf_stride": list(entry.stride),
+            "best_unit": list(unit),
+            "best_unit_region": [list(b) for b in region],
             "empirical_rf_size": [int(v) for v in fields[j, :2]],
             "page": f"{plan.folder}/{channel}.html",
         }
@@ -167,8 +210,9 @@ def _layer_channels(model: nn.Module, plan: Any, data: Any, values: np.ndarray,
     return records
 
 
-def _channel_page(plan: Any, rec: dict[str, Any], settings: dict[str, Any],
-                  before: int | None, after: int | None) -> str:
+def _channel_page(
+    plan: Any, rec: dict[str, Any], settings: dict[str, Any], before: int | None, after: int | None
+) -> str:
     c, k, s = rec["channel"], settings["top_k"], settings["n_syntheses"]
     links = ['<a href="../index.html">index</a>']
     if before is not None:
@@ -178,16 +222,20 @@ def _channel_page(plan: Any, rec: dict[str, Any], settings: dict[str, Any],
     top_value = rec["top_activations"][0]
 
     def stimuli(kind: str) -> str:
-        cells = [_cell(f"../stimuli/{i}.png", f"{sid} ({_num(v)})", f"stimulus {sid}")
-                 for i, sid, v in zip(rec[f"{kind}_indices"], rec[f"{kind}_ids"],
-                                      rec[f"{kind}_activations"])]
+        cells = [
+            _cell(f"../stimuli/{i}.png", f"{sid} ({_num(v)})", f"stimulus {sid}")
+            for i, sid, v in zip(
+                rec[f"{kind}_indices"], rec[f"{kind}_ids"], rec[f"{kind}_activations"], strict=True
+            )
+        ]
         return "".join(cells)
 
-    maps = "".join(_cell(f"img/{c}_map{r}.png", f"#{r + 1}", "activation map")
-                   for r in range(k))
+    maps = "".join(_cell(f"img/{c}_map{r}.png", f"#{r + 1}", "activation map") for r in range(k))
     occ = "".join(_cell(f"img/{c}_occ{r}.png", f"#{r + 1}", "occlusion map") for r in range(k))
-    syn = "".join(_cell(f"img/{c}_syn{q}.png", _num(v), f"synthesis {q}")
-                  for q, v in zip(range(s), rec["synthesis_activation"]))
+    syn = "".join(
+        _cell(f"img/{c}_syn{q}.png", _num(v), f"synthesis {q}")
+        for q, v in zip(range(s), rec["synthesis_activation"], strict=True)
+    )
     (h0, h1), (w0, w1) = rec["best_unit_region"]
     body = f"""<nav>{" ".join(links)}</nav>
 <h1>{escape(plan.name)} channel {c}</h1>
@@ -209,37 +257,49 @@ stride {rec["rf_stride"][0]} &times; {rec["rf_stride"][1]}</td></tr>
 <h3>Occlusion maps (original &minus; occluded)</h3><div>{occ}</div>
 <h2>Bottom {k} stimuli</h2><div>{stimuli("bottom")}</div>
 <h2>Receptive field</h2>
-<div class="big">{_cell(f"img/{c}_rf.png",
-    f"best unit {tuple(rec['best_unit'])}: rows {h0}-{h1 - 1}, cols {w0}-{w1 - 1}",
-    "receptive field of the best unit on the top stimulus")}
+<div class="big">{
+        _cell(
+            f"img/{c}_rf.png",
+            f"best unit {tuple(rec['best_unit'])}: rows {h0}-{h1 - 1}, cols {w0}-{w1 - 1}",
+            "receptive field of the best unit on the top stimulus",
+        )
+    }
 {_cell(f"img/{c}_erf.png", "empirical field (mean aligned map)", "empirical receptive field")}
 </div>
 <h2>Syntheses (activation; top stimulus {_num(top_value)})</h2><div>{syn}</div>
 <h2>Minimal image of the top stimulus</h2>
-<div class="big">{_cell(f"img/{c}_min.png", _num(rec["minimal_activation"]),
-                        "minimal image")}</div>"""
+<div class="big">{
+        _cell(f"img/{c}_min.png", _num(rec["minimal_activation"]), "minimal image")
+    }</div>"""
     return _page(f"{plan.name} channel {c}", body)
 
 
 def _index_page(atlas: dict[str, Any]) -> str:
-    nav = " ".join(f'<a href="#layer-{escape(layer["folder"])}">{escape(layer["layer"])}</a>'
-                   for layer in atlas["layers"])
+    nav = " ".join(
+        f'<a href="#layer-{escape(layer["folder"])}">{escape(layer["layer"])}</a>'
+        for layer in atlas["layers"]
+    )
     sections = []
     for layer in atlas["layers"]:
         cards = "".join(
             f'<a class="card" href="{escape(ch["page"])}">'
             f'<img src="{escape(layer["folder"])}/img/{ch["channel"]}_syn0.png" alt="synthesis">'
             f'<img src="stimuli/{ch["top_indices"][0]}.png" alt="top stimulus">'
-            f'{ch["channel"]}</a>' for ch in layer["channels"])
+            f"{ch['channel']}</a>"
+            for ch in layer["channels"]
+        )
         size, stride = layer["rf_size"], layer["rf_stride"]
         sections.append(
             f'<section id="layer-{escape(layer["folder"])}"><h2>{escape(layer["layer"])}</h2>'
             f"<p><code>{escape(layer['path'])}</code>, output "
             f"{' &times; '.join(map(str, layer['shape']))}; receptive field {size[0]} &times; "
             f"{size[1]} px, stride {stride[0]}. Each card: a synthesis and the top stimulus.</p>"
-            f'<div class="grid">{cards}</div></section>')
-    body = (f"<h1>Unit atlas of {escape(atlas['model'])}</h1>\n"
-            f"<p>{atlas['n_stimuli']} stimuli; top and bottom {atlas['top_k']} per channel by "
-            f"channel {escape(atlas['reduction'])}. All numbers: "
-            f'<a href="atlas.json">atlas.json</a>.</p>\n<nav>{nav}</nav>\n' + "\n".join(sections))
+            f'<div class="grid">{cards}</div></section>'
+        )
+    body = (
+        f"<h1>Unit atlas of {escape(atlas['model'])}</h1>\n"
+        f"<p>{atlas['n_stimuli']} stimuli; top and bottom {atlas['top_k']} per channel by "
+        f"channel {escape(atlas['reduction'])}. All numbers: "
+        f'<a href="atlas.json">atlas.json</a>.</p>\n<nav>{nav}</nav>\n' + "\n".join(sections)
+    )
     return _page(f"Unit atlas of {atlas['model']}", body)

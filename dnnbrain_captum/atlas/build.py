@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.layers import layer_path, resolve_layer
@@ -30,7 +29,6 @@ from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
 from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
 from dnnbrain_captum.receptive_field.empirical import EmpiricalReceptiveField
-from dnnbrain_captum.receptive_field.theoretical import TheoreticalReceptiveField
 from dnnbrain_captum.runner import read_results, run_over
 
 __all__ = ["AtlasSummary", "LayerPlan", "build_atlas", "parse_channels"]
@@ -116,8 +114,10 @@ def parse_channels(spec: str | Sequence[int] | None, n_channels: int, layer: str
         raise ValueError(f"channels {spec!r} selects no channel of layer {layer!r}")
     bad = [v for v in values if not 0 <= v < n_channels]
     if bad:
-        raise ValueError(f"channel {bad[0]} is out of range for layer {layer!r}: it has "
-                         f"{n_channels} channels, 0 to {n_channels - 1} (0-based)")
+        raise ValueError(
+            f"channel {bad[0]} is out of range for layer {layer!r}: it has "
+            f"{n_channels} channels, 0 to {n_channels - 1} (0-based)"
+        )
     return sorted(set(values))
 
 
@@ -126,15 +126,22 @@ def _folder_name(name: str) -> str:
     return keep or "layer"
 
 
-def _plans(model: nn.Module, layers: Sequence[nn.Module | str], example: Tensor,
-           channels: Any, reduction: str) -> tuple[list[LayerPlan], ChannelActivations]:
+def _plans(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str],
+    example: Tensor,
+    channels: Any,
+    reduction: str,
+) -> tuple[list[LayerPlan], ChannelActivations]:
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     modules = [resolve_layer(model, layer) for layer in layers]
     if not modules or any(m is None for m in modules):
         raise ValueError("layers must name at least one layer of the model (None is the output)")
-    names = [layer if isinstance(layer, str) else layer_path(model, m)
-             for layer, m in zip(layers, modules)]
+    names = [
+        layer if isinstance(layer, str) else layer_path(model, m)
+        for layer, m in zip(layers, modules, strict=True)
+    ]
     if len({id(m) for m in modules}) < len(modules):
         raise ValueError(f"layers {names} name the same layer twice")
     folders = [_folder_name(n) for n in names]
@@ -143,10 +150,19 @@ def _plans(model: nn.Module, layers: Sequence[nn.Module | str], example: Tensor,
     activations = ChannelActivations(model, modules, reduction)  # type: ignore[arg-type]
     shapes = activations.probe(example)
     plans, offset = [], 0
-    for name, folder, module, shape in zip(names, folders, modules, shapes):
+    for name, folder, module, shape in zip(names, folders, modules, shapes, strict=True):
         spec = channels.get(name) if isinstance(channels, Mapping) else channels
-        plans.append(LayerPlan(name, folder, module, layer_path(model, module),  # type: ignore
-                               shape, parse_channels(spec, shape[0], name), offset))
+        plans.append(
+            LayerPlan(
+                name,
+                folder,
+                module,
+                layer_path(model, module),  # type: ignore
+                shape,
+                parse_channels(spec, shape[0], name),
+                offset,
+            )
+        )
         offset += shape[0]
     return plans, activations
 
@@ -251,20 +267,36 @@ def build_atlas(
         raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
     height, width = example.shape[-2:]
     occlusion = dict(occlusion or {})
-    window = occlusion.setdefault("sliding_window_shapes", (max(1, height // 4),
-                                                            max(1, width // 4)))
+    window = occlusion.setdefault(
+        "sliding_window_shapes", (max(1, height // 4), max(1, width // 4))
+    )
     occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
     synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
     if mean is not None:
         synthesis.setdefault("mean", list(mean))
         synthesis.setdefault("std", list(std) if std is not None else None)
-    settings = {"top_k": top_k, "reduction": reduction, "n_syntheses": n_syntheses,
-                "synthesis": synthesis, "occlusion": occlusion, "minimal": dict(minimal or {}),
-                "interpolate_mode": interpolate_mode, "batch_size": batch_size, "seed": seed}
-    request = json.loads(json.dumps({
-        "model": type(model).__name__, "n_stimuli": n,
-        "layers": [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans],
-        **settings}, default=str))
+    settings = {
+        "top_k": top_k,
+        "reduction": reduction,
+        "n_syntheses": n_syntheses,
+        "synthesis": synthesis,
+        "occlusion": occlusion,
+        "minimal": dict(minimal or {}),
+        "interpolate_mode": interpolate_mode,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    request = json.loads(
+        json.dumps(
+            {
+                "model": type(model).__name__,
+                "n_stimuli": n,
+                "layers": [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans],
+                **settings,
+            },
+            default=str,
+        )
+    )
     folder = AtlasFolder(Path(out))
     ranks = Ranks()
     with ranks.session():
@@ -275,10 +307,19 @@ def build_atlas(
             except (ValueError, OSError) as err:
                 error = err
         ranks.agree(error)
-        common = {"batch_size": batch_size, "seed": seed, "show_progress": show_progress,
-                  "overwrite": overwrite}
-        run_over(activations, stimuli, out=folder.run_folder("activations", ranks.rank == 0),
-                 ids=ids, **common)
+        common = {
+            "batch_size": batch_size,
+            "seed": seed,
+            "show_progress": show_progress,
+            "overwrite": overwrite,
+        }
+        run_over(
+            activations,
+            stimuli,
+            out=folder.run_folder("activations", ranks.rank == 0),
+            ids=ids,
+            **common,
+        )
         values = np.asarray(read_results(folder.out / "runs" / "activations"))
         for plan in plans:
             columns = values[:, plan.offset + np.asarray(plan.channels)]
@@ -287,10 +328,27 @@ def build_atlas(
         if ranks.rank == 0:
             from dnnbrain_captum.atlas._site import write_site
 
-            write_site(model, plans, activations.last, data, values, folder, settings, mean, std, show_progress)
+            write_site(
+                model,
+                plans,
+                activations.last,
+                data,
+                values,
+                folder,
+                settings,
+                mean,
+                std,
+                show_progress,
+            )
             folder.seal()
-    return AtlasSummary(folder.out, n, {p.name: p.channels for p in plans},
-                        time.perf_counter() - started, ranks.rank, ranks.world)
+    return AtlasSummary(
+        folder.out,
+        n,
+        {p.name: p.channels for p in plans},
+        time.perf_counter() - started,
+        ranks.rank,
+        ranks.world,
+    )
 
 
 def _synthesis_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
@@ -301,8 +359,15 @@ def _synthesis_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _run_pieces(model: nn.Module, plan: LayerPlan, data: Any, folder: AtlasFolder, writer: bool,
-                settings: dict[str, Any], common: dict[str, Any]) -> None:
+def _run_pieces(
+    model: nn.Module,
+    plan: LayerPlan,
+    data: Any,
+    folder: AtlasFolder,
+    writer: bool,
+    settings: dict[str, Any],
+    common: dict[str, Any],
+) -> None:
     """The per-channel runs of one layer: maps, occlusion, empirical RF, syntheses, minimal."""
     k, s = settings["top_k"], settings["n_syntheses"]
     layer = plan.module
@@ -313,20 +378,46 @@ def _run_pieces(model: nn.Module, plan: LayerPlan, data: Any, folder: AtlasFolde
         out = folder.run_folder(f"{plan.folder}/{piece}", writer)
         run_over(attribution, items, targets=targets, out=out, **{**common, **kwargs})
 
-    run("maps", UpsamplingActivationMapping(model, layer), top, per_top,
-        interpolate_mode=settings["interpolate_mode"])
-    run("occlusion", OccluderDiscrepancyMapping(model, layer), top, per_top,
-        **settings["occlusion"])
+    run(
+        "maps",
+        UpsamplingActivationMapping(model, layer),
+        top,
+        per_top,
+        interpolate_mode=settings["interpolate_mode"],
+    )
+    run(
+        "occlusion", OccluderDiscrepancyMapping(model, layer), top, per_top, **settings["occlusion"]
+    )
     engine = UpsamplingActivationMapping(model, layer)
-    run("empirical_rf", EmpiricalPerChannel(EmpiricalReceptiveField(engine)),
-        Stacked(data, plan.top), list(plan.channels),
-        interpolate_mode=settings["interpolate_mode"])
+    run(
+        "empirical_rf",
+        EmpiricalPerChannel(EmpiricalReceptiveField(engine)),
+        Stacked(data, plan.top),
+        list(plan.channels),
+        interpolate_mode=settings["interpolate_mode"],
+    )
     c, h, w = top[0].shape
     synthesis = settings["synthesis"]
-    starts = random_images(len(plan.channels) * s, (h, w), c, seed=settings["seed"],
-                           mean=synthesis.get("mean"), std=synthesis.get("std"))
+    starts = random_images(
+        len(plan.channels) * s,
+        (h, w),
+        c,
+        seed=settings["seed"],
+        mean=synthesis.get("mean"),
+        std=synthesis.get("std"),
+    )
     per_synthesis = [ch for ch in plan.channels for _ in range(s)]
-    run("syntheses", SynthesisImage(model, layer), starts, per_synthesis,
-        **{**_synthesis_kwargs(settings), "batch_size": s * max(1, common["batch_size"] // s)})
-    run("minimal", MinimalImages(model, layer), Picked(data, plan.top[:, 0].tolist()),
-        list(plan.channels), **settings["minimal"])
+    run(
+        "syntheses",
+        SynthesisImage(model, layer),
+        starts,
+        per_synthesis,
+        **{**_synthesis_kwargs(settings), "batch_size": s * max(1, common["batch_size"] // s)},
+    )
+    run(
+        "minimal",
+        MinimalImages(model, layer),
+        Picked(data, plan.top[:, 0].tolist()),
+        list(plan.channels),
+        **settings["minimal"],
+    )

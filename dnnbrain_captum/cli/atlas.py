@@ -28,19 +28,46 @@ from dnnbrain_captum.cli.demo import DemoPanel
 def _add_atlas(parser: argparse.ArgumentParser) -> None:
     _common_options(parser, layers=True)
     group = parser.add_argument_group("atlas")
-    group.add_argument("--channels", default=None, metavar="SPEC",
-                       help="0-BASED channels of every --layer: 3, 0,4,7, 0-7 or a mix "
-                       "(default: every channel)")
-    group.add_argument("--top-k", type=int, default=9, metavar="K",
-                       help="top (and bottom) stimuli kept per channel")
-    group.add_argument("--syntheses", type=int, default=3, metavar="S",
-                       help="syntheses per channel (different random starts)")
-    group.add_argument("--synthesis-steps", type=int, default=64, metavar="N",
-                       help="optimisation steps of each synthesis")
-    group.add_argument("--batch-size", type=int, default=64, metavar="B",
-                       help="images per batch and per resumable chunk")
-    group.add_argument("--reduction", choices=("mean", "max", "sum"), default="mean",
-                       help="how a channel map becomes one activation (DNNBrain: mean)")
+    group.add_argument(
+        "--channels",
+        default=None,
+        metavar="SPEC",
+        help="0-BASED channels of every --layer: 3, 0,4,7, 0-7 or a mix (default: every channel)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=int,
+        default=9,
+        metavar="K",
+        help="top (and bottom) stimuli kept per channel",
+    )
+    group.add_argument(
+        "--syntheses",
+        type=int,
+        default=3,
+        metavar="S",
+        help="syntheses per channel (different random starts)",
+    )
+    group.add_argument(
+        "--synthesis-steps",
+        type=int,
+        default=64,
+        metavar="N",
+        help="optimisation steps of each synthesis",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="B",
+        help="images per batch and per resumable chunk",
+    )
+    group.add_argument(
+        "--reduction",
+        choices=("mean", "max", "sum"),
+        default="mean",
+        help="how a channel map becomes one activation (DNNBrain: mean)",
+    )
 
 
 def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
@@ -51,9 +78,12 @@ def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
     layers = list(args.layer or [])
     if not layers:
         raise CLIError("atlas needs --layer (repeat it for several layers), e.g. --layer conv5")
-    for value, name in ((args.top_k, "--top-k"), (args.syntheses, "--syntheses"),
-                        (args.synthesis_steps, "--synthesis-steps"),
-                        (args.batch_size, "--batch-size")):
+    for value, name in (
+        (args.top_k, "--top-k"),
+        (args.syntheses, "--syntheses"),
+        (args.synthesis_steps, "--synthesis-steps"),
+        (args.batch_size, "--batch-size"),
+    ):
         _positive(value, name)
     out = Path(args.out)
     context_args = argparse.Namespace(**{**vars(args), "layer": None})
@@ -61,16 +91,28 @@ def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
     data = _stimuli(args, ctx)
     args._streamed_into = out  # an interrupted atlas keeps its finished chunks
     summary = build_atlas(
-        ctx.model, layers, data, out, channels=args.channels, top_k=args.top_k,
-        reduction=args.reduction, n_syntheses=args.syntheses,
-        synthesis={"n_iter": args.synthesis_steps}, mean=ctx.mean, std=ctx.std,
-        batch_size=args.batch_size, overwrite=args.overwrite, show_progress=ctx.progress,
+        ctx.model,
+        layers,
+        data,
+        out,
+        channels=args.channels,
+        top_k=args.top_k,
+        reduction=args.reduction,
+        n_syntheses=args.syntheses,
+        synthesis={"n_iter": args.synthesis_steps},
+        mean=ctx.mean,
+        std=ctx.std,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        show_progress=ctx.progress,
     )
     if not args.quiet and _is_rank0():
         n_channels = sum(len(c) for c in summary.channels.values())
-        sys.stderr.write(f"{PROG} atlas: {n_channels} channels of {len(layers)} layer"
-                         f"{'' if len(layers) == 1 else 's'} over {summary.n_stimuli} images in "
-                         f"{summary.seconds:.1f} s; open {summary.index}\n")
+        sys.stderr.write(
+            f"{PROG} atlas: {n_channels} channels of {len(layers)} layer"
+            f"{'' if len(layers) == 1 else 's'} over {summary.n_stimuli} images in "
+            f"{summary.seconds:.1f} s; open {summary.index}\n"
+        )
 
 
 ATLAS = _register(
@@ -104,8 +146,14 @@ def demo_atlas(ctx: RunContext, quick: bool) -> DemoPanel:
     started = time.perf_counter()
     images, _ = digits_images(n=32 if quick else 64)
     build_atlas(
-        ctx.model, ["conv5"], images.to(ctx.device), ctx.out / "atlas", channels="0-7",
-        top_k=4 if quick else 6, n_syntheses=1, synthesis={"n_iter": 8 if quick else 32},
+        ctx.model,
+        ["conv5"],
+        images.to(ctx.device),
+        ctx.out / "atlas",
+        channels="0-7",
+        top_k=4 if quick else 6,
+        n_syntheses=1,
+        synthesis={"n_iter": 8 if quick else 32},
         show_progress=ctx.progress,
     )
     ctx.files.append("atlas")

@@ -54,21 +54,31 @@ class _Browser:
     def __init__(self, executable: str, profile: str) -> None:
         self._to_browser_r, self._to_browser_w = os.pipe()
         self._from_browser_r, self._from_browser_w = os.pipe()
-        command = (f'exec "{executable}" --headless --no-sandbox --disable-gpu '
-                   "--no-first-run --no-default-browser-check --disable-extensions "
-                   f'--user-data-dir="{profile}" --remote-debugging-pipe '
-                   f"3<&{self._to_browser_r} 4>&{self._from_browser_w}")
+        command = (
+            f'exec "{executable}" --headless --no-sandbox --disable-gpu '
+            "--no-first-run --no-default-browser-check --disable-extensions "
+            f'--user-data-dir="{profile}" --remote-debugging-pipe '
+            f"3<&{self._to_browser_r} 4>&{self._from_browser_w}"
+        )
         self.process = subprocess.Popen(
-            ["bash", "-c", command], pass_fds=(self._to_browser_r, self._from_browser_w),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ["bash", "-c", command],
+            pass_fds=(self._to_browser_r, self._from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(self._to_browser_r)
         os.close(self._from_browser_w)
         self._buffer = b""
         self._next = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         self._next += 1
         message: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
         if session is not None:
@@ -121,8 +131,12 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            found.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                for a in params.get("args", [])))
+            found.append(
+                "console: "
+                + " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params.get("args", [])
+                )
+            )
         elif method == "Runtime.exceptionThrown":
             found.append("exception: " + str(params.get("exceptionDetails", {}).get("text")))
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
@@ -149,21 +163,27 @@ def inspect_pages(pages: list[Path], timeout: float = 60.0) -> dict[Path, PageRe
         browser = _Browser(executable, profile)
         try:
             target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = browser.send("Target.attachToTarget",
-                                   {"targetId": target, "flatten": True})["sessionId"]
+            session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"
+            ]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 browser.send(f"{domain}.enable", session=session)
             for page in pages:
                 browser.events.clear()
-                browser.send("Page.navigate", {"url": Path(page).resolve().as_uri()},
-                             session=session)
+                browser.send(
+                    "Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session
+                )
                 browser.wait_for("Page.loadEventFired", timeout)
-                result = browser.send("Runtime.evaluate", {"expression": _PROBE,
-                                      "awaitPromise": True, "returnByValue": True},
-                                      session=session, timeout=timeout)
+                result = browser.send(
+                    "Runtime.evaluate",
+                    {"expression": _PROBE, "awaitPromise": True, "returnByValue": True},
+                    session=session,
+                    timeout=timeout,
+                )
                 seen = json.loads(result["result"]["value"])
-                reports[Path(page)] = PageReport(seen["title"], seen["images"], seen["links"],
-                                                 _errors(browser.events))
+                reports[Path(page)] = PageReport(
+                    seen["title"], seen["images"], seen["links"], _errors(browser.events)
+                )
         finally:
             browser.close()
     return reports

@@ -18,8 +18,12 @@ from dnnbrain_captum import digits_cnn, digits_images
 from dnnbrain_captum.atlas import build_atlas
 
 SETTINGS = {
-    "channels": "0-2", "top_k": 2, "n_syntheses": 2, "synthesis": {"n_iter": 2},
-    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (8, 8), "method": "full"}, "batch_size": 2,
+    "channels": "0-2",
+    "top_k": 2,
+    "n_syntheses": 2,
+    "synthesis": {"n_iter": 2},
+    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (8, 8), "method": "full"},
+    "batch_size": 2,
 }
 N_IMAGES = 10
 
