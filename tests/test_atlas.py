@@ -242,3 +242,47 @@ def test_site_in_a_headless_browser(atlas_dir: Path) -> None:
             assert target.is_file() and atlas_dir.resolve() in target.resolve().parents, link
     assert reports[atlas_dir / "index.html"].title.startswith("Unit atlas of DigitsCNN")
     assert n_images > 67 * 2 + 5 * 10
+
+
+def test_best_unit_and_field_coverage_match_the_public_classes(
+    atlas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """best_unit = argmax of the channel's map on the top stimulus (brute force); the drawn box is
+    TheoreticalReceptiveField.find_region's; the empirical-field picture greys exactly the
+    pixels EmpiricalReceptiveField leaves uncovered (seen by shifting every map by +1000)."""
+    from types import SimpleNamespace
+
+    from dnnbrain_captum import (
+        EmpiricalReceptiveField,
+        TheoreticalReceptiveField,
+        UpsamplingActivationMapping,
+    )
+    from dnnbrain_captum.atlas._site import _best_units
+
+    model = digits_cnn()
+    images, _ = digits_images(n=N_IMAGES)
+    layer = read_atlas(atlas_dir)["layers"][0]
+    theory = TheoreticalReceptiveField(model, (3, 32, 32))
+    with torch.no_grad():
+        maps = model.features[:11](images)
+    for record in layer["channels"][:8]:
+        top = record["top_indices"][0]
+        flat = int(maps[top, record["channel"]].argmax())
+        assert record["best_unit"] == [flat // 8, flat % 8]
+        region = theory.find_region("conv5", tuple(record["best_unit"]))
+        assert record["best_unit_region"] == [list(b) for b in region]
+
+    field = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv5"))
+    entry = field.theoretical((3, 32, 32))
+    top = images[: TOP_K + 3]
+    plan = SimpleNamespace(channels=[5], module=model.features[10])
+    _, covered = _best_units(model, plan, top, entry, len(top))
+    original = UpsamplingActivationMapping.attribute
+    monkeypatch.setattr(
+        UpsamplingActivationMapping,
+        "attribute",
+        lambda self, *a, **k: original(self, *a, **k) + 1000.0,
+    )
+    shifted = field.attribute(top, target=5, interpolate_mode="bilinear")
+    assert np.array_equal(covered[0], (shifted.map > 500).numpy())
+    assert 0 < covered[0].sum() < covered[0].size

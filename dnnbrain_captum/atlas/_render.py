@@ -70,14 +70,19 @@ class Painter:
         base = self.display(image)
         return png(alpha * colours + (1.0 - alpha) * base.mean(axis=-1, keepdims=True))
 
-    def field(self, values: np.ndarray, cmap: str = "viridis") -> bytes:
-        """PNG of an empirical receptive-field map (R_h, R_w), enlarged."""
+    def field(self, values: np.ndarray, covered: np.ndarray, cmap: str = "viridis") -> bytes:
+        """PNG of an empirical receptive-field map (R_h, R_w), enlarged; pixels no image
+        covered (outside every image) are light grey and do not count for the colour scale."""
         import matplotlib
 
         values = np.asarray(values, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
+        covered = np.asarray(covered, dtype=bool)
+        seen = values[covered] if covered.any() else np.zeros(1)
+        low, high = float(seen.min()), float(seen.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        return png(self._enlarge(matplotlib.colormaps[cmap](scaled)[..., :3]))
+        colours = matplotlib.colormaps[cmap](scaled.clip(0.0, 1.0))[..., :3]
+        colours[~covered] = 0.85
+        return png(self._enlarge(colours))
 
     def box(self, image: Tensor | np.ndarray, region: Sequence[Sequence[int]]) -> bytes:
         """PNG of the image, enlarged, with the half-open pixel box ``[(h0, h1), (w0, w1)]``."""

@@ -69,6 +69,26 @@ def _layer_maps(
     return channel_maps(output, channels).cpu().numpy()
 
 
+def _best_units(
+    model: nn.Module, plan: Any, images: torch.Tensor, entry: Any, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each top stimulus's best unit (the highest value of its channel's map): (m, K, 2); and
+    which pixels of each channel's empirical-field canvas some top stimulus covers (the part of
+    its best unit's theoretical box inside the image): (m, R_h, R_w) bool."""
+    per_top = [c for c in plan.channels for _ in range(k)]
+    maps = _layer_maps(model, plan.module, images, per_top)
+    flat = maps.reshape(len(per_top), -1).argmax(1)
+    n_w = entry.output_size[1]
+    units = np.stack([flat // n_w, flat % n_w], axis=1).reshape(len(plan.channels), k, 2)
+    inside = []
+    for axis in range(2):
+        start = units[..., axis] * entry.stride[axis] - entry.padding[axis]  # (m, K)
+        pixel = start[..., None] + np.arange(entry.size[axis])  # (m, K, R)
+        inside.append((pixel >= 0) & (pixel < images.shape[-2 + axis]))
+    covered = (inside[0][..., :, None] & inside[1][..., None, :]).any(axis=1)
+    return units, covered
+
+
 def _channel_values(
     model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int], reduction: str
 ) -> np.ndarray:
@@ -157,9 +177,8 @@ def _layer_channels(
     syntheses = torch.from_numpy(np.array(read_results(runs / "syntheses")))
     minimal = torch.from_numpy(np.array(read_results(runs / "minimal")))
     m = len(plan.channels)
-    tops = torch.stack([Picked(data, [int(i)])[0] for i in plan.top[:, 0]])
-    best = _layer_maps(model, plan.module, tops, plan.channels).reshape(m, -1).argmax(1)
-    n_w = entry.output_size[1]
+    top_images = torch.stack([Picked(data, [int(i)])[0] for i in plan.top.reshape(-1)])
+    units, covered = _best_units(model, plan, top_images, entry, k)
     repeated = [c for c in plan.channels for _ in range(s)]
     synthesis_values = _channel_values(
         model, plan.module, syntheses, repeated, settings["reduction"]
@@ -172,16 +191,16 @@ def _layer_channels(
         tqdm(plan.channels, desc=f"atlas {plan.name}", disable=not show_progress)
     ):
         column = values[:, plan.offset + channel]
-        unit = (int(best[j]) // n_w, int(best[j]) % n_w)
+        unit = (int(units[j, 0, 0]), int(units[j, 0, 1]))
         region = entry.region(unit, label=plan.path)
         stem = f"{plan.folder}/img/{channel}"
         for r in range(k):
-            image = Picked(data, [int(plan.top[j, r])])[0]
+            image = top_images[j * k + r]
             folder.write_bytes(f"{stem}_map{r}.png", painter.heat(maps[j * k + r], image))
             folder.write_bytes(f"{stem}_occ{r}.png", painter.heat(occluded[j * k + r], image))
-        folder.write_bytes(f"{stem}_rf.png", painter.box(tops[j], region))
-        rh, rw = entry.size
-        folder.write_bytes(f"{stem}_erf.png", painter.field(fields[j, 2:].reshape(rh, rw)))
+        folder.write_bytes(f"{stem}_rf.png", painter.box(top_images[j * k], region))
+        field = fields[j, 2:].reshape(entry.size)
+        folder.write_bytes(f"{stem}_erf.png", painter.field(field, covered[j]))
         for q in range(s):
             folder.write_bytes(f"{stem}_syn{q}.png", painter.stimulus(syntheses[j * s + q]))
         folder.write_bytes(f"{stem}_min.png", painter.stimulus(minimal[j]))
