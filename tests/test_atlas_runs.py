@@ -3,9 +3,8 @@ process."""
 
 from __future__ import annotations
 
-import os
+import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +14,15 @@ import torch
 
 from dnnbrain_captum.atlas import read_atlas
 from tests.helpers.atlas_job import tiny_atlas
+from tests.test_runner_dist import _env, _free_port
 
 JOB = Path(__file__).parent / "helpers" / "atlas_job.py"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def _job(out: Path, *extra: str, torchrun: bool = False) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(JOB), str(out), *extra]
     if torchrun:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_port()
         command[1:1] = [
             "-m",
             "torch.distributed.run",
@@ -65,8 +53,6 @@ def _snapshot(out: Path) -> dict[str, bytes]:
             continue
         name = path.relative_to(out).as_posix()
         if name.startswith("runs/") and path.name == "manifest.json":
-            import json
-
             files[name] = repr(json.loads(path.read_text())["request"]).encode()
         else:
             files[name] = path.read_bytes()

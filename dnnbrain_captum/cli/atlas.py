@@ -20,6 +20,7 @@ from dnnbrain_captum.cli._common import (
     _common_options,
     _make_context,
     _positive,
+    _reduction_option,
     _register,
 )
 from dnnbrain_captum.cli.demo import DemoPanel
@@ -62,12 +63,7 @@ def _add_atlas(parser: argparse.ArgumentParser) -> None:
         metavar="B",
         help="images per batch and per resumable chunk",
     )
-    group.add_argument(
-        "--reduction",
-        choices=("mean", "max", "sum"),
-        default="mean",
-        help="how a channel map becomes one activation (DNNBrain: mean)",
-    )
+    _reduction_option(group)  # type: ignore[arg-type]
 
 
 def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
