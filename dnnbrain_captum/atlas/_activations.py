@@ -15,7 +15,13 @@ from dnnbrain_captum._utils.hooks import LayerCapture, _StopForward, run_to_laye
 from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import check_reduction, reduce_per_example
 
-__all__ = ["ChannelActivations", "rank_stimuli"]
+__all__ = ["ChannelActivations", "on_model_device", "rank_stimuli"]
+
+
+def on_model_device(model: nn.Module, images: Tensor) -> Tensor:
+    """``images`` on the device of the model's first parameter (unchanged without parameters)."""
+    first = next(iter(model.parameters()), None)
+    return images if first is None else images.to(first.device)
 
 
 class _Ordered(LayerCapture):
@@ -89,7 +95,8 @@ class ChannelActivations:
         order: list[nn.Module] = []
         captures = [_Ordered(layer, order, len(self.layers)) for layer in self.layers]
         with torch.no_grad(), contextlib.suppress(_StopForward):
-            run_to_layer(self.forward_func, None, (example[:1],), taps=captures)
+            example = on_model_device(self.forward_func, example[:1])
+            run_to_layer(self.forward_func, None, (example,), taps=captures)
         shapes = []
         for path, capture in zip(self.paths, captures, strict=True):
             value = capture.value
@@ -108,6 +115,7 @@ class ChannelActivations:
 
     def attribute(self, inputs: Tensor, target: Any = None) -> Tensor:
         """Every channel's reduced activation: Tensor (N, sum of the layers' channels)."""
+        inputs = on_model_device(self.forward_func, inputs)
         if self.last is None:
             self.probe(inputs)
         taps = [LayerCapture(layer) for layer in self.layers if layer is not self.last]

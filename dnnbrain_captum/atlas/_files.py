@@ -159,7 +159,7 @@ class Ranks:
     """
 
     def __init__(self) -> None:
-        self.rank, self.world, self.created = 0, 1, False
+        self.rank, self.world, self.created, self.group = 0, 1, False, None
         dist = torch.distributed
         if not dist.is_available():
             return
@@ -169,6 +169,8 @@ class Ranks:
             dist.init_process_group(backend="gloo")
             self.created = True
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.world > 1 and dist.get_backend() != "gloo":  # objects travel over the CPU
+            self.group = dist.new_group(backend="gloo")
 
     def agree(self, error: BaseException | None) -> None:
         """Collective: raise on every rank if rank 0 failed (``error`` is rank 0's)."""
@@ -177,7 +179,7 @@ class Ranks:
                 raise error
             return
         box = [None if error is None else f"{type(error).__name__}: {error}"]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=self.group)
         if error is not None:
             raise error
         if box[0] is not None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import run_to_layer
 from dnnbrain_captum._utils.targets import channel_maps
-from dnnbrain_captum.atlas._activations import ChannelActivations
+from dnnbrain_captum.atlas._activations import ChannelActivations, on_model_device
 from dnnbrain_captum.atlas._files import RUNS, AtlasFolder
 from dnnbrain_captum.atlas._pieces import Picked
 from dnnbrain_captum.atlas._render import Painter
@@ -65,7 +65,7 @@ def _layer_maps(
 ) -> np.ndarray:
     """The selected channel's map of each image at the layer: (N, H', W')."""
     with torch.no_grad():
-        output = run_to_layer(model, layer, (images,))
+        output = run_to_layer(model, layer, (on_model_device(model, images),))
     return channel_maps(output, channels).cpu().numpy()
 
 
@@ -92,8 +92,8 @@ def _best_units(
 def _channel_values(
     model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int], reduction: str
 ) -> np.ndarray:
-    values = ChannelActivations(model, [layer], reduction).attribute(images)
-    return values[torch.arange(len(channels)), torch.tensor(channels)].cpu().numpy()
+    values = ChannelActivations(model, [layer], reduction).attribute(images).cpu()
+    return values[torch.arange(len(channels)), torch.tensor(channels)].numpy()
 
 
 def _stimulus_ids(folder: AtlasFolder) -> list[str]:
