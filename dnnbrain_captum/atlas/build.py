@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
@@ -351,14 +350,6 @@ def build_atlas(
     )
 
 
-def _synthesis_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    kwargs = dict(settings["synthesis"])
-    parameters = inspect.signature(SynthesisImage.attribute).parameters
-    if "diversity" in parameters and "diversity" not in kwargs and settings["n_syntheses"] > 1:
-        kwargs["diversity"] = 1.0
-    return kwargs
-
-
 def _run_pieces(
     model: nn.Module,
     plan: LayerPlan,
@@ -412,7 +403,7 @@ def _run_pieces(
         SynthesisImage(model, layer),
         starts,
         per_synthesis,
-        **{**_synthesis_kwargs(settings), "batch_size": s * max(1, common["batch_size"] // s)},
+        **{**synthesis, "batch_size": s * max(1, common["batch_size"] // s)},
     )
     run(
         "minimal",
