@@ -63,8 +63,8 @@ class ChannelActivations:
     >>> model = digits_cnn()
     >>> images, _ = digits_images(n=4)
     >>> pass_ = ChannelActivations(model, [model.features[6], model.features[10]])
-    >>> pass_.widths
-    [48, 64]
+    >>> pass_.probe(images)
+    [(48, 8, 8), (64, 8, 8)]
     >>> tuple(pass_.attribute(images).shape)
     (4, 112)
     """
