@@ -69,7 +69,7 @@ def _add_atlas(parser: argparse.ArgumentParser) -> None:
 def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
     """Build the atlas into ``--out`` (called by the driver without a staging folder)."""
     from dnnbrain_captum.atlas import build_atlas
-    from dnnbrain_captum.cli._stream import _is_rank0, _stimuli
+    from dnnbrain_captum.cli._stream import _stimuli
 
     layers = list(args.layer or [])
     if not layers:
@@ -102,7 +102,7 @@ def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
         overwrite=args.overwrite,
         show_progress=ctx.progress,
     )
-    if not args.quiet and _is_rank0():
+    if not args.quiet and summary.rank == 0:
         n_channels = sum(len(c) for c in summary.channels.values())
         sys.stderr.write(
             f"{PROG} atlas: {n_channels} channels of {len(layers)} layer"
