@@ -9,6 +9,7 @@ channels, resumable and sharded by torchrun like any other run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,5 +110,12 @@ class MinimalImages:
         self.layer = layer
 
     def attribute(self, inputs: Tensor, target: Any = None, **kwargs: Any) -> Tensor:
-        """The minimal images (the other fields of the result are not kept)."""
-        return self.attribution_method.attribute(inputs, target=target, **kwargs).images
+        """The minimal images (the other fields of the result are not kept).
+
+        A channel whose top activation is not positive has no smaller image keeping a fraction
+        of it; the class warns and keeps everything. The atlas says so on the channel's page
+        instead of warning once per channel.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*activation is not positive.*")
+            return self.attribution_method.attribute(inputs, target=target, **kwargs).images

@@ -286,11 +286,20 @@ stride {rec["rf_stride"][0]} &times; {rec["rf_stride"][1]}</td></tr>
 {_cell(f"img/{c}_erf.png", "empirical field (mean aligned map)", "empirical receptive field")}
 </div>
 <h2>Syntheses (activation; top stimulus {_num(top_value)})</h2><div>{syn}</div>
-<h2>Minimal image of the top stimulus</h2>
+<h2>Minimal image of the top stimulus</h2>{_minimal_note(top_value)}
 <div class="big">{
         _cell(f"img/{c}_min.png", _num(rec["minimal_activation"]), "minimal image")
     }</div>"""
     return _page(f"{plan.name} channel {c}", body)
+
+
+def _minimal_note(top_value: float) -> str:
+    if top_value > 0:
+        return ""
+    return (
+        "\n<p>The top activation is not positive: no smaller image keeps a fraction of it, "
+        "so the minimal image keeps the whole stimulus.</p>"
+    )
 
 
 def _index_page(atlas: dict[str, Any]) -> str:
