@@ -297,8 +297,8 @@ def _minimal_note(top_value: float) -> str:
     if top_value > 0:
         return ""
     return (
-        "\n<p>The top activation is not positive: no smaller image keeps a fraction of it, "
-        "so the minimal image keeps the whole stimulus.</p>"
+        "\n<p>The top activation is not positive: a minimal image that keeps a fraction of it "
+        "is not well defined (see <code>MinimalParcelImage</code>).</p>"
     )
 
 
