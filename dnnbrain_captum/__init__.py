@@ -1,5 +1,6 @@
 """dnnbrain_captum: DNNBrain's interpretability algorithms as Captum attribution classes."""
 
+from dnnbrain_captum._utils.outputs import SelectOutput
 from dnnbrain_captum.attr import (
     GuidedSaliencyImage,
     MaskedImage,
@@ -30,6 +31,7 @@ __all__ = [
     "MinimalParcelImage",
     "MinimalParcels",
     "OccluderDiscrepancyMapping",
+    "SelectOutput",
     "SynthesisImage",
     "SynthesisResult",
     "TheoreticalReceptiveField",

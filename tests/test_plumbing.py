@@ -154,7 +154,7 @@ def test_channel_out_of_range() -> None:
         OccluderDiscrepancyMapping(model, "conv5_relu").attribute(x, target=[0, 64])
     with pytest.raises(ValueError, match=r"target channel -1 is out of range"):
         UpsamplingActivationMapping(model, "conv5").attribute(x, target=-1)
-    with pytest.raises(ValueError, match=r"target channel 10 is out of range"):
+    with pytest.raises(ValueError, match=r"target class 10 is out of range: the model output"):
         VanillaSaliencyImage(model).attribute(x, target=10)
     with pytest.raises(ValueError, match=r"target unit \(0, 9, 0\) lies outside"):
         VanillaSaliencyImage(model, "conv3").attribute(x, target=(0, 9, 0))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._compat import select_targets
 from dnnbrain_captum._utils.hooks import run_to_layer
+from dnnbrain_captum._utils.outputs import check_model_output, check_output_target
 
 __all__ = [
     "REDUCTIONS",
@@ -205,16 +206,18 @@ def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean
     return reduce_per_example(output[torch.arange(n, device=output.device), index], reduction)
 
 
-def select_output_target(output: Tensor, target: Any) -> Tensor:
+def select_output_target(output: Any, target: Any) -> Tensor:
     """Captum's target selection on a model output, reduced to shape (N,).
 
     Raises
     ------
+    TypeError
+        If the model output is not one tensor (:class:`~dnnbrain_captum.SelectOutput`).
     ValueError
-        If the selection leaves more than one value per example (target missing or too short).
+        If a target index is out of range, or the selection leaves more than one value per
+        example (target missing or too short).
     """
-    if isinstance(target, int) and not isinstance(target, bool) and output.dim() >= 2:
-        _check_channel(target, output.shape[1])
+    check_output_target(check_model_output(output), target)
     selected = select_targets(output, target)
     if selected.dim() > 1 and selected[0].numel() == 1:
         selected = selected.reshape(selected.shape[0])

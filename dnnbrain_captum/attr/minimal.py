@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum._utils.validation import check_finite, check_image_batch
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
@@ -273,6 +273,7 @@ class MinimalParcelImage(LayerPerturbation):
         score = TargetScorer(
             self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
         )
+        check_finite(segmentation_kwargs, "segmentation_kwargs")
         labels = parcel_labels(x, segmentation, segmentation_kwargs, feature_mask)
         warn_if_training(self.forward_func)
         counts = (labels.flatten(1).amax(1) + 1).tolist()

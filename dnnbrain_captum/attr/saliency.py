@@ -25,7 +25,7 @@ from dnnbrain_captum._utils.targets import (
     select_layer_target,
     select_output_target,
 )
-from dnnbrain_captum._utils.validation import check_inputs
+from dnnbrain_captum._utils.validation import check_inputs, finite
 
 __all__ = ["GuidedSaliencyImage", "VanillaSaliencyImage", "smoothgrad_stdev"]
 
@@ -61,7 +61,7 @@ def smoothgrad_stdev(inputs: Tensor | tuple[Tensor, ...], sigma_multiplier: floa
     """
     if isinstance(sigma_multiplier, bool) or not isinstance(sigma_multiplier, (int, float)):
         raise TypeError(f"sigma_multiplier must be a number, got {sigma_multiplier!r}")
-    if sigma_multiplier < 0:
+    if finite(sigma_multiplier, "sigma_multiplier") < 0:
         raise ValueError(f"sigma_multiplier must be >= 0, got {sigma_multiplier}")
     items = check_inputs(inputs)
     high = max(float(t.max()) for t in items)

@@ -27,7 +27,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -43,7 +42,6 @@ from dnnbrain_captum.cli import receptive_fields as receptive_fields
 from dnnbrain_captum.cli import saliency as saliency
 from dnnbrain_captum.cli import synthesize as synthesize
 from dnnbrain_captum.cli._common import _QUIET_WARNINGS as _QUIET_WARNINGS
-from dnnbrain_captum.cli._common import MANIFEST as MANIFEST
 from dnnbrain_captum.cli._common import PROG as PROG
 from dnnbrain_captum.cli._common import SUBCOMMANDS as SUBCOMMANDS
 from dnnbrain_captum.cli._common import CLIError as CLIError
@@ -51,15 +49,17 @@ from dnnbrain_captum.cli._common import RunContext as RunContext
 from dnnbrain_captum.cli._common import Subcommand as Subcommand
 from dnnbrain_captum.cli._common import _arguments_record as _arguments_record
 from dnnbrain_captum.cli._common import _make_context as _make_context
-from dnnbrain_captum.cli._common import _occupied as _occupied
 from dnnbrain_captum.cli._common import _one_line as _one_line
-from dnnbrain_captum.cli._common import _staging as _staging
 from dnnbrain_captum.cli._common import build_parser as build_parser
 from dnnbrain_captum.cli._common import load_model as load_model
+from dnnbrain_captum.cli._outdir import MANIFEST as MANIFEST
+from dnnbrain_captum.cli._outdir import _occupied as _occupied
+from dnnbrain_captum.cli._outdir import _staging as _staging
+from dnnbrain_captum.cli._outdir import write_results_json as write_results_json
 from dnnbrain_captum.cli._stream import STREAMED as STREAMED
 from dnnbrain_captum.cli._stream import StreamJob as StreamJob
-from dnnbrain_captum.cli._stream import _run_streamed as _run_streamed
 from dnnbrain_captum.cli._stream import _streaming as _streaming
+from dnnbrain_captum.cli._stream_run import _run_streamed as _run_streamed
 from dnnbrain_captum.cli.demo import DemoPanel as DemoPanel
 from dnnbrain_captum.cli.images import mask_options as mask_options
 from dnnbrain_captum.cli.images import minimal_options as minimal_options
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> None:
         )
         files = sorted(set(ctx.files))
         ctx.record["files"] = files + [MANIFEST]
-        (staging / MANIFEST).write_text(json.dumps(ctx.record, indent=2) + "\n", "utf-8")
+        write_results_json(staging, ctx.record)
     if not args.quiet:
         for note in notes:
             sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")

@@ -1,17 +1,14 @@
 """Shared plumbing of the ``dnnbrain-captum`` command: argument parsing helpers, the
-subcommand registry, model/weights/layer/channel resolution, image loading, the staged output
-folder and one-line errors."""
+subcommand registry, model/weights/layer/channel resolution, image loading and one-line
+errors (the output folder: ``_outdir``)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +20,6 @@ import torch
 from torch import Tensor, nn
 
 PROG = "dnnbrain-captum"
-MANIFEST = "results.json"
-_TMP_PREFIX = ".dnnbrain-captum-tmp-"
 # expected warnings that say nothing to a command-line user
 _QUIET_WARNINGS = (
     ".*did not already require gradients.*",
@@ -594,69 +589,6 @@ def _check_unit(ctx: RunContext, unit: Sequence[int] | None) -> None:
             f"--unit {unit[0]} {unit[1]} is outside the {shape[1]}x{shape[2]} map of layer "
             f"{ctx.layer_name} (0-based row and column)"
         )
-
-
-# ----------------------------------------------------------------------------- output folder
-
-
-def _occupied(out: Path) -> bool:
-    return out.is_dir() and any(out.iterdir())
-
-
-@contextlib.contextmanager
-def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; move its files into ``out`` on success.
-
-    On any exception the temporary folder is removed and ``out`` is left as it was.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a folder")
-    if _occupied(out) and not overwrite:
-        raise CLIError(
-            f"--out {out} already holds results; pass --overwrite to replace them or choose "
-            "another folder"
-        )
-    base = out.parent
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise CLIError(f"output folder {out} is not writable: {base} is not a folder")
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base))
-    except OSError as err:
-        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
-    try:
-        yield staging
-        _commit(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _commit(staging: Path, out: Path) -> None:
-    try:
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(out)
-            return
-        previous = out / MANIFEST
-        if previous.is_file():
-            try:
-                listed = json.loads(previous.read_text(encoding="utf-8")).get("files", [])
-            except (ValueError, AttributeError):
-                listed = []
-            for name in listed:
-                target = out / str(name)
-                if target.is_file() and target.parent == out:
-                    target.unlink()
-        for item in staging.iterdir():
-            target = out / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    except OSError as err:
-        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
 
 
 # ----------------------------------------------------------------------------- subcommands

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._utils.validation import check_finite
 from dnnbrain_captum.optim._objectives import fourier_filter, fourier_smooth, gaussian_blur
 
 __all__ = [
@@ -62,7 +63,7 @@ class ValueRange:
         self.std = _per_channel(std, 1.0, channels, "std", dtype, device)
         if bool((self.std <= 0).any()):
             raise ValueError(f"std must be > 0 in every channel, got {std!r}")
-        low, high = value_range
+        low, high = check_finite(value_range, "value_range")
         if not low < high:
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
         self.low, self.high = float(low), float(high)
@@ -95,6 +96,7 @@ def _per_channel(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor:
+    check_finite(value, name)
     if value is None:
         values = [default] * channels
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
