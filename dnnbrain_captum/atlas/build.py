@@ -264,48 +264,27 @@ def build_atlas(
     plans, activations = _plans(model, layers, example, channels, reduction)
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
-    height, width = example.shape[-2:]
-    occlusion = dict(occlusion or {})
-    window = occlusion.setdefault(
-        "sliding_window_shapes", (max(1, height // 4), max(1, width // 4))
+    settings = _settings(
+        tuple(example.shape[-2:]),
+        top_k,
+        reduction,
+        n_syntheses,
+        synthesis,
+        occlusion,
+        minimal,
+        interpolate_mode,
+        mean,
+        std,
+        batch_size,
+        seed,
     )
-    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
-    synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
-    if mean is not None:
-        synthesis.setdefault("mean", list(mean))
-        synthesis.setdefault("std", list(std) if std is not None else None)
-    settings = {
-        "top_k": top_k,
-        "reduction": reduction,
-        "n_syntheses": n_syntheses,
-        "synthesis": synthesis,
-        "occlusion": occlusion,
-        "minimal": dict(minimal or {}),
-        "interpolate_mode": interpolate_mode,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
-    request = json.loads(
-        json.dumps(
-            {
-                "model": type(model).__name__,
-                "n_stimuli": n,
-                "layers": [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans],
-                **settings,
-            },
-            default=str,
-        )
-    )
+    layers_json = [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans]
+    request = {"model": type(model).__name__, "n_stimuli": n, "layers": layers_json, **settings}
+    request = json.loads(json.dumps(request, default=str))
     folder = AtlasFolder(Path(out))
     ranks = Ranks()
     with ranks.session():
-        error = None
-        if ranks.rank == 0:
-            try:
-                folder.prepare(request, overwrite)
-            except (ValueError, OSError) as err:
-                error = err
-        ranks.agree(error)
+        _claim(folder, ranks, request, overwrite)
         common = {
             "batch_size": batch_size,
             "seed": seed,
@@ -348,6 +327,54 @@ def build_atlas(
         ranks.rank,
         ranks.world,
     )
+
+
+def _settings(
+    size: tuple[int, int],
+    top_k: int,
+    reduction: str,
+    n_syntheses: int,
+    synthesis: Mapping[str, Any] | None,
+    occlusion: Mapping[str, Any] | None,
+    minimal: Mapping[str, Any] | None,
+    interpolate_mode: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Every setting of the atlas, defaults filled in (recorded, compared on a rerun)."""
+    occlusion = dict(occlusion or {})
+    window = occlusion.setdefault(
+        "sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4))
+    )
+    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
+    synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
+    if mean is not None:
+        synthesis.setdefault("mean", list(mean))
+        synthesis.setdefault("std", list(std) if std is not None else None)
+    return {
+        "top_k": top_k,
+        "reduction": reduction,
+        "n_syntheses": n_syntheses,
+        "synthesis": synthesis,
+        "occlusion": occlusion,
+        "minimal": dict(minimal or {}),
+        "interpolate_mode": interpolate_mode,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+
+
+def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
+    """Rank 0 checks and claims the folder; every rank raises if that failed."""
+    error = None
+    if ranks.rank == 0:
+        try:
+            folder.prepare(request, overwrite)
+        except (ValueError, OSError) as err:
+            error = err
+    ranks.agree(error)
 
 
 def _run_pieces(
