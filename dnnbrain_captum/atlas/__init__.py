@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dnnbrain_captum.atlas._activations import ChannelActivations, rank_stimuli
-from dnnbrain_captum.atlas.build import AtlasSummary, build_atlas, parse_channels
+from dnnbrain_captum.atlas._plans import parse_channels
+from dnnbrain_captum.atlas.build import AtlasSummary, build_atlas
 
 __all__ = [
     "AtlasSummary",

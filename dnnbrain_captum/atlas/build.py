@@ -6,16 +6,15 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
-from dnnbrain_captum._utils.layers import layer_path, resolve_layer
 from dnnbrain_captum._utils.validation import positive_int
-from dnnbrain_captum.atlas._activations import ChannelActivations, rank_stimuli
+from dnnbrain_captum.atlas._activations import rank_stimuli
 from dnnbrain_captum.atlas._files import AtlasFolder, Ranks
 from dnnbrain_captum.atlas._pieces import (
     EmpiricalPerChannel,
@@ -24,32 +23,18 @@ from dnnbrain_captum.atlas._pieces import (
     Stacked,
     base_dataset,
 )
+from dnnbrain_captum.atlas._plans import LayerPlan, plan_layers
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
 from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
 from dnnbrain_captum.receptive_field.empirical import EmpiricalReceptiveField
 from dnnbrain_captum.runner import read_results, run_over
 
-__all__ = ["AtlasSummary", "LayerPlan", "build_atlas", "parse_channels"]
+__all__ = ["AtlasSummary", "build_atlas"]
 
 #: Synthesis settings of the atlas unless overridden (``synthesis=``): the default preset, fewer
 #: steps (a thumbnail per channel, not a poster).
 SYNTHESIS_DEFAULTS: dict[str, Any] = {"n_iter": 64}
-
-
-@dataclass
-class LayerPlan:
-    """One layer of the atlas: its name, module, output shape and selected channels."""
-
-    name: str
-    folder: str
-    module: nn.Module
-    path: str
-    shape: tuple[int, ...]
-    channels: list[int]
-    offset: int = 0  # its first column in the activation pass's result
-    top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
-    bottom: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
 
 @dataclass
@@ -79,91 +64,6 @@ class AtlasSummary:
     def index(self) -> Path:
         """The atlas's first page."""
         return self.out / "index.html"
-
-
-def parse_channels(spec: str | Sequence[int] | None, n_channels: int, layer: str) -> list[int]:
-    """The selected 0-based channels of a layer.
-
-    Parameters
-    ----------
-    spec : str, sequence of int or None
-        None: every channel; ``"0-7,12"``: ranges and single channels; or a list of ints.
-    n_channels : int
-    layer : str
-        For error messages.
-
-    Examples
-    --------
-    >>> parse_channels("0-2,5", 8, "conv1")
-    [0, 1, 2, 5]
-    """
-    if spec is None:
-        return list(range(n_channels))
-    values: list[int] = []
-    if isinstance(spec, str):
-        for part in spec.split(","):
-            low, sep, high = part.strip().partition("-")
-            try:
-                values.extend(range(int(low), int(high) + 1) if sep else [int(low)])
-            except ValueError:
-                raise ValueError(f"channels {spec!r}: expected ranges such as 0-7,12") from None
-    else:
-        values = [int(v) for v in spec]
-    if not values:
-        raise ValueError(f"channels {spec!r} selects no channel of layer {layer!r}")
-    bad = [v for v in values if not 0 <= v < n_channels]
-    if bad:
-        raise ValueError(
-            f"channel {bad[0]} is out of range for layer {layer!r}: it has "
-            f"{n_channels} channels, 0 to {n_channels - 1} (0-based)"
-        )
-    return sorted(set(values))
-
-
-def _folder_name(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
-    return keep or "layer"
-
-
-def _plans(
-    model: nn.Module,
-    layers: Sequence[nn.Module | str],
-    example: Tensor,
-    channels: Any,
-    reduction: str,
-) -> tuple[list[LayerPlan], ChannelActivations]:
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    modules = [resolve_layer(model, layer) for layer in layers]
-    if not modules or any(m is None for m in modules):
-        raise ValueError("layers must name at least one layer of the model (None is the output)")
-    names = [
-        layer if isinstance(layer, str) else layer_path(model, m)
-        for layer, m in zip(layers, modules, strict=True)
-    ]
-    if len({id(m) for m in modules}) < len(modules):
-        raise ValueError(f"layers {names} name the same layer twice")
-    folders = [_folder_name(n) for n in names]
-    if len(set(folders)) < len(folders) or "stimuli" in folders or "runs" in folders:
-        raise ValueError(f"layers {names} give clashing folder names {folders}")
-    activations = ChannelActivations(model, modules, reduction)  # type: ignore[arg-type]
-    shapes = activations.probe(example)
-    plans, offset = [], 0
-    for name, folder, module, shape in zip(names, folders, modules, shapes, strict=True):
-        spec = channels.get(name) if isinstance(channels, Mapping) else channels
-        plans.append(
-            LayerPlan(
-                name,
-                folder,
-                module,
-                layer_path(model, module),  # type: ignore
-                shape,
-                parse_channels(spec, shape[0], name),
-                offset,
-            )
-        )
-        offset += shape[0]
-    return plans, activations
 
 
 def build_atlas(
@@ -261,7 +161,7 @@ def build_atlas(
     if n == 0:
         raise ValueError("stimuli is empty")
     example = Picked(data, [0])[0][None]
-    plans, activations = _plans(model, layers, example, channels, reduction)
+    plans, activations = plan_layers(model, layers, example, channels, reduction)
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
     settings = _settings(
