@@ -8,9 +8,10 @@ Main entry points
 -----------------
 * :func:`find_images` — files and folders (recursively) to a sorted list of image paths.
 * :func:`load_image` — one file to a ``(3, H, W)`` float32 tensor in [0, 1], optionally resized.
-* :class:`Preprocess` and :func:`preprocessing_for` — a model's preprocessing (resize, centre
-  crop, normalisation), e.g. the bundled digits model (32×32, no normalisation) or torchvision
-  ImageNet models (DNNBrain's: resize to 224×224, ImageNet mean/std).
+* :class:`Preprocess` and :func:`preprocessing_for` — a model's preprocessing (resize the
+  shorter side, centre crop, normalisation), e.g. the bundled digits model (32, no
+  normalisation) or a torchvision model (the sizes and statistics of its weights' transforms:
+  224 for most, 299 for Inception v3); :func:`class_names` from the weights' metadata.
 * :class:`ImageFolderDataset` — a map-style data set over files/folders, items ``(image, index)``.
 * :func:`read_image_list` / :meth:`ImageFolderDataset.from_csv` — a CSV list of paths with
   optional labels (plain CSV with a ``path`` column, or DNNBrain's ``.stim.csv`` layout).
@@ -40,6 +41,7 @@ __all__ = [
     "ImageFolderDataset",
     "Preprocess",
     "UnreadableImageError",
+    "class_names",
     "find_images",
     "load_image",
     "preprocessing_for",
@@ -48,7 +50,16 @@ __all__ = [
 
 #: File name endings (lower case) that :func:`find_images` picks up inside folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
 )
 #: ImageNet channel means and standard deviations (torchvision's pretrained models).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -186,7 +197,11 @@ def load_image(path: PathLike, size: int | tuple[int, int] | None = None) -> Ten
             if hw is not None and (image.height, image.width) != hw:
                 image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:  # the header claims too many pixels
+        raise UnreadableImageError(
+            path, f"refused as a possible decompression bomb (PIL): {err}"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise UnreadableImageError(path, str(err) or type(err).__name__) from None
     return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
@@ -233,7 +248,10 @@ class Preprocess:
                 target = tuple(self.size)
             if tuple(x.shape[-2:]) != target:
                 x = torch.nn.functional.interpolate(
-                    x.unsqueeze(0), size=target, mode="bilinear", align_corners=False,
+                    x.unsqueeze(0),
+                    size=target,
+                    mode="bilinear",
+                    align_corners=False,
                     antialias=True,
                 ).squeeze(0)
         crop = _pair_size(self.crop, "crop")
@@ -250,33 +268,92 @@ class Preprocess:
         return x.contiguous()
 
 
-def preprocessing_for(model: Any) -> Preprocess:
-    """The preprocessing a model expects.
+def preprocessing_for(model: Any, weights: Any = None) -> Preprocess:
+    """The preprocessing a model expects: resize the shorter side, centre-crop, normalise.
+
+    Images are never squashed: the shorter side is resized (aspect ratio kept) and the centre
+    cropped to the model's input size.
 
     Parameters
     ----------
     model : str or nn.Module
-        ``"digits"`` or the bundled :class:`~dnnbrain_captum.models.digits.DigitsCNN`: resize to
-        32×32, no normalisation. Anything else (torchvision names such as ``"alexnet"``, or a
-        module): DNNBrain's ImageNet preprocessing, resize to 224×224 and normalise with
-        :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
+        ``"digits"`` or the bundled :class:`~dnnbrain_captum.models.digits.DigitsCNN`: shorter
+        side to 32, centre 32×32, no normalisation. A torchvision classification model name
+        (``"alexnet"``, ``"vit_b_16"``, ``"inception_v3"``, ...): the sizes and ImageNet
+        statistics of the transforms of its default torchvision weights (224 for most, 299
+        for Inception v3); nothing is downloaded, only the weights' metadata is read. Any other
+        module: resize 256, crop 224 and ImageNet mean/std (DNNBrain's models).
+    weights : torchvision ``WeightsEnum`` member, optional
+        The weights actually used: their own transforms' sizes and statistics win.
 
     Returns
     -------
     Preprocess
 
+    Raises
+    ------
+    ValueError
+        A string that is neither ``"digits"`` nor a torchvision classification model name
+        (close names are suggested).
+
     Examples
     --------
     >>> preprocessing_for("digits")
-    Preprocess(size=(32, 32), crop=None, mean=None, std=None)
-    >>> preprocessing_for("alexnet").size
-    (224, 224)
+    Preprocess(size=32, crop=32, mean=None, std=None)
+    >>> preprocessing_for("alexnet").crop, preprocessing_for("inception_v3").crop
+    (224, 299)
+    >>> preprocessing_for("inception_v3").size
+    342
     """
     from dnnbrain_captum.models.digits import DIGITS_SIZE, DigitsCNN
 
-    if model == "digits" or isinstance(model, DigitsCNN):
-        return Preprocess(size=(DIGITS_SIZE, DIGITS_SIZE))
-    return Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if isinstance(model, DigitsCNN) or (isinstance(model, str) and model == "digits"):
+        return Preprocess(size=DIGITS_SIZE, crop=DIGITS_SIZE)
+    if weights is None and isinstance(model, str):
+        weights = _default_weights(model)
+    if weights is None:
+        return Preprocess(size=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    transform = weights.transforms()
+    return Preprocess(
+        size=int(transform.resize_size[0]),
+        crop=int(transform.crop_size[0]),
+        mean=tuple(float(v) for v in transform.mean),
+        std=tuple(float(v) for v in transform.std),
+    )
+
+
+def _default_weights(name: str) -> Any:
+    """The default weights entry of a torchvision classification model (metadata only)."""
+    import torchvision.models as tvm
+
+    known = sorted(tvm.list_models(module=tvm))
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*known, "digits"], n=4, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}: expected 'digits' or a torchvision classification model "
+            f"name{hint}"
+        )
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def class_names(weights: Any) -> list[str] | None:
+    """The class names in a torchvision weights entry's metadata, or None.
+
+    Examples
+    --------
+    >>> import torchvision
+    >>> class_names(torchvision.models.AlexNet_Weights.IMAGENET1K_V1)[:2]
+    ['tench', 'goldfish']
+    """
+    meta = getattr(weights, "meta", None) or {}
+    names = meta.get("categories")
+    return [str(n) for n in names] if names else None
 
 
 def read_image_list(csv_path: PathLike) -> tuple[list[Path], list[int] | None]:

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -33,6 +32,7 @@ from dnnbrain_captum.io import Preprocess, find_images, load_image
 from dnnbrain_captum.models import digits_cnn, digits_images
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG_NAME = "dnnbrain-captum"
 
 
 def run(args: Sequence[str]) -> int:
@@ -128,12 +128,25 @@ def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path,
 
 def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "occ"
-    args = ["occlusion", digit_folder, "--no-stream", "--layer", "conv4", "--channel", 7,
-            "--window", 6, 4]
+    args = [
+        "occlusion",
+        digit_folder,
+        "--no-stream",
+        "--layer",
+        "conv4",
+        "--channel",
+        7,
+        "--window",
+        6,
+        4,
+    ]
     assert run([*args, "--stride", 3, "--baseline", 0.5, "--out", out]) == 0
     check_manifest(out, ["occlusion.npy"], 3)
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
-        loaded(digit_folder), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
+        loaded(digit_folder),
+        target=7,
+        sliding_window_shapes=(6, 4),
+        strides=(3, 3),
         baselines=0.5,
     )
     result = np.load(out / "occlusion.npy")
@@ -143,8 +156,17 @@ def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
 
 def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "up"
-    args = ["upsample", digit_folder, "--no-stream", "--digits", 2, "--layer", "features.10",
-            "--channel", 5]
+    args = [
+        "upsample",
+        digit_folder,
+        "--no-stream",
+        "--digits",
+        2,
+        "--layer",
+        "features.10",
+        "--channel",
+        5,
+    ]
     assert run([*args, "--threshold", 0.5, "--interpolate", "bilinear", "--out", out]) == 0
     check_manifest(out, ["upsample.npy"], 5)
     digits, _ = digits_images(n=2)
@@ -192,13 +214,18 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--tv", 0.01, "--out", out]) == 0
     check_manifest(out, ["synthesis.npy", "activation.npy"], 1)
     expected = SynthesisImage(model, "conv5").attribute(
-        random_images(2, 32), target=[2, 5], n_iter=3, regularizers={"tv": 0.01},
+        random_images(2, 32),
+        target=[2, 5],
+        n_iter=3,
+        regularizers={"tv": 0.01},
         return_history=True,
     )
-    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.images.numpy(),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.load(out / "activation.npy"), expected.activation.numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out / "synthesis.npy"), expected.images.numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.load(out / "activation.npy"), expected.activation.numpy(), rtol=1e-5, atol=1e-6
+    )
     # classes of the output, from one given start image, DNNBrain's pixel preset
     out = tmp_path / "syn2"
     args = ["synthesize", "--digits", 1, "--channel", "3-4", "--preset", "dnnbrain"]
@@ -206,8 +233,9 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--n-iter", 2, "--out", out]) == 0
     start = digits_images(n=1)[0].expand(2, -1, -1, -1)
     expected = SynthesisImage(model).attribute(start, target=[3, 4], preset="dnnbrain", n_iter=2)
-    np.testing.assert_allclose(np.load(out / "synthesis.npy"), expected.numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out / "synthesis.npy"), expected.numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_mask(tmp_path: Path, model) -> None:
@@ -247,7 +275,10 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
     assert run([*args, "--search", "removal", "--out", out]) == 0
     record = check_manifest(out, ["minimal.npy", "kept.npy", "parcels.npy"], 2)
     expected = MinimalParcelImage(model).attribute(
-        x, target=classes, segmentation="slic", segmentation_kwargs={"n_segments": 12},
+        x,
+        target=classes,
+        segmentation="slic",
+        segmentation_kwargs={"n_segments": 12},
         search_criterion="removal",
     )
     np.testing.assert_array_equal(np.load(out / "minimal.npy"), expected.images.numpy())
@@ -276,28 +307,46 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
     expected = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3")).attribute(
         x, target=5, threshold=0.5
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-6)
     summary = json.loads((out / "empirical_rf.json").read_text())
     assert summary["size"] == expected.size.tolist()
     assert summary["theoretical_size"] == [18, 18] and summary["n_images"] == 5
     out = tmp_path / "erf2"
     args = ["empirical-rf", "--digits", 2, "--layer", "conv5", "--channel", 1]
-    assert run([*args, "--engine", "occlusion", "--window", 6, "--stride", 4, "--alignment",
-                "map", "--out", out]) == 0
+    assert (
+        run(
+            [
+                *args,
+                "--engine",
+                "occlusion",
+                "--window",
+                6,
+                "--stride",
+                4,
+                "--alignment",
+                "map",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     expected = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv5")).attribute(
         x[:2], target=1, alignment="map", sliding_window_shapes=(6, 6), strides=(4, 4)
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-5)
 
 
-def test_demo_index_references_existing_images(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    started = time.perf_counter()
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quick demo run (two digits), shared by the page checks."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert run(["demo", "--out", out, "--n-images", 2, "--quick", "--quiet"]) == 0
-    seconds = time.perf_counter() - started
-    assert seconds < 120, seconds
+    return out
+
+
+def test_demo_index_references_existing_images(demo_out: Path) -> None:
+    out = demo_out
 
     class Panels(HTMLParser):
         def __init__(self) -> None:
@@ -312,8 +361,16 @@ def test_demo_index_references_existing_images(tmp_path: Path) -> None:
 
     parser = Panels()
     parser.feed((out / "index.html").read_text())
-    expected = ["saliency", "occlusion", "upsample", "synthesize", "mask", "minimal", "rf",
-                "empirical-rf"]
+    expected = [
+        "saliency",
+        "occlusion",
+        "upsample",
+        "synthesize",
+        "mask",
+        "minimal",
+        "rf",
+        "empirical-rf",
+    ]
     assert set(expected) <= set(cli.SUBCOMMANDS)
     assert len(parser.images) == 11  # three saliency panels, two minimal-image panels
     for sources in parser.images:
@@ -323,6 +380,50 @@ def test_demo_index_references_existing_images(tmp_path: Path) -> None:
             assert not source.startswith(("/", "http"))
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
+    held_out = digits_images()[0].shape[0]
+    assert f"on the {held_out} held-out digits" in (out / "index.html").read_text()
+
+
+def test_demo_page_in_a_real_browser(demo_out: Path, tmp_path: Path) -> None:
+    """Headless Chromium opens index.html: every image decodes, no broken link, no console
+    error, and a screenshot of the whole page is taken."""
+    from tests.helpers.browser import check_page
+
+    report = check_page(demo_out / "index.html", tmp_path / "demo.png")
+    tags = (demo_out / "index.html").read_text().count("<img ")
+    assert len(report.images) == tags >= 11  # every panel has at least one figure
+    assert [image.src for image in report.images if not image.decoded] == []
+    assert report.broken_links == []
+    assert report.console_errors == []
+    with Image.open(report.screenshot) as shot:
+        assert shot.format == "PNG" and shot.width == 1200 and shot.height > 2000
+
+
+def test_browser_helper_sees_broken_images_links_and_errors(tmp_path: Path) -> None:
+    """The same helper on a page with every fault: each one is reported."""
+    from tests.helpers.browser import check_page
+
+    Image.new("RGB", (4, 3), "red").save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_text("not a png")
+    (tmp_path / "page.html").write_text(
+        '<html><body id="top"><img src="good.png"><img src="bad.png"><img src="gone.png">'
+        '<a href="#top">ok</a><a href="#nowhere">frag</a><a href="missing.html">m</a>'
+        '<a href="https://example.org/">web</a><script>console.error("boom")</script>'
+        "</body></html>"
+    )
+    report = check_page(tmp_path / "page.html", tmp_path / "shot.png")
+    decoded = {Path(i.src).name: i.decoded for i in report.images}
+    assert decoded == {"good.png": True, "bad.png": False, "gone.png": False}
+    assert sorted(Path(link).name for link in report.broken_links) == [
+        "gone.png",
+        "missing.html",
+        "page.html#nowhere",
+    ]
+    assert report.external_links == ["https://example.org/"]
+    assert "boom" in report.console_errors
+    assert any("gone.png" in error for error in report.console_errors)
+    with Image.open(report.screenshot) as shot:
+        assert shot.format == "PNG"
 
 
 def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
@@ -336,8 +437,12 @@ def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     args = ["upsample", "--digits", 1, "--layer", "conv3", "--channel", 2, "--out", out]
     assert run([*args, "--overwrite"]) == 0
-    assert files_in(out) == {"mine.txt", "results.json", "upsample.npy",
-                             "000_digit0_label6_upsample.png"}
+    assert files_in(out) == {
+        "mine.txt",
+        "results.json",
+        "upsample.npy",
+        "000_digit0_label6_upsample.png",
+    }
     assert np.load(out / "upsample.npy").shape == (1, 32, 32)
 
 
@@ -358,8 +463,12 @@ def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
         np.load(tmp_path / "a" / "upsample.npy"), np.load(tmp_path / "b" / "upsample.npy")
     )
     args = ["saliency", "--digits", 1, "--model", "tests.helpers.models:TinyConvNet"]
-    assert run([*args, "--image-size", 12, "--layer", "conv2", "--channel", 1,
-                "--out", tmp_path / "c"]) == 0
+    assert (
+        run(
+            [*args, "--image-size", 12, "--layer", "conv2", "--channel", 1, "--out", tmp_path / "c"]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "c" / "saliency.npy").shape == (1, 3, 12, 12)
 
 
@@ -383,10 +492,12 @@ def test_torchvision_weight_name_uses_the_hub_cache_only(tmp_path: Path, monkeyp
     for name in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
         out = tmp_path / name
         assert run([*args, "--weights", name, "--channel", 7, "--out", out, "--quiet"]) == 0
-        x = torch.nn.functional.interpolate(digits_images(n=1)[0], size=(224, 224),
-                                            mode="bilinear", antialias=True)
+        x = torch.nn.functional.interpolate(
+            digits_images(n=1)[0], size=(224, 224), mode="bilinear", antialias=True
+        )
         x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
         expected = UpsamplingActivationMapping(reference, "features.3").attribute(x, target=7)
         np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-4)
 
@@ -415,15 +526,22 @@ ERRORS = {
         "nope.png",
     ),
     "unreadable image": (_not_an_image, "broken.png"),
-    "unknown layer": (lambda tmp: ["--digits", "1", "--layer", "conv9", "--channel", "0"],
-                      "conv9"),
+    "unknown layer": (lambda tmp: ["--digits", "1", "--layer", "conv9", "--channel", "0"], "conv9"),
     "unknown model": (
         lambda tmp: ["--digits", "1", "--model", "alexnett", "--layer", "conv5", "--channel", "0"],
         "alexnett",
     ),
     "bad factory": (
-        lambda tmp: ["--digits", "1", "--model", "no_such_pkg.mod:make", "--layer", "x",
-                     "--channel", "0"],
+        lambda tmp: [
+            "--digits",
+            "1",
+            "--model",
+            "no_such_pkg.mod:make",
+            "--layer",
+            "x",
+            "--channel",
+            "0",
+        ],
         "no_such_pkg",
     ),
     "channel out of range": (
@@ -435,13 +553,31 @@ ERRORS = {
         "--channel -1",
     ),
     "missing weights file": (
-        lambda tmp: ["--digits", "1", "--weights", str(tmp / "w.pt"), "--layer", "conv5",
-                     "--channel", "0"],
+        lambda tmp: [
+            "--digits",
+            "1",
+            "--weights",
+            str(tmp / "w.pt"),
+            "--layer",
+            "conv5",
+            "--channel",
+            "0",
+        ],
         "w.pt",
     ),
     "weights not cached": (
-        lambda tmp: ["--digits", "1", "--model", "alexnet", "--weights", "IMAGENET1K_V1",
-                     "--layer", "conv5", "--channel", "0"],
+        lambda tmp: [
+            "--digits",
+            "1",
+            "--model",
+            "alexnet",
+            "--weights",
+            "IMAGENET1K_V1",
+            "--layer",
+            "conv5",
+            "--channel",
+            "0",
+        ],
         "IMAGENET1K_V1",
     ),
     "no images": (lambda tmp: ["--layer", "conv5", "--channel", "0"], "images"),
@@ -554,7 +690,10 @@ def test_entry_point_is_declared_and_runs_as_a_program(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     done = subprocess.run(
         [*program, "saliency", str(missing), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -584,12 +723,16 @@ def five_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_stream_folder_equals_library_run_over(tmp_path: Path, five_digits: Path, model,
-                                               capsys) -> None:
+def test_stream_folder_equals_library_run_over(
+    tmp_path: Path, five_digits: Path, model, capsys
+) -> None:
     from dnnbrain_captum import read_results, run_over
     from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
 
@@ -600,25 +743,47 @@ def test_stream_folder_equals_library_run_over(tmp_path: Path, five_digits: Path
     record = json.loads((out / "results.json").read_text())
     assert record["mode"] == "stream" and record["targets"] == 3
     assert record["images"] == [str(p) for p in find_images(five_digits)]
-    assert set(record["files"]) == files_in(out) == {
-        "results.json", "manifest.json", "result.npy", "000_d0_saliency.png",
-        "001_d1_saliency.png"}
+    assert (
+        set(record["files"])
+        == files_in(out)
+        == {
+            "results.json",
+            "manifest.json",
+            "result.npy",
+            "000_d0_saliency.png",
+            "001_d1_saliency.png",
+        }
+    )
     data = ImageFolderDataset(five_digits, transform=preprocessing_for("digits"))
     same = {"abs": False, "reduction": "mean"}  # the CLI passes its defaults explicitly
-    run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=tmp_path / "lib",
-             batch_size=2, **same)
+    run_over(
+        VanillaSaliencyImage(model, "conv5"),
+        data,
+        targets=3,
+        out=tmp_path / "lib",
+        batch_size=2,
+        **same,
+    )
     streamed = read_results(out)
     np.testing.assert_array_equal(streamed, read_results(tmp_path / "lib"))
     expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(five_digits), target=3)
     np.testing.assert_allclose(streamed, expected.numpy(), rtol=1e-5, atol=1e-7)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["request"] == json.loads((tmp_path / "lib" / "manifest.json").read_text())[
-        "request"]
-    assert manifest["request"]["stimulus_ids"] == ["d0.png", "d1.png", "d2.png", "d3.png",
-                                                   "sub/d4.png"]
+    assert (
+        manifest["request"]
+        == json.loads((tmp_path / "lib" / "manifest.json").read_text())["request"]
+    )
+    assert manifest["request"]["stimulus_ids"] == [
+        "d0.png",
+        "d1.png",
+        "d2.png",
+        "d3.png",
+        "sub/d4.png",
+    ]
     # the folder is a plain runner folder: the same call from Python finds it complete
-    again = run_over(VanillaSaliencyImage(model, "conv5"), data, targets=3, out=out,
-                     batch_size=2, **same)
+    again = run_over(
+        VanillaSaliencyImage(model, "conv5"), data, targets=3, out=out, batch_size=2, **same
+    )
     assert (again.computed, again.reused) == (0, 5)
 
 
@@ -627,48 +792,105 @@ def test_stream_smoothgrad_on_predicted_classes_equals_in_memory(
 ) -> None:
     from dnnbrain_captum import read_results
 
-    args = ["saliency", five_digits, "--method", "guided", "--smooth", 2, "--batch-size", 2,
-            "--no-figures"]
+    args = [
+        "saliency",
+        five_digits,
+        "--method",
+        "guided",
+        "--smooth",
+        2,
+        "--batch-size",
+        2,
+        "--no-figures",
+    ]
     assert run([*args, "--out", tmp_path / "s"]) == 0
     assert run([*args, "--no-stream", "--out", tmp_path / "m"]) == 0
     in_memory = json.loads((tmp_path / "m" / "results.json").read_text())
     assert read_results(tmp_path / "s" / "predicted_classes").tolist() == in_memory["targets"]
-    np.testing.assert_allclose(read_results(tmp_path / "s"),
-                               np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        read_results(tmp_path / "s"), np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7
+    )
     assert "predicted_classes" in files_in(tmp_path / "s")
 
 
-def test_stream_occlusion_and_upsample_with_digits(tmp_path: Path, five_digits: Path,
-                                                   model) -> None:
+def test_stream_occlusion_and_upsample_with_digits(
+    tmp_path: Path, five_digits: Path, model
+) -> None:
     from dnnbrain_captum import read_results
 
-    args = ["occlusion", five_digits, "--layer", "conv4", "--channel", 7, "--window", 6, 4,
-            "--stride", 3, "--baseline", 0.5, "--max-figures", 2, "--out", tmp_path / "o"]
+    args = [
+        "occlusion",
+        five_digits,
+        "--layer",
+        "conv4",
+        "--channel",
+        7,
+        "--window",
+        6,
+        4,
+        "--stride",
+        3,
+        "--baseline",
+        0.5,
+        "--max-figures",
+        2,
+        "--out",
+        tmp_path / "o",
+    ]
     assert run(args) == 0
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
-        loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3),
-        baselines=0.5)
-    np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5,
-                               atol=1e-6)
+        loaded(five_digits), target=7, sliding_window_shapes=(6, 4), strides=(3, 3), baselines=0.5
+    )
+    np.testing.assert_allclose(read_results(tmp_path / "o"), expected.numpy(), rtol=1e-5, atol=1e-6)
     assert sorted(f for f in files_in(tmp_path / "o") if f.endswith(".png")) == [
-        "000_d0_occlusion.png", "001_d1_occlusion.png"]
+        "000_d0_occlusion.png",
+        "001_d1_occlusion.png",
+    ]
     # explicit --stream with files and --digits equals the in-memory run
     files = [str(p) for p in find_images(five_digits)[:2]]
-    args = ["upsample", *files, "--digits", 2, "--layer", "conv5", "--channel", 5,
-            "--threshold", 0.5, "--no-figures"]
+    args = [
+        "upsample",
+        *files,
+        "--digits",
+        2,
+        "--layer",
+        "conv5",
+        "--channel",
+        5,
+        "--threshold",
+        0.5,
+        "--no-figures",
+    ]
     assert run([*args, "--stream", "--batch-size", 3, "--out", tmp_path / "u"]) == 0
     assert run([*args, "--out", tmp_path / "v"]) == 0
-    np.testing.assert_allclose(read_results(tmp_path / "u"),  # batches of 3 vs one of 4
-                               np.load(tmp_path / "v" / "upsample.npy"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        read_results(tmp_path / "u"),  # batches of 3 vs one of 4
+        np.load(tmp_path / "v" / "upsample.npy"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
-def test_stream_rerun_resumes_refuses_or_overwrites(tmp_path: Path, five_digits: Path, capsys,
-                                                    monkeypatch) -> None:
+def test_stream_rerun_resumes_refuses_or_overwrites(
+    tmp_path: Path, five_digits: Path, capsys, monkeypatch
+) -> None:
     from dnnbrain_captum import read_results
 
     out = tmp_path / "up"
-    args = ["upsample", five_digits, "--layer", "conv3", "--channel", 1, "--batch-size", 2,
-            "--max-figures", 1, "--out", out]
+    args = [
+        "upsample",
+        five_digits,
+        "--layer",
+        "conv3",
+        "--channel",
+        1,
+        "--batch-size",
+        2,
+        "--max-figures",
+        1,
+        "--out",
+        out,
+    ]
     original = UpsamplingActivationMapping.attribute
     calls: list[int] = []
 
@@ -704,7 +926,8 @@ def test_stream_rerun_resumes_refuses_or_overwrites(tmp_path: Path, five_digits:
     assert run([*args, "--channel", 2, "--overwrite"]) == 0
     assert "5 computed, 0 reused" in capsys.readouterr().err
     expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(
-        loaded(five_digits), target=2)
+        loaded(five_digits), target=2
+    )
     np.testing.assert_allclose(read_results(out), expected.numpy(), rtol=1e-5, atol=1e-5)
     # a folder holding other files (not a run) is refused
     other = tmp_path / "other"
@@ -727,8 +950,19 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
     shutil.copytree(five_digits, folder)
     (folder / "d2b.png").write_text("not a png")  # item 3 in path order
     out = tmp_path / "out"
-    args = ["upsample", folder, "--layer", "conv5", "--channel", 4, "--batch-size", 2,
-            "--no-figures", "--out", out]
+    args = [
+        "upsample",
+        folder,
+        "--layer",
+        "conv5",
+        "--channel",
+        4,
+        "--batch-size",
+        2,
+        "--no-figures",
+        "--out",
+        out,
+    ]
     assert run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "d2b.png" in err[0] and "--skip-unreadable" in err[0], err
@@ -738,12 +972,286 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
     assert "note: skipped unreadable image" in err and "d2b.png" in err
     result = read_results(out)
     assert result.shape == (6, 32, 32) and np.isnan(result[3]).all()
-    expected = UpsamplingActivationMapping(model, "conv5").attribute(
-        loaded(five_digits), target=4)
-    np.testing.assert_allclose(np.delete(result, 3, axis=0), expected.numpy(), rtol=1e-5,
-                               atol=1e-5)
+    expected = UpsamplingActivationMapping(model, "conv5").attribute(loaded(five_digits), target=4)
+    np.testing.assert_allclose(np.delete(result, 3, axis=0), expected.numpy(), rtol=1e-5, atol=1e-5)
     record = json.loads((out / "results.json").read_text())
     assert [s["id"] for s in record["run"]["skipped"]] == ["d2b.png"]
     # --skip-unreadable is refused for in-memory runs
     assert run([*args[:-1], tmp_path / "x", "--skip-unreadable", "--no-stream"]) == 2
     assert "--skip-unreadable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- unreadable inputs
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _bomb(path: Path) -> None:
+    """A 100-byte PNG whose header claims 30000 x 30000 pixels."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _truncated(path: Path) -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    image.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+UNREADABLE = {
+    "bad header": lambda path: path.write_bytes(b"GIF89a but not really an image at all"),
+    "decompression bomb": _bomb,
+    "truncated": _truncated,
+}
+# every subcommand that reads images, with the options it needs besides the image
+IMAGE_COMMANDS = {
+    "saliency": [],
+    "occlusion": ["--window", "8", "--stride", "8"],
+    "upsample": ["--layer", "conv3", "--channel", "0"],
+    "mask": [],
+    "minimal": [],
+    "rf": ["--layer", "conv3"],
+    "empirical-rf": ["--layer", "conv3", "--channel", "0"],
+    "synthesize": ["--layer", "conv3", "--channel", "0", "--n-iter", "2"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+@pytest.mark.parametrize("command", sorted(IMAGE_COMMANDS))
+def test_unreadable_image_is_one_line_exit_2_and_nothing_written(
+    command: str, kind: str, tmp_path: Path, capsys
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    good = work / "good.png"
+    Image.new("RGB", (32, 32), "white").save(good)
+    bad = work / "bad.png"
+    UNREADABLE[kind](bad)
+    before = {p: p.read_bytes() for p in work.iterdir()}
+    out = work / "out"
+    code = run([command, good, bad, *IMAGE_COMMANDS[command], "--out", out])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured.err
+    assert f"{PROG_NAME} {command}: error:" in lines[0] and "bad.png" in lines[0]
+    assert "Traceback" not in captured.err
+    assert {p: p.read_bytes() for p in work.iterdir()} == before  # nothing written
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_unreadable_weights_file_is_one_line_exit_2(kind: str, tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "weights.pt"
+    if kind == "truncated":
+        torch.save(digits_cnn().state_dict(), weights)
+        weights.write_bytes(weights.read_bytes()[:5000])
+    else:
+        weights.write_bytes(b"\x89PNG not a checkpoint")
+    out = tmp_path / "out"
+    assert run(["saliency", "--digits", 1, "--weights", weights, "--out", out]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "weights.pt" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_streamed_unreadable_image_is_one_line_exit_2(kind: str, tmp_path: Path, capsys) -> None:
+    """Streamed runs (a folder) stop at an unreadable image with one line naming it; the
+    run folder keeps its completed chunks for a resume (see docs/cli.md)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "white").save(folder / "a_good.png")
+    UNREADABLE[kind](folder / "b_bad.png")
+    assert run(["saliency", folder, "--out", tmp_path / "out", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "b_bad.png" in lines[0] and "Traceback" not in captured.err
+
+
+# ----------------------------------------------------------------------------- repeatable runs
+
+
+RANDOM_MODEL = ["--model", "resnet18", "--layer", "layer1", "--channel", "3", "--image-size", "32"]
+
+
+def test_random_weights_are_seeded_said_and_recorded(tmp_path: Path, capsys) -> None:
+    results = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        assert run(["upsample", "--digits", 2, *RANDOM_MODEL, "--seed", seed, "--out", out]) == 0
+        err = capsys.readouterr().err
+        assert f"resnet18 has random weights (seeded with --seed {seed})" in err
+        record = json.loads((out / "results.json").read_text())
+        assert record["random_weights_seed"] == seed
+        results.append(np.load(out / "upsample.npy"))
+    np.testing.assert_array_equal(results[0], results[1])  # the same command, the same numbers
+    assert not np.array_equal(results[0], results[2])  # another seed, other weights
+    before = torch.random.get_rng_state()
+    cli.load_model("resnet18", seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG untouched
+
+
+def test_streamed_rerun_of_a_random_model_resumes(
+    tmp_path: Path, five_digits: Path, capsys
+) -> None:
+    out = tmp_path / "stream"
+    args = ["saliency", five_digits, *RANDOM_MODEL, "--out", out, "--no-figures"]
+    assert run(args) == 0
+    first = np.load(out / "result.npy")
+    capsys.readouterr()
+    assert run(args) == 0  # was refused: "differs in model_sha256"
+    assert "0 computed, 5 reused" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out / "result.npy"), first)
+
+
+def test_checkpoints_module_prefix_pickled_model_and_factory_from_cwd(
+    tmp_path: Path, model, capsys, monkeypatch
+) -> None:
+    ddp = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ddp)
+    out = tmp_path / "ddp"
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                1,
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--weights",
+                ddp,
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    expected = UpsamplingActivationMapping(model, "conv3").attribute(
+        digits_images(n=1)[0], target=1
+    )
+    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-6)
+    whole = tmp_path / "whole.pt"
+    torch.save(model, whole)
+    capsys.readouterr()
+    assert run(["saliency", "--digits", 1, "--weights", whole, "--out", tmp_path / "w"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+    assert "whole pickled model" in lines[0] and "state_dict()" in lines[0]
+    # package.module:factory from the current folder, without PYTHONPATH
+    (tmp_path / "mymodels.py").write_text(
+        "from dnnbrain_captum.models import digits_cnn\n\ndef make():\n    return digits_cnn()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert str(tmp_path) not in sys.path
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                1,
+                "--model",
+                "mymodels:make",
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--out",
+                tmp_path / "factory",
+            ]
+        )
+        == 0
+    )
+    assert str(tmp_path) not in sys.path  # put back
+    np.testing.assert_allclose(
+        np.load(tmp_path / "factory" / "upsample.npy"), expected.numpy(), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind, magic", [("svg", b"<?xml"), ("pdf", b"%PDF-")])
+def test_figure_format_and_dpi(kind: str, magic: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    assert (
+        run(
+            [
+                "upsample",
+                "--digits",
+                2,
+                "--layer",
+                "conv3",
+                "--channel",
+                1,
+                "--format",
+                kind,
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    figures = sorted(p for p in out.iterdir() if p.suffix == f".{kind}")
+    assert len(figures) == 2 and all(p.read_bytes()[:5] == magic for p in figures)
+    assert set(json.loads((out / "results.json").read_text())["files"]) == files_in(out)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, dpi in ((small, 50), (large, 100)):
+        assert (
+            run(
+                [
+                    "upsample",
+                    "--digits",
+                    1,
+                    "--layer",
+                    "conv3",
+                    "--channel",
+                    1,
+                    "--dpi",
+                    dpi,
+                    "--out",
+                    folder,
+                ]
+            )
+            == 0
+        )
+    (png_small,), (png_large,) = small.glob("*.png"), large.glob("*.png")
+    with Image.open(png_small) as a, Image.open(png_large) as b:
+        assert b.width == 2 * a.width
+
+
+def test_photos_are_cropped_not_squashed(tmp_path: Path) -> None:
+    """A 64 x 32 photo for the 32 x 32 digits model: shorter side 32, centre 32 x 32 kept."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    out = tmp_path / "res"
+    assert (
+        run(["upsample", tmp_path / "wide.png", "--layer", "conv3", "--channel", 1, "--out", out])
+        == 0
+    )
+    centre = torch.from_numpy(wide[:, 16:48]).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(centre, target=1)
+    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-5)
+    record = json.loads((out / "results.json").read_text())
+    assert record["preprocessing"]["center_crop"] == 32
+
+
+def test_upsample_help_says_layer_and_channel_are_required(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["upsample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0-BASED channel of --layer, required" in text
+    assert "the class index" not in text  # upsample has no class mode

@@ -185,3 +185,28 @@ def test_csv_plain_and_dnnbrain_stim(tmp_path: Path) -> None:
     data = ImageFolderDataset.from_csv(missing)
     with pytest.raises(UnreadableImageError, match="gone.png"):
         data[1]
+
+
+def test_preprocessing_follows_the_model() -> None:
+    import torchvision
+
+    from dnnbrain_captum.io import class_names
+
+    assert preprocessing_for("digits") == Preprocess(size=32, crop=32)
+    for name, crop in (("alexnet", 224), ("vit_b_16", 224), ("inception_v3", 299)):
+        step = preprocessing_for(name)
+        assert step.crop == crop and step.size > crop, name
+        assert step.mean == pytest.approx((0.485, 0.456, 0.406))
+    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    assert preprocessing_for("resnet50", weights=weights).size == 232  # the weights' own
+    with pytest.raises(ValueError, match="unknown model 'alexnett'.*close names: alexnet"):
+        preprocessing_for("alexnett")
+    names = class_names(torchvision.models.AlexNet_Weights.IMAGENET1K_V1)
+    assert len(names) == 1000 and names[0] == "tench"
+    assert class_names(None) is None
+
+
+def test_preprocess_crops_instead_of_squashing() -> None:
+    wide = torch.arange(2 * 4 * 8, dtype=torch.float32).view(2, 4, 8)
+    cropped = Preprocess(size=4, crop=4)(wide)
+    torch.testing.assert_close(cropped, wide[:, :, 2:6])

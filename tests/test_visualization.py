@@ -135,3 +135,45 @@ def test_empirical_rf_figure_draws_the_size_box() -> None:
     fig = vis.empirical_rf_figure(np.random.default_rng(1).random((11, 11)), size=(4.0, 6.0))
     (box,) = fig.axes[0].patches
     assert box.get_xy() == (2.0, 3.0) and (box.get_width(), box.get_height()) == (6.0, 4.0)
+
+
+@pytest.mark.parametrize("case", sorted(ZERO_CASES))
+def test_every_figure_renders_for_ipython_rich_display(case: str) -> None:
+    """IPython's own formatter (what a notebook calls on a cell's last value) gives a PNG
+    without any %matplotlib set-up."""
+    from IPython.core.formatters import DisplayFormatter
+
+    fig = ZERO_CASES[case]()
+    assert isinstance(fig, vis.DisplayFigure)
+    data, _ = DisplayFormatter().format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind, magic", [("png", b"\x89PNG"), ("svg", b"<?xm"), ("pdf", b"%PDF")])
+def test_save_figure_formats_and_dpi(kind: str, magic: bytes, tmp_path) -> None:
+    from PIL import Image
+
+    vis.save_figure(ZERO_CASES["activation map"](), tmp_path / f"f.{kind}", dpi=50)
+    assert (tmp_path / f"f.{kind}").read_bytes()[:4] == magic
+    assert [p.name for p in tmp_path.iterdir()] == [f"f.{kind}"]  # no temporary file left
+    if kind == "png":
+        vis.save_figure(ZERO_CASES["activation map"](), tmp_path / "g.png", dpi=100)
+        with Image.open(tmp_path / "f.png") as small, Image.open(tmp_path / "g.png") as big:
+            assert big.width == 2 * small.width
+
+
+def test_save_figure_refuses_unknown_formats_and_dpi(tmp_path) -> None:
+    with pytest.raises(ValueError, match="extension must be one of .png, .svg, .pdf"):
+        vis.save_figure(ZERO_CASES["activation map"](), tmp_path / "f.jpg")
+    with pytest.raises(ValueError, match="dpi must be a positive integer, got 0"):
+        vis.save_figure(ZERO_CASES["activation map"](), tmp_path / "f.png", dpi=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_show_outside_a_notebook_saves_a_png(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DNNBRAIN_CAPTUM_FIGURES", str(tmp_path / "figs"))
+    path = vis.show(ZERO_CASES["synthesis grid"](), "grid")
+    assert path == tmp_path / "figs" / "grid.png"
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="plain file name"):
+        vis.show(ZERO_CASES["synthesis grid"](), "../escape")

@@ -23,6 +23,13 @@
 # Everything below runs offline in a few seconds on the bundled digits CNN (an AlexNet-shaped
 # network with DNNBrain's layer names `conv1` … `conv5`, `fc1` … `fc3`). **Channels are
 # 0-based** (DNNBrain counted from 1).
+#
+# **Finding checked below:** the gradient of one conv5 unit is exactly zero outside that
+# unit's theoretical receptive field — saliency only ever sees what the unit can see.
+#
+# Opened as a notebook (`jupytext --to notebook tutorials/01_saliency.py`, see the README),
+# each figure appears under its cell; run as a script, the figures are saved into
+# `./figures/`.
 
 # %%
 import os
@@ -33,7 +40,8 @@ from captum.attr import NoiseTunnel, Saliency
 
 from dnnbrain_captum import GuidedSaliencyImage, VanillaSaliencyImage, smoothgrad_stdev
 from dnnbrain_captum.models import digits_cnn, digits_images
-from dnnbrain_captum.visualization import saliency_figure, synthesis_grid
+from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
+from dnnbrain_captum.visualization import saliency_figure, show, synthesis_grid
 
 FAST = os.environ.get("DNNBRAIN_CAPTUM_FAST") == "1"  # the test suite sets this
 torch.manual_seed(0)
@@ -56,7 +64,7 @@ grads = vanilla.attribute(images, target=predicted)  # (4, 3, 32, 32)
 captum_grads = Saliency(model).attribute(images, target=predicted, abs=False)
 print("same as captum.attr.Saliency:", torch.allclose(grads, captum_grads))
 fig = saliency_figure(grads[0], images[0], title=f"class {int(predicted[0])}")
-fig  # noqa: B018 - a notebook shows the figure
+show(fig, "01_class_saliency")
 
 # %% [markdown]
 # ## The gradient of an inner channel
@@ -68,12 +76,25 @@ fig  # noqa: B018 - a notebook shows the figure
 # layer: nothing after `conv5` runs.
 
 # %%
-channel = 7
+with torch.no_grad():
+    conv5_relu = model.features[:12](images).mean(dim=(2, 3))  # conv5_relu = features.11
+channel = int(conv5_relu.min(dim=0).values.argmax())  # the channel most active on all four
+print("conv5 channel", channel, "mean activation per image:", conv5_relu[:, channel].tolist())
+assert (conv5_relu[:, channel] > 0).all()  # active on every image shown: gradients flow
 conv5_grads = VanillaSaliencyImage(model, "conv5").attribute(images, target=channel)
 corner = VanillaSaliencyImage(model, "conv5").attribute(images, target=(channel, 0, 0))
 print("channel gradient", tuple(conv5_grads.shape), " unit gradient", tuple(corner.shape))
-print("the corner unit of conv5 sees only part of the image:",
-      int((corner[0].abs().sum(0) > 0).sum()), "of", 32 * 32, "pixels")
+(h0, h1), (w0, w1) = TheoreticalReceptiveField(model, input_size=(3, 32, 32)).find_region(
+    "conv5", (0, 0)
+)
+seen = corner.abs().sum(dim=1) > 0  # (4, 32, 32): pixels with a non-zero gradient
+inside = torch.zeros(32, 32, dtype=torch.bool)
+inside[h0:h1, w0:w1] = True
+print(
+    f"conv5 unit (0, 0) sees rows {h0}-{h1 - 1}, columns {w0}-{w1 - 1}; its gradient is "
+    f"non-zero on {seen[0].sum()} of {32 * 32} pixels"
+)
+assert not (seen & ~inside).any()  # the finding: nothing outside the receptive field
 
 # %% [markdown]
 # ## Guided backpropagation
@@ -88,9 +109,10 @@ fig = synthesis_grid(
     torch.cat([conv5_grads.abs(), guided.abs()]),
     [f"vanilla {k}" for k in range(4)] + [f"guided {k}" for k in range(4)],
     ncols=4,
-    title=f"conv5 channel {channel}: |gradient|",
+    title=f"conv5 channel {channel} (active on all four digits): |gradient|, each panel "
+    "scaled on its own",
 )
-fig  # noqa: B018 - a notebook shows the figure
+show(fig, "01_guided_vs_vanilla")
 
 # %% [markdown]
 # ## SmoothGrad through Captum's NoiseTunnel
@@ -104,11 +126,14 @@ fig  # noqa: B018 - a notebook shows the figure
 n_samples = 4 if FAST else 32
 sigma = smoothgrad_stdev(images[:1], sigma_multiplier=0.1)
 smooth = NoiseTunnel(VanillaSaliencyImage(model)).attribute(
-    images[:1], nt_type="smoothgrad", nt_samples=n_samples, stdevs=sigma,
+    images[:1],
+    nt_type="smoothgrad",
+    nt_samples=n_samples,
+    stdevs=sigma,
     target=[int(predicted[0])],
 )
 fig = saliency_figure(smooth[0], images[0], title=f"SmoothGrad, {n_samples} samples")
-fig  # noqa: B018 - a notebook shows the figure
+show(fig, "01_smoothgrad")
 
 # %% [markdown]
 # ## Gradients at an inner layer

@@ -23,6 +23,9 @@
 #
 # The **empirical** receptive field is where a channel actually responds on real images,
 # measured with an upsampled activation map or an occlusion map (Zhou et al. 2015).
+#
+# **Finding checked below:** a conv3 channel's empirical receptive field on real digits
+# covers less area than its theoretical one (never more in either direction).
 
 # %%
 import os
@@ -33,7 +36,7 @@ import torch
 from dnnbrain_captum import OccluderDiscrepancyMapping, UpsamplingActivationMapping
 from dnnbrain_captum.models import digits_cnn, digits_images
 from dnnbrain_captum.receptive_field import EmpiricalReceptiveField, TheoreticalReceptiveField
-from dnnbrain_captum.visualization import empirical_rf_figure, receptive_field_figure
+from dnnbrain_captum.visualization import empirical_rf_figure, receptive_field_figure, show
 
 FAST = os.environ.get("DNNBRAIN_CAPTUM_FAST") == "1"  # the test suite sets this
 model = digits_cnn()
@@ -61,7 +64,7 @@ print("conv5:", conv5.size, "pixels wide, jump", conv5.stride, "padding", conv5.
 regions = [rf.find_region(name, (4, 4)) for name in ("conv3", "conv5")]
 print("conv3 (4, 4):", regions[0], " conv5 (4, 4):", regions[1])
 fig = receptive_field_figure(images[0], regions, ["conv3 (4, 4)", "conv5 (4, 4)"])
-fig  # noqa: B018 - a notebook shows the figure
+show(fig, "03_theoretical_regions")
 
 # %% [markdown]
 # ## Any architecture
@@ -97,10 +100,20 @@ with torch.no_grad():
 channel = int(conv3_out.mean(dim=(0, 2, 3)).argmax())
 measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
 result = measure.attribute(images, target=channel)
-print(f"conv3 channel {channel}: empirical size {result.size.tolist()} px, "
-      f"theoretical {measure.theoretical((3, 32, 32)).size}")
-fig = empirical_rf_figure(result.map, result.size.tolist(), title=f"conv3 channel {channel}")
-fig  # noqa: B018 - a notebook shows the figure
+print(
+    f"conv3 channel {channel}: empirical size {result.size.tolist()} px, "
+    f"theoretical {measure.theoretical((3, 32, 32)).size}"
+)
+theoretical = measure.theoretical((3, 32, 32)).size  # (height, width)
+assert all(float(v) <= t for v, t in zip(result.size, theoretical, strict=True))
+assert float(result.size[0] * result.size[1]) < theoretical[0] * theoretical[1]  # the finding
+fig = empirical_rf_figure(
+    result.map,
+    result.size.tolist(),
+    title=f"conv3 channel {channel}: mean map over the best unit's field "
+    f"({theoretical[0]} x {theoretical[1]} px)",
+)
+show(fig, "03_empirical_rf")
 
 # %% [markdown]
 # The occlusion engine measures the same thing by covering the image: its grid is put into

@@ -255,17 +255,18 @@ def run_to_layer(
 @contextmanager
 def watching_modules(
     model: nn.Module,
-    before: Callable[[str, nn.Module], None],
+    before: Callable[[str, nn.Module, tuple[Any, ...], dict[str, Any]], None],
     after: Callable[[str, nn.Module, Any], None],
 ) -> Iterator[None]:
-    """Call ``before(path, module)`` and ``after(path, module, output)`` around every
-    submodule's forward (the root included, path ``""``) while active; hooks removed on exit.
+    """Call ``before(path, module, args, kwargs)`` and ``after(path, module, output)`` around
+    every submodule's forward (the root included, path ``""``) while active; hooks removed on
+    exit.
     """
     handles: list[RemovableHandle] = []
 
     def make(path: str) -> tuple[Callable[..., None], Callable[..., None]]:
-        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            before(path, module)
+        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            before(path, module, args, kwargs)
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             after(path, module, output)
@@ -275,7 +276,7 @@ def watching_modules(
     with removing(handles):
         for path, module in model.named_modules():
             pre, post = make(path)
-            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post))
         yield
 

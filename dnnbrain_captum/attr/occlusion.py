@@ -11,8 +11,10 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.layouts import reads_channels_first
 from dnnbrain_captum._utils.targets import (
     check_reduction,
     evaluate_target,
@@ -21,7 +23,11 @@ from dnnbrain_captum._utils.targets import (
 )
 from dnnbrain_captum._utils.validation import check_image_batch, pair, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
-from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
+from dnnbrain_captum.attr._incremental import (
+    IncrementalOcclusion,
+    IncrementalUnsupported,
+    OutputOcclusion,
+)
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -43,6 +49,28 @@ def occlusion_grid_shape(
     return tuple(  # type: ignore[return-value]
         (size - w) // s + 1 for size, w, s in zip(image_size, window, stride, strict=True)
     )
+
+
+def _spatial(value: Any, name: str, channels: int, window: bool) -> tuple[int, int]:
+    """(H, W) from an int, an (h, w) pair or Captum's (C, h, w) form.
+
+    Captum's ``Occlusion`` takes ``sliding_window_shapes=(C, h, w)`` and ``strides=(C, s_h,
+    s_w)`` for a (C, H, W) input. This map always covers every channel, so a window's
+    channel entry must be the number of input channels; a stride's channel entry is any
+    int >= 1 (with a window over all channels there is one channel position whatever it is).
+    """
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        first = value[0]
+        if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+            raise ValueError(f"{name}={value!r}: the channel entry must be an int >= 1")
+        if window and first != channels:
+            raise ValueError(
+                f"{name}={value!r} in Captum's (C, h, w) form must cover all {channels} input "
+                f"channels (C={channels}); the occluder always covers every channel. Give "
+                f"({channels}, {value[1]}, {value[2]}) or the (h, w) pair ({value[1]}, {value[2]})"
+            )
+        value = tuple(value[1:])
+    return pair(value, name)
 
 
 def _check_window(image_size: tuple[int, int], window: tuple[int, int]) -> None:
@@ -76,6 +104,7 @@ def _noise_field(seed: int) -> Callable[[Tensor], Tensor]:
     return noise
 
 
+@captum_keyword_aliases
 class OccluderDiscrepancyMapping(LayerPerturbation):
     """Drop of a channel's (or unit's, or output's) value when a window of the image is occluded.
 
@@ -113,7 +142,11 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
     stride, padding, dilation, groups; zero padding), max/average pooling, element-wise
     activations, ``BatchNorm2d`` in eval mode, identity/dropout in eval mode, arithmetic with
     numbers, and additions or channel concatenations of such paths (ResNet blocks,
-    AlexNet/VGG features). No module on the path may carry forward hooks. The values equal the
+    AlexNet/VGG features). No module on the path may carry forward hooks, and no in-place
+    operation (``nn.ReLU(inplace=True)``, ``x.relu_()``, ``h += y``) may write into a value that
+    anything else reads, or into the image (the traced graph would then differ from eager
+    execution). Anything it cannot prove, and any failure at any stage, makes ``"auto"`` use
+    the full recompute. The values equal the
     full recompute up to floating-point rounding (float64: 1e-10 in the tests; float32: about
     1e-6 of the target's clean value).
 
@@ -145,14 +178,15 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         inputs: Tensor,
         target: Any = None,
         additional_forward_args: Any = None,
-        sliding_window_shapes: int | tuple[int, int] = (11, 11),
-        strides: int | tuple[int, int] = (2, 2),
+        sliding_window_shapes: int | tuple[int, ...] = (11, 11),
+        strides: int | tuple[int, ...] = (2, 2),
         baselines: float | Tensor | str = 0.0,
         reduction: str = "mean",
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
         method: str = "auto",
+        keepdim: bool = False,
     ) -> Tensor:
         """Occluder discrepancy map of ``target``.
 
@@ -166,10 +200,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args : Any, optional
             Further positional arguments of the model (batch-first tensors are matched to
             their example).
-        sliding_window_shapes : int or (h, w)
+        sliding_window_shapes : int, (h, w) or (C, h, w)
             Occluder size in pixels, (H, W) order (DNNBrain's ``window``, which was (W, H)).
-        strides : int or (s_h, s_w)
-            Step between window positions, >= 1.
+            Captum's form ``(C, h, w)`` is accepted when C is the number of input channels
+            (the occluder covers every channel).
+        strides : int, (s_h, s_w) or (c, s_h, s_w)
+            Step between window positions, >= 1 (Captum's form with a channel step first is
+            accepted; with a window over all channels the channel step changes nothing).
         baselines : float, Tensor or "noise"
             What the occluder shows, in model space: a number (default 0.0), a tensor
             broadcastable to the inputs, or ``"noise"`` — uniform random pixels between each
@@ -189,15 +226,26 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             once per image (see Notes); raises ``ValueError`` saying why when that is not
             possible. ``"auto"`` (default): incremental when possible, else full (the reason
             is logged at DEBUG level on this module's logger).
+        keepdim : bool
+            Return (N, 1, n_rows, n_cols), the layout of Captum's layer attributions, e.g. for
+            ``captum.attr.LayerAttribution.interpolate(grid, (H, W))``.
 
         Returns
         -------
-        Tensor of shape (N, n_rows, n_cols)
+        Tensor of shape (N, n_rows, n_cols), or (N, 1, n_rows, n_cols) with ``keepdim``
+
+        Raises
+        ------
+        ValueError
+            For a window larger than the image, a (C, h, w) window whose C is not the number
+            of input channels, non-finite ``baselines``, an unknown ``method``, or
+            ``method="incremental"`` where incremental inference is not possible.
         """
         check_reduction(reduction)
         x = check_image_batch(inputs)
-        window = pair(sliding_window_shapes, "sliding_window_shapes")
-        stride = pair(strides, "strides")
+        channels = x.shape[1]
+        window = _spatial(sliding_window_shapes, "sliding_window_shapes", channels, True)
+        stride = _spatial(strides, "strides", channels, False)
         image_size = (x.shape[-2], x.shape[-1])
         _check_window(image_size, window)
         if method not in METHODS:
@@ -214,7 +262,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
         with torch.no_grad():
             original = evaluate_target(
-                self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
+                self.forward_func,
+                self.layer,
+                (x,),
+                target,
+                reduction,
+                additional_forward_args,
+                reshape_transform=self.reshape_transform,
             )
             occluded = self._incremental(
                 method, x, fill, original, target, reduction, additional_forward_args, plan
@@ -229,7 +283,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 )
         n = x.shape[0]
         discrepancy = original.repeat_interleave(plan.grid[0] * plan.grid[1]) - occluded
-        return discrepancy.view(n, *plan.grid).to(x.dtype)
+        shape = (n, 1, *plan.grid) if keepdim else (n, *plan.grid)
+        return discrepancy.view(shape).to(x.dtype)
 
     def _incremental(
         self,
@@ -242,31 +297,63 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args: Any,
         plan: _Sweep,
     ) -> Tensor | None:
-        """Occluded values by incremental inference, or None to use the full recompute."""
+        """Occluded values by incremental inference, or None to use the full recompute.
+
+        Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
+        means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
+        reason under ``method="incremental"``.
+        """
         if method == "full":
             return None
         try:
-            if not isinstance(self.forward_func, nn.Module):
-                raise IncrementalUnsupported("the forward function is not an nn.Module")
-            if self.layer is None:
-                raise IncrementalUnsupported("layer=None explains the model output")
-            if additional_forward_args is not None:
-                raise IncrementalUnsupported("additional_forward_args are given")
-            if callable(target) and not isinstance(target, Tensor):
-                raise IncrementalUnsupported("the target is a callable")
-            engine = IncrementalOcclusion(self.forward_func, self.layer)
-            clean = engine.clean_targets(x, target, reduction)
-            scale = original.abs().max().item()
-            if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
-                raise IncrementalUnsupported(
-                    "the traced graph does not reproduce the model's value at the layer"
-                )
-        except IncrementalUnsupported as reason:
+            values = self._incremental_values(
+                x, fill, original, target, reduction, additional_forward_args, plan
+            )
+        except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
+            if not isinstance(reason, IncrementalUnsupported):
+                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
             if method == "incremental":
                 raise ValueError(f"method='incremental' is not possible here: {reason}") from None
             logger.debug("occlusion map by full recompute: %s", reason)
             return None
         logger.debug("occlusion map by incremental inference")
+        return values
+
+    def _incremental_values(
+        self,
+        x: Tensor,
+        fill: Tensor,
+        original: Tensor,
+        target: Any,
+        reduction: str,
+        additional_forward_args: Any,
+        plan: _Sweep,
+    ) -> Tensor:
+        if not isinstance(self.forward_func, nn.Module):
+            raise IncrementalUnsupported("the forward function is not an nn.Module")
+        if additional_forward_args is not None:
+            raise IncrementalUnsupported("additional_forward_args are given")
+        if callable(target) and not isinstance(target, Tensor):
+            raise IncrementalUnsupported("the target is a callable")
+        if self.layer is None:
+            engine: Any = OutputOcclusion(self.forward_func, x[:1])
+            clean = engine.clean_targets(x, target)
+            chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, plan.batch)
+        else:
+            if not reads_channels_first(
+                self.forward_func, self.layer, (x,), self.reshape_transform
+            ):
+                raise IncrementalUnsupported("the layer's output is not read channels-first")
+            engine = IncrementalOcclusion(self.forward_func, self.layer)
+            clean = engine.clean_targets(x, target, reduction)
+            chunks = engine.occluded_values(
+                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
+            )
+        scale = original.abs().max().item()
+        if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+            raise IncrementalUnsupported(
+                "the traced graph does not reproduce the model's value at the layer"
+            )
         per_image = plan.grid[0] * plan.grid[1]
         bar = tqdm(
             total=x.shape[0] * -(-per_image // plan.batch),
@@ -275,9 +362,6 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         )
         values = []
         with bar:
-            chunks = engine.occluded_values(
-                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
-            )
             for chunk in chunks:
                 values.append(chunk)
                 bar.update()
@@ -329,7 +413,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             args = take_examples(additional_forward_args, example, n)
             try:
                 values = evaluate_target(
-                    self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
+                    self.forward_func,
+                    self.layer,
+                    (occluded,),
+                    chunk_target,
+                    reduction,
+                    args,
+                    reshape_transform=self.reshape_transform,
                 )
             except RuntimeError:
                 if not channels_last:
@@ -344,6 +434,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                     chunk_target,
                     reduction,
                     args,
+                    reshape_transform=self.reshape_transform,
                 )
             yield values
 

@@ -10,9 +10,11 @@ from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from dnnbrain_captum._utils.hooks import run_to_layer, warn_if_training
+from dnnbrain_captum._utils.aliases import captum_keyword_aliases
+from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum._utils.validation import check_image_batch
 
 __all__ = ["INTERPOLATE_MODES", "UpsamplingActivationMapping", "floor_below_quantile"]
@@ -55,6 +57,7 @@ def floor_below_quantile(maps: Tensor, threshold: float, binarize: bool = False)
     return torch.maximum(flat, floor).view_as(maps)
 
 
+@captum_keyword_aliases
 class UpsamplingActivationMapping(LayerAttribution):
     """The map of one channel of a layer, interpolated to the size of the input image.
 
@@ -64,6 +67,10 @@ class UpsamplingActivationMapping(LayerAttribution):
         The model.
     layer : nn.Module or str
         The layer (module, dotted path or DNNBrain alias).
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, H, W)`` (channels-first). By default the layout
+        is established (``dnnbrain_captum._utils.layouts``): channels-first maps as they are,
+        ViT tokens, Swin/ConvNeXt channels-last maps rearranged, anything else refused.
 
     Notes
     -----
@@ -85,8 +92,14 @@ class UpsamplingActivationMapping(LayerAttribution):
     (2, 32, 32)
     """
 
-    def __init__(self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec) -> None:
+    def __init__(
+        self,
+        forward_func: nn.Module | Callable[..., Any],
+        layer: LayerSpec,
+        reshape_transform: ReshapeTransform | None = None,
+    ) -> None:
         module = resolve_layer(forward_func, layer)
+        self.reshape_transform = check_reshape_transform(reshape_transform)
         if module is None:
             raise ValueError("UpsamplingActivationMapping needs a layer, got layer=None")
         LayerAttribution.__init__(self, forward_func, module)
@@ -100,6 +113,7 @@ class UpsamplingActivationMapping(LayerAttribution):
         interpolate_mode: str = "bicubic",
         threshold: float | None = None,
         binarize: bool = False,
+        keepdim: bool = False,
     ) -> Tensor:
         """Upsampled activation map of channel ``target``.
 
@@ -118,10 +132,14 @@ class UpsamplingActivationMapping(LayerAttribution):
             it (see :func:`floor_below_quantile`). None keeps the map as is.
         binarize : bool
             With ``threshold``: return 1 where the map reaches the quantile, 0 elsewhere.
+        keepdim : bool
+            Return (N, 1, H, W), the layout of Captum's layer attributions, so the maps go
+            straight into ``LayerAttribution.interpolate`` and, as ``m[k].permute(1, 2, 0)``,
+            into ``visualize_image_attr`` (see ``docs/captum.md``).
 
         Returns
         -------
-        Tensor of shape (N, H, W)
+        Tensor of shape (N, H, W), or (N, 1, H, W) with ``keepdim``
         """
         if interpolate_mode not in INTERPOLATE_MODES:
             raise ValueError(
@@ -132,7 +150,9 @@ class UpsamplingActivationMapping(LayerAttribution):
         x = check_image_batch(inputs)
         warn_if_training(self.forward_func)
         with torch.no_grad():
-            output = run_to_layer(self.forward_func, self.layer, (x,), additional_forward_args)
+            output = layer_output(
+                self.forward_func, self.layer, (x,), additional_forward_args, self.reshape_transform
+            )
             if not isinstance(output, Tensor):
                 raise ValueError("the layer returns several tensors; pick a layer with one output")
             maps = channel_maps(output, target)
@@ -149,4 +169,5 @@ class UpsamplingActivationMapping(LayerAttribution):
             ).squeeze(1)
             if threshold is not None:
                 upsampled = floor_below_quantile(upsampled, threshold, binarize)
-        return upsampled.to(x.dtype)
+        upsampled = upsampled.to(x.dtype)
+        return upsampled.unsqueeze(1) if keepdim else upsampled

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 PROG = "dnnbrain-captum"
+FIGURE_FORMATS = ("png", "svg", "pdf")
 # expected warnings that say nothing to a command-line user
 _QUIET_WARNINGS = (
     ".*did not already require gradients.*",
@@ -122,7 +123,16 @@ def _common_options(
         type=int,
         default=None,
         metavar="PX",
-        help="resize images to PX x PX (default: 32 for digits, 224 for other models)",
+        help="model input size: the shorter side is resized to PX and the centre PX x PX kept "
+        "(default: the model's own, e.g. 32 for digits, 224 for most torchvision models, 299 "
+        "for inception_v3, following the torchvision weights' transforms)",
+    )
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of everything random: the weights of a model built without --weights, "
+        "SmoothGrad noise, synthesis starts, FastICA",
     )
     model.add_argument(
         "--device", default="cpu", help="torch device for the model and the images"
@@ -135,11 +145,29 @@ def _common_options(
         help="replace results already in DIR (by default a DIR holding files is refused)",
     )
     out.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    out.add_argument("--no-figures", action="store_true", help="write only the arrays")
+    _figure_options(out)
 
 
-def _channel_option(parser: argparse.ArgumentParser, multiple: bool = False) -> None:
-    if multiple:
+def _figure_options(group: Any) -> None:
+    group.add_argument("--no-figures", action="store_true", help="write only the arrays")
+    group.add_argument(
+        "--format", choices=FIGURE_FORMATS, default="png", help="file format of the figures"
+    )
+    group.add_argument("--dpi", type=int, default=100, help="resolution of the figures")
+
+
+def _channel_option(
+    parser: argparse.ArgumentParser, multiple: bool = False, layer_required: bool = False
+) -> None:
+    if layer_required and not multiple:
+        parser.add_argument(
+            "--channel",
+            type=int,
+            default=None,
+            metavar="C",
+            help="0-BASED channel of --layer, required (DNNBrain counted from 1)",
+        )
+    elif multiple:
         parser.add_argument(
             "--channel",
             type=_int_list,
@@ -256,7 +284,14 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise CLIError(f"cannot read weights file {path}: {_one_line(err)}") from None
+        text = str(err)
+        if "Weights only load failed" in text and ("GLOBAL" in text or "global" in text):
+            raise CLIError(
+                f"weights file {path} holds a whole pickled model, not a state dict: in Python, "
+                "load it and save torch.save(model.state_dict(), 'weights.pt'), then pass that"
+            ) from None
+        first = _one_line(text.split(". ")[0])[:200]
+        raise CLIError(f"cannot read weights file {path} ({type(err).__name__}: {first})") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):
@@ -264,6 +299,9 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CLIError(f"weights file {path} does not hold a state dict of tensors")
+    if state and all(str(key).startswith("module.") for key in state):
+        # saved from DistributedDataParallel / DataParallel
+        state = {str(key)[len("module.") :]: value for key, value in state.items()}
     return state
 
 
@@ -273,7 +311,7 @@ def _apply_weights_file(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])
+        detail = " ".join(line.strip() for line in first[:2])[:300]
         raise CLIError(f"weights file {path} does not fit the model: {detail}") from None
 
 
@@ -302,7 +340,7 @@ def _torchvision_weights(name: str, weights: str) -> Any:
     return chosen
 
 
-def load_model(name: str, weights: str | None = None) -> nn.Module:
+def load_model(name: str, weights: str | None = None, seed: int = 0) -> nn.Module:
     """The model named on the command line, in eval mode.
 
     Parameters
@@ -312,6 +350,10 @@ def load_model(name: str, weights: str | None = None) -> nn.Module:
         (a function called with no argument that returns an ``nn.Module``).
     weights : str, optional
         A state-dict file, or a torchvision weight name already in the torch hub cache.
+    seed : int
+        Seed of the random initial weights (the model is built with this seed, in a forked
+        RNG state: the caller's random state is untouched), so a model without ``weights`` is
+        the same on every run.
 
     Returns
     -------
@@ -322,6 +364,12 @@ def load_model(name: str, weights: str | None = None) -> nn.Module:
     CLIError
         For an unknown model, a factory that cannot be imported, unusable weights.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_model(name, weights)
+
+
+def _build_model(name: str, weights: str | None) -> nn.Module:
     model: Any
     if name == "digits":
         from dnnbrain_captum.models import digits_cnn
@@ -333,7 +381,7 @@ def load_model(name: str, weights: str | None = None) -> nn.Module:
     if ":" in name:
         module_name, _, factory_name = name.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = _import_from_cwd(module_name)
         except Exception as err:  # noqa: BLE001 - report any import failure as one line
             raise CLIError(f"cannot import {module_name!r} for --model {name}: "
                            f"{_one_line(err)}") from None
@@ -370,6 +418,19 @@ def load_model(name: str, weights: str | None = None) -> nn.Module:
     return model.eval()
 
 
+def _import_from_cwd(module_name: str) -> Any:
+    """Import ``module_name`` with the current folder on ``sys.path`` (as ``python -m``)."""
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 def _existing_file(path: str) -> Path:
     file = Path(path)
     if not file.is_file():
@@ -399,6 +460,9 @@ class RunContext:
     record: dict[str, Any] = field(default_factory=dict)
     figures: bool = True
     progress: bool = False
+    geometry: Any = None  # io.Preprocess: resize the shorter side + centre crop (no statistics)
+    figure_format: str = "png"
+    dpi: int = 100
 
     def save_array(self, name: str, array: Tensor | np.ndarray) -> Path:
         """Write ``name`` (``.npy``) into the output folder."""
@@ -416,13 +480,16 @@ class RunContext:
         return path
 
     def save_figure(self, name: str, fig: Any) -> Path | None:
-        """Write a matplotlib figure as PNG (unless ``--no-figures``)."""
+        """Write a matplotlib figure (``--format``, ``--dpi``) unless ``--no-figures``.
+
+        ``name`` may end in ``.png``: the extension follows ``--format``."""
         from dnnbrain_captum.visualization import save_figure
 
         if not self.figures:
             return None
+        name = f"{Path(name).stem}.{self.figure_format}"
         path = self.out / name
-        save_figure(fig, path)
+        save_figure(fig, path, dpi=self.dpi)
         self.files.append(name)
         return path
 
@@ -455,8 +522,8 @@ class RunContext:
         return shown.clamp(0, 1)
 
     def figure_name(self, index: int, suffix: str) -> str:
-        """``003_cat_saliency.png`` for image 3 named cat.jpg."""
-        return f"{index:03d}_{self.names[index]}_{suffix}.png"
+        """``003_cat_saliency.png`` for image 3 named cat.jpg (extension: ``--format``)."""
+        return f"{index:03d}_{self.names[index]}_{suffix}.{self.figure_format}"
 
 
 def _safe_stem(path: Path) -> str:
@@ -464,20 +531,30 @@ def _safe_stem(path: Path) -> str:
     return keep[:60] or "image"
 
 
-def _image_size(args: argparse.Namespace, model_name: str) -> tuple[int, int]:
+def _preprocessing(args: argparse.Namespace, model: nn.Module, entry: Any) -> Any:
+    """The model's preprocessing (io.Preprocess): --image-size, else the model's own."""
+    from dnnbrain_captum.io import Preprocess, preprocessing_for
+
+    name = args.model
+    try:
+        step = preprocessing_for(model if ":" in name else name, weights=entry)
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from None
     if args.image_size is not None:
         if args.image_size < 1:
             raise CLIError(f"--image-size must be >= 1, got {args.image_size}")
-        return (args.image_size, args.image_size)
-    return (32, 32) if model_name == "digits" else (224, 224)
+        step = Preprocess(size=args.image_size, crop=args.image_size, mean=step.mean,
+                          std=step.std)
+    return step
 
 
 def _load_images(
-    args: argparse.Namespace, size: tuple[int, int], normalize: Callable[[Tensor], Tensor]
+    args: argparse.Namespace, geometry: Any, normalize: Callable[[Tensor], Tensor]
 ) -> tuple[Tensor, Tensor, list[str], list[str]]:
-    from dnnbrain_captum.io import Preprocess, find_images, load_image
+    size = _crop_size(geometry)
+    from dnnbrain_captum.io import find_images, load_image
 
-    resize = Preprocess(size=size)
+    resize = geometry
     display: list[Tensor] = []
     sources: list[str] = []
     names: list[str] = []
@@ -509,22 +586,24 @@ def _load_images(
     return normalize(stacked), stacked, sources, names
 
 
-def _normalization(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    from dnnbrain_captum.io import preprocessing_for
+def _crop_size(geometry: Any) -> tuple[int, int]:
+    crop = geometry.crop if geometry.crop is not None else geometry.size
+    return (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
 
-    step = preprocessing_for(model_name)
+
+def _normalizer(step: Any) -> Callable[[Tensor], Tensor]:
     if step.mean is None or step.std is None:
-        return None
-    return tuple(step.mean), tuple(step.std)
-
-
-def _normalizer(model_name: str) -> Callable[[Tensor], Tensor]:
-    stats = _normalization(model_name)
-    if stats is None:
         return lambda x: x
-    mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
-    std = torch.tensor(stats[1]).view(1, -1, 1, 1)
+    mean = torch.tensor(step.mean).view(1, -1, 1, 1)
+    std = torch.tensor(step.std).view(1, -1, 1, 1)
     return lambda x: (x - mean) / std
+
+
+def _weights_entry(name: str, weights: str | None) -> Any:
+    """The torchvision weights entry named by --weights (None for files and other models)."""
+    if name == "digits" or ":" in name or weights is None or Path(weights).exists():
+        return None
+    return _torchvision_weights(name, weights)
 
 
 def _resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
@@ -541,14 +620,20 @@ def _resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
 def _layer_shape(ctx: RunContext) -> tuple[int, ...]:
     """Shape (C, ...) of the layer's output (or the model output) for one input."""
     from dnnbrain_captum._utils.hooks import run_to_layer
+    from dnnbrain_captum._utils.targets import layer_output
 
     if ctx.images is not None and ctx.images.shape[0] > 0:
         probe = ctx.images[:1]
     else:
         probe = torch.zeros(1, 3, *ctx.image_size, device=ctx.device)
     with torch.no_grad():
-        try:
-            output = run_to_layer(ctx.model, ctx.layer, (probe,))
+        try:  # the layer's output channels-first (ViT tokens on their grid, NHWC permuted)
+            if ctx.layer is None:
+                output = run_to_layer(ctx.model, None, (probe,))
+            else:
+                output = layer_output(ctx.model, ctx.layer, (probe,))
+        except ValueError as err:
+            raise CLIError(_one_line(err)) from None
         except RuntimeError as err:
             raise CLIError(
                 f"--model {ctx.model_name} failed on a {tuple(probe.shape)} input: "
@@ -696,7 +781,15 @@ def _make_context(
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
         raise CLIError(f"unknown --device {args.device!r}") from None
-    model = load_model(args.model, args.weights)
+    seed = getattr(args, "seed", 0)
+    model = load_model(args.model, args.weights, seed=seed)
+    entry = _weights_entry(args.model, args.weights)
+    random_weights = args.model != "digits" and args.weights is None
+    if random_weights and not args.quiet:
+        sys.stderr.write(
+            f"{PROG} {args.command}: note: {args.model} has random weights (seeded with --seed "
+            f"{seed}); pass --weights for trained ones\n"
+        )
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as err:
@@ -707,10 +800,10 @@ def _make_context(
 
         names = ", ".join(layer_names(model)[-6:])
         raise CLIError(f"{command.name} needs --layer (a module path or alias, e.g. {names})")
-    size = _image_size(args, args.model)
-    kind = args.model if args.model == "digits" else "imagenet"
-    normalize = _normalizer(kind)
-    stats = _normalization(kind)
+    step = _preprocessing(args, model, entry)
+    geometry = type(step)(size=step.size, crop=step.crop)
+    size = _crop_size(step)
+    normalize = _normalizer(step)
     ctx = RunContext(
         model=model,
         model_name=args.model,
@@ -719,13 +812,27 @@ def _make_context(
         layer_name=args.layer,
         image_size=size,
         normalize=normalize,
-        mean=None if stats is None else stats[0],
-        std=None if stats is None else stats[1],
+        mean=step.mean,
+        std=step.std,
         figures=not getattr(args, "no_figures", False),
         progress=not args.quiet and sys.stderr.isatty(),
+        geometry=geometry,
+        figure_format=getattr(args, "format", "png"),
+        dpi=_positive(getattr(args, "dpi", 100), "--dpi"),
     )
+    ctx.record["preprocessing"] = {
+        "resize_shorter_side": step.size, "center_crop": step.crop,
+        "mean": step.mean, "std": step.std,
+    }
+    if random_weights:
+        ctx.record["random_weights_seed"] = seed
+    from dnnbrain_captum.io import class_names
+
+    categories = class_names(entry)
+    if categories is not None:
+        ctx.record["class_names"] = categories
     if command.takes_images and load_images:
-        images, display, sources, names = _load_images(args, size, normalize)
+        images, display, sources, names = _load_images(args, geometry, normalize)
         if command.needs_images and images.shape[0] == 0:
             raise CLIError(f"{command.name} needs images: give files or folders, or --digits N")
         if images.shape[0] > 0:

@@ -44,14 +44,14 @@ class _Stimuli(torch.utils.data.Dataset):
         images: Sequence[str],
         digits: Tensor | None,
         digit_sources: list[str],
-        size: tuple[int, int],
+        size: Any,  # io.Preprocess: resize the shorter side + centre crop
         mean: tuple[float, ...] | None,
         std: tuple[float, ...] | None,
     ) -> None:
         from dnnbrain_captum.io import ImageFolderDataset, Preprocess
 
         self.files = (
-            ImageFolderDataset(images, transform=Preprocess(size=size, mean=mean, std=std))
+            ImageFolderDataset(images, transform=Preprocess(size.size, size.crop, mean, std))
             if images else None
         )
         self.size = size
@@ -79,11 +79,11 @@ class _Stimuli(torch.utils.data.Dataset):
 
     def display(self, index: int) -> Tensor:
         """Item ``index`` in [0, 1] at the model's size, for figures."""
-        from dnnbrain_captum.io import Preprocess, load_image
+        from dnnbrain_captum.io import load_image
 
         if index < self.n_files:
             assert self.files is not None
-            return Preprocess(size=self.size)(load_image(self.files.paths[index]))
+            return self.size(load_image(self.files.paths[index]))
         assert self.digits is not None
         return self.digits[index - self.n_files]
 
@@ -93,16 +93,14 @@ def _stimuli(args: argparse.Namespace, ctx: RunContext) -> _Stimuli:
     if args.digits is not None:
         if args.digits < 1:
             raise CLIError(f"--digits must be >= 1, got {args.digits}")
-        from dnnbrain_captum.io import Preprocess
         from dnnbrain_captum.models import digits_images
 
         digits, labels = digits_images(n=args.digits)
         if digits.shape[-2:] != torch.Size(ctx.image_size):
-            resize = Preprocess(size=ctx.image_size)
-            digits = torch.stack([resize(d) for d in digits])
+            digits = torch.stack([ctx.geometry(d) for d in digits])
         digit_sources = [f"digits:test[{k}] (label {int(labels[k])})" for k in range(len(labels))]
     try:
-        data = _Stimuli(args.images, digits, digit_sources, ctx.image_size, ctx.mean, ctx.std)
+        data = _Stimuli(args.images, digits, digit_sources, ctx.geometry, ctx.mean, ctx.std)
     except (FileNotFoundError, ValueError) as err:
         raise CLIError(_one_line(err)) from None
     if len(data) == 0:

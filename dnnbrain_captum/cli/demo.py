@@ -380,7 +380,12 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
 
 def _write_index(
-    out: Path, panels: list[DemoPanel], seconds: float, n: int, accuracy: float
+    out: Path,
+    panels: list[DemoPanel],
+    seconds: float,
+    n: int,
+    accuracy: float,
+    held_out: int,
 ) -> None:
     from dnnbrain_captum import __version__
 
@@ -393,7 +398,7 @@ def _write_index(
         "padding:1px 4px}section{margin-bottom:2em}</style></head><body>",
         "<h1>dnnbrain_captum demo</h1>",
         f"<p>Every algorithm of dnnbrain_captum {html.escape(__version__)} on the bundled "
-        f"digits CNN ({accuracy:.1%} accuracy on the 360 held-out digits) and {n} of those "
+        f"digits CNN ({accuracy:.1%} accuracy on the {held_out} held-out digits) and {n} of those "
         f"digits; {seconds:.1f} s in all. "
         "Channels are 0-based. Each panel gives the command that computes it on your own "
         "images and model.</p>",
@@ -449,7 +454,7 @@ def _run_demo(args: argparse.Namespace, ctx: RunContext) -> None:
     accuracy = float((predicted == held_out_labels).float().mean())
     ctx.record["accuracy"] = accuracy
     seconds = time.perf_counter() - started
-    _write_index(ctx.out, panels, seconds, n, accuracy)
+    _write_index(ctx.out, panels, seconds, n, accuracy, int(held_out.shape[0]))
     ctx.files.append("index.html")
     ctx.record["panels"] = [
         {"title": p.title, "files": p.files, "seconds": round(p.seconds, 3)} for p in panels

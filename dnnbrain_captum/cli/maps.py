@@ -123,7 +123,7 @@ def _run_occlusion(args: argparse.Namespace, ctx: RunContext) -> None:
 
 def _add_upsample(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
-    _channel_option(parser)
+    _channel_option(parser, layer_required=True)
     parser.add_argument(
         "--interpolate",
         choices=("nearest", "bilinear", "bicubic", "area"),

@@ -119,7 +119,7 @@ _register(
 
 def _add_empirical_rf(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
-    _channel_option(parser)
+    _channel_option(parser, layer_required=True)
     parser.add_argument("--engine", choices=("upsample", "occlusion"), default="upsample",
                         help="the map measured on each image")
     parser.add_argument("--alignment", choices=("activation", "map"), default="activation",

@@ -43,7 +43,6 @@ def _add_saliency(parser: argparse.ArgumentParser) -> None:
         help="SmoothGrad noise std as a fraction of each image's value range (DNNBrain's 0.1)",
     )
     parser.add_argument("--abs", action="store_true", help="absolute gradients (default signed)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the SmoothGrad noise")
     _reduction_option(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     _stream_options(parser)

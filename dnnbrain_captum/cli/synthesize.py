@@ -50,7 +50,6 @@ def _add_synthesize(parser: argparse.ArgumentParser) -> None:
                         help="random start when no IMAGE is given (one image, or one per "
                         "channel, may be given instead)")
     _reduction_option(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the start and transforms")
 
 
 def synthesis_options(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
