@@ -277,3 +277,32 @@ def test_best_unit_and_field_coverage_match_the_public_classes(
     shifted = field.attribute(top, target=5, interpolate_mode="bilinear")
     assert np.array_equal(covered[0], (shifted.map > 500).numpy())
     assert 0 < covered[0].sum() < covered[0].size
+
+
+def test_diverse_syntheses_are_made_one_channel_per_batch(tmp_path: Path) -> None:
+    """With the diversity objective, a channel's syntheses equal SynthesisImage on that
+    channel's starts alone (the objective couples only them)."""
+    from dnnbrain_captum import SynthesisImage, random_images, read_results
+
+    images, _ = digits_images(n=6)
+    model = digits_cnn()
+    options = {"n_iter": 3, "diversity": 4.0}
+    build_atlas(
+        model,
+        "conv5",
+        images,
+        tmp_path / "a",
+        channels="2,5",
+        top_k=2,
+        n_syntheses=3,
+        synthesis=options,
+        occlusion=CHEAP["occlusion"],
+    )
+    made = np.asarray(read_results(tmp_path / "a" / "runs" / "conv5" / "syntheses"))
+    starts = random_images(6, (32, 32), 3, seed=0)
+    alone = SynthesisImage(model, "conv5").attribute(starts[3:], target=5, **options)
+    np.testing.assert_allclose(made[3:], alone.numpy(), rtol=0, atol=1e-6)
+    together = SynthesisImage(model, "conv5").attribute(
+        starts, target=[2, 2, 2, 5, 5, 5], **options
+    )
+    assert not np.allclose(made[3:], together[3:].numpy(), atol=1e-4)

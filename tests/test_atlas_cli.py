@@ -61,6 +61,7 @@ def test_atlas_command_writes_resumes_and_refuses(
         (["--layer", "conv5", "--channels", "70"], "channel 70 is out of range for layer 'conv5'"),
         (["--layer", "conv5", "--top-k", "0"], "--top-k must be >= 1"),
         ([], "atlas needs --layer"),
+        (["--layer", "conv5", "--diversity", "-1"], "--diversity must be a finite number >= 0"),
     ],
 )
 def test_atlas_command_errors(

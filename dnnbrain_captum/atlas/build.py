@@ -112,7 +112,8 @@ def build_atlas(
     n_syntheses : int
         Syntheses per channel (``SynthesisImage``, different random starts).
     synthesis, occlusion, minimal : mapping, optional
-        Keyword arguments of ``SynthesisImage.attribute`` (default ``n_iter=64``),
+        Keyword arguments of ``SynthesisImage.attribute`` (default ``n_iter=64``; with
+        ``diversity=λ`` each channel's syntheses run as one batch of their own),
         ``OccluderDiscrepancyMapping.attribute`` (default: windows a quarter of the image wide,
         strides half a window) and ``MinimalParcelImage.attribute``.
     interpolate_mode : str
@@ -266,6 +267,15 @@ def _settings(
     }
 
 
+def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> int:
+    """Syntheses per call: whole channels only; with the diversity objective (which couples
+    every example of a call) exactly one channel's ``s`` syntheses, so that they are made
+    diverse among themselves and not against other channels'."""
+    if float(synthesis.get("diversity", 0.0) or 0.0) > 0:
+        return s
+    return s * max(1, batch_size // s)
+
+
 def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
     """Rank 0 checks and claims the folder; every rank raises if that failed."""
     error = None
@@ -330,7 +340,7 @@ def _run_pieces(
         SynthesisImage(model, layer),
         starts,
         per_synthesis,
-        **{**synthesis, "batch_size": s * max(1, common["batch_size"] // s)},
+        **{**synthesis, "batch_size": _synthesis_batch(synthesis, s, common["batch_size"])},
     )
     run(
         "minimal",

@@ -57,6 +57,14 @@ def _add_atlas(parser: argparse.ArgumentParser) -> None:
         help="optimisation steps of each synthesis",
     )
     group.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of the diversity objective between a channel's syntheses (0: off; they "
+        "still start from different random images)",
+    )
+    group.add_argument(
         "--batch-size",
         type=int,
         default=64,
@@ -64,6 +72,12 @@ def _add_atlas(parser: argparse.ArgumentParser) -> None:
         help="images per batch and per resumable chunk",
     )
     _reduction_option(group)  # type: ignore[arg-type]
+
+
+def _diversity(weight: float) -> dict[str, float]:
+    if not weight >= 0.0 or weight == float("inf"):
+        raise CLIError(f"--diversity must be a finite number >= 0, got {weight}")
+    return {"diversity": weight} if weight > 0 else {}
 
 
 def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
@@ -95,10 +109,11 @@ def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
         top_k=args.top_k,
         reduction=args.reduction,
         n_syntheses=args.syntheses,
-        synthesis={"n_iter": args.synthesis_steps},
+        synthesis={"n_iter": args.synthesis_steps, **_diversity(args.diversity)},
         mean=ctx.mean,
         std=ctx.std,
         batch_size=args.batch_size,
+        seed=args.seed,
         overwrite=args.overwrite,
         show_progress=ctx.progress,
     )

@@ -185,7 +185,6 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="components per image for pca/ica (default: full rank)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="FastICA's random state")
     parser.add_argument(
         "--perturbations-per-eval",
         type=int,
