@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from dnnbrain_captum.cli import atlas as atlas
 from dnnbrain_captum.cli import demo as demo
 from dnnbrain_captum.cli import images as images
 from dnnbrain_captum.cli import maps as maps
@@ -77,6 +78,9 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 def _run(args: argparse.Namespace) -> None:
     command = SUBCOMMANDS[args.command]
+    if command is atlas.ATLAS:  # writes into --out itself (resumable, no staging)
+        atlas.ATLAS.run(args, None)  # type: ignore[arg-type]
+        return
     if _streaming(args):
         _run_streamed(args, command)
         return
