@@ -213,7 +213,8 @@ class _Linearise(TorchFunctionMode):
 
 def linearised(model: nn.Module, dtype: torch.dtype = torch.float64
                ) -> tuple[nn.Module, list[str]]:
-    """An eval-mode copy with positive weights (scaled 1/fan-in) and no SE gates.
+    """An eval-mode copy with positive weights (scaled 1/fan-in), no SE gates and
+    uniform attention (query and key projections zeroed).
 
     Returns the copy and the paths of the removed gate modules.
     """
@@ -234,7 +235,34 @@ def linearised(model: nn.Module, dtype: torch.dtype = torch.float64
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
                 module.weight.div_(fan_in)
+        for module in copy_.modules():
+            _uniform_attention(module)
     return copy_, removed
+
+
+def _uniform_attention(module: nn.Module) -> None:
+    """Zero the query and key projections of an attention module: its softmax then weighs
+    every attended token by its bias and mask alone. Positive weights everywhere else make
+    deep copies' logits so large that float64 softmax underflows to exact zeros, which
+    would hide attended tokens from the probe; which tokens are attended does not change."""
+    from torchvision.models import maxvit, swin_transformer
+
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        width = 2 * module.embed_dim
+        module.in_proj_weight[:width] = 0.0
+        if module.in_proj_bias is not None:
+            module.in_proj_bias[:width] = 0.0
+    projection = None
+    if isinstance(module, (swin_transformer.ShiftedWindowAttention,
+                           swin_transformer.ShiftedWindowAttentionV2)):
+        projection = module.qkv
+    elif isinstance(module, maxvit.RelativePositionalMultiHeadAttention):
+        projection = module.to_qkv
+    if projection is not None:
+        width = 2 * projection.out_features // 3
+        projection.weight[:width] = 0.0
+        if projection.bias is not None:
+            projection.bias[:width] = 0.0
 
 
 def _support(grad: Tensor, threshold: float) -> Tensor:
