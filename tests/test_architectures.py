@@ -227,3 +227,21 @@ def test_gradient_at_a_token_layer_comes_on_its_grid() -> None:
     )
     assert grads.shape == (2, 16, 4, 4)  # (N, D, H, W): the class token's gradient left out
     torch.testing.assert_close(grads, vit_grid(expected))
+
+
+def test_guided_saliency_on_a_channels_last_layer_of_a_relu_network() -> None:
+    from captum.attr import NeuronGuidedBackprop
+    from torchvision.ops import Permute
+
+    from dnnbrain_captum import GuidedSaliencyImage
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Permute([0, 2, 3, 1]), nn.Linear(4, 6))
+    model.eval()
+    x = images()
+    # the guided hooks on the ReLU must not hide the (N, H, W, C) layout of the Linear
+    ours = GuidedSaliencyImage(model, "3").attribute(x, target=2)
+    theirs = NeuronGuidedBackprop(model, model[3]).attribute(
+        x, neuron_selector=lambda out: out[..., 2].mean((1, 2))
+    )
+    torch.testing.assert_close(ours, theirs)

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from dnnbrain_captum import OccluderDiscrepancyMapping
 from tests.helpers.random_cnn import RandomCNN, brute_force_occlusion, random_cnns
 
-EXAMPLES = int(os.environ.get("OCCLUSION_PROPERTY_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("OCCLUSION_PROPERTY_EXAMPLES", "12"))
 PROPERTY = settings(
     max_examples=EXAMPLES,
     derandomize="OCCLUSION_PROPERTY_SEED" not in os.environ,
@@ -76,6 +76,10 @@ def _check(problem: dict[str, Any], layer: Any, target: Any) -> None:
         _fill(x, problem["baselines"]),
         problem["reduction"],
     )
+    # A dilated max pooling window whose taps all fall in the padding (e.g. kernel 2,
+    # dilation 2, padding 1 on a 1-pixel map) gives -inf, and -inf - -inf is NaN:
+    # the model's own value, the same on every path; such draws say nothing.
+    assume(bool(torch.isfinite(expected).all()))
     scale = max(expected.abs().max().item(), 1.0)
     odm = OccluderDiscrepancyMapping(model, layer)
     options = dict(
@@ -135,7 +139,7 @@ def test_generator_draws_in_place_hazards_and_padding_modes(dummy: int) -> None:
     """The generator does produce the cases the property is about (not only easy nets)."""
     seen: set[str] = set()
 
-    @settings(max_examples=100, derandomize=True, deadline=None, database=None)
+    @settings(max_examples=60, derandomize=True, deadline=None, database=None)
     @given(model=random_cnns((10, 11)))
     def collect(model: RandomCNN) -> None:
         seen.update(model.kinds)

@@ -78,15 +78,15 @@ def test_probe_agrees_on_small_transformers(factory, size, threshold) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "size", "threshold"),
+    ("name", "kwargs", "size", "threshold"),
     [
-        ("vit_b_16", 224, 0.0),
-        ("swin_t", 64, SWIN_MASK),
-        ("swin_v2_t", 64, SWIN_MASK),
-        ("maxvit_t", 224, 0.0),
+        ("vit_b_16", {"image_size": 64}, 64, 0.0),
+        ("swin_t", {}, 64, SWIN_MASK),
+        ("swin_v2_t", {}, 64, SWIN_MASK),
+        ("maxvit_t", {}, 224, 0.0),
     ],
 )
-def test_probe_agrees_on_torchvision_transformers(name: str, size: int, threshold: float) -> None:
-    model = tm.get_model(name).eval()
+def test_probe_agrees_on_torchvision_transformers(name, kwargs, size, threshold) -> None:
+    model = tm.get_model(name, **kwargs).eval()
     table = TheoreticalReceptiveField(model, (3, size, size)).compute()
     assert disagreements(model, (3, size, size), table, torch.float64, threshold=threshold) == []

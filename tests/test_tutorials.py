@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import runpy
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ from PIL import Image
 
 from dnnbrain_captum.visualization._display import FIGURES_ENV
 
-TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
 
 
 def test_there_is_a_tutorial_per_algorithm_family() -> None:
@@ -176,3 +178,67 @@ def test_migration_guide_maps_every_seed_class_and_method() -> None:
     for cls in SEED_API:
         if cls not in ("Algorithm", "SaliencyImage"):  # abstract bases in DNNBrain
             assert hasattr(dnnbrain_captum, cls), cls
+
+
+GETTING_STARTED = ROOT / "docs" / "getting_started.md"
+INSTALL_LINE = 'pip install -e ".[tutorials]"'
+
+
+def _walkthrough_commands() -> list[str]:
+    """Every command of the getting-started page, in order (the lines of its bash blocks)."""
+    commands, inside = [], False
+    for line in GETTING_STARTED.read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```bash" if not inside else False
+            continue
+        if inside and line.strip() and not line.lstrip().startswith("#"):
+            commands.append(line.strip())
+    return commands
+
+
+@pytest.mark.slow  # about 80 s on a quiet 2-core machine (six torch imports, a kernel, the demo)
+def test_getting_started_commands_run(tmp_path: Path) -> None:
+    """The newcomer's walk-through, command by command, in a scratch copy of tutorials/:
+    a real virtual environment (on the system site-packages, where CI installed the
+    package), the demo, a tutorial executed as a notebook, the CLI on a photo folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    commands = _walkthrough_commands()
+    assert commands[0].startswith("python -m venv") and INSTALL_LINE in commands
+    assert any(c.startswith("dnnbrain-captum demo") for c in commands)
+    assert any(c.startswith("jupytext --to notebook") for c in commands)
+    assert any(c.startswith("jupyter execute --inplace") for c in commands)
+    assert any(c.startswith("dnnbrain-captum saliency photos/") for c in commands)
+    shutil.copytree(ROOT / "tutorials", tmp_path / "tutorials")
+    script = ["set -euo pipefail"]
+    for command in commands:
+        if command == INSTALL_LINE:
+            command = "true  # installed by CI's own install step (.ci/run)"
+        if command.startswith("dnnbrain-captum") and not shutil.which("dnnbrain-captum"):
+            command = "python -m dnnbrain_captum.cli" + command[len("dnnbrain-captum") :]
+        script.append(command)
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", FIGURES_ENV)}
+    env.update(
+        DNNBRAIN_CAPTUM_FAST="1",
+        TORCH_HOME=str(tmp_path / "torch"),
+        PYTHONPATH=str(ROOT),
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+    )
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / ".venv" / "bin" / "activate").is_file()
+    assert (tmp_path / "demo_out" / "index.html").is_file()
+    notebook = json.loads((tmp_path / "tutorials" / "01_saliency.ipynb").read_text())
+    outputs = [o for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    assert "resnet18 has random weights (seeded with --seed 0)" in done.stderr
+    assert "(4, 3, 224, 224)" in done.stdout  # four photos, cropped to ResNet's 224

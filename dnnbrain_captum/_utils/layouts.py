@@ -239,14 +239,16 @@ def resolve_layout(
         and additional_forward_args is None
         and len(inputs) == 1
         and inputs[0].dim() == 4
-        and not _has_hooks(forward_func)
     )
+    static = Layout("static", _describe(forward_func, layer, on_input), layer_type=type(layer))
     if not traceable:
-        return Layout("static", _describe(forward_func, layer, on_input), layer_type=type(layer))
+        return static
     key = (tuple(int(s) for s in inputs[0].shape[1:]), on_input)
     per_model = _CACHE.setdefault(forward_func, weakref.WeakKeyDictionary())
     per_layer = per_model.setdefault(layer, {})
     if key not in per_layer:
+        if _has_hooks(forward_func):  # hooks would run on the shape-only pass: do not trace
+            return static
         where = _describe(forward_func, layer, on_input)
         per_layer[key] = _traced_layout(forward_func, layer, key[0], on_input, where)
     return per_layer[key]

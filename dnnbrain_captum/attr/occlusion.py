@@ -28,6 +28,7 @@ from dnnbrain_captum.attr._incremental import (
     IncrementalUnsupported,
     OutputOcclusion,
 )
+from dnnbrain_captum.attr._incremental.cost import batch_size, incremental_pays, peak_bytes
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -86,7 +87,7 @@ class _Sweep(NamedTuple):
     window: tuple[int, int]
     stride: tuple[int, int]
     grid: tuple[int, int]
-    batch: int
+    batch: int | None  # None: chosen by the cost model
     show_progress: bool
 
 
@@ -182,7 +183,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         strides: int | tuple[int, ...] = (2, 2),
         baselines: float | Tensor | str = 0.0,
         reduction: str = "mean",
-        perturbations_per_eval: int = 64,
+        perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         seed: int = 0,
         method: str = "auto",
@@ -213,8 +214,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             image's min and max (Zhou et al.), drawn from ``seed``.
         reduction : {"mean", "max", "sum"}
             How a channel becomes one scalar (DNNBrain's ``metric``).
-        perturbations_per_eval : int
-            Occluded images per forward pass.
+        perturbations_per_eval : int, optional
+            Windows per batch. Default: chosen from the memory one window needs on the
+            input's device (``dnnbrain_captum.attr._incremental.cost``).
         show_progress : bool
             Show a tqdm progress bar.
         seed : int
@@ -250,7 +252,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         _check_window(image_size, window)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        positive_int(perturbations_per_eval, "perturbations_per_eval")
+        if perturbations_per_eval is not None:
+            positive_int(perturbations_per_eval, "perturbations_per_eval")
         warn_if_training(self.forward_func)
         plan = _Sweep(
             window,
@@ -274,6 +277,10 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 method, x, fill, original, target, reduction, additional_forward_args, plan
             )
             if occluded is None:
+                if plan.batch is None:
+                    windows = x.shape[0] * plan.grid[0] * plan.grid[1]
+                    peak = peak_bytes(self.forward_func, self.layer, x[:1])  # type: ignore[arg-type]
+                    plan = plan._replace(batch=batch_size(peak, x.device, windows))
                 occluded = torch.cat(
                     list(
                         self._occluded_values(
@@ -307,7 +314,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             return None
         try:
             values = self._incremental_values(
-                x, fill, original, target, reduction, additional_forward_args, plan
+                method, x, fill, original, target, reduction, additional_forward_args, plan
             )
         except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
             if not isinstance(reason, IncrementalUnsupported):
@@ -321,6 +328,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
 
     def _incremental_values(
         self,
+        method: str,
         x: Tensor,
         fill: Tensor,
         original: Tensor,
@@ -329,6 +337,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args: Any,
         plan: _Sweep,
     ) -> Tensor:
+        """Occluded values by incremental inference (raises what it cannot do, and why)."""
         if not isinstance(self.forward_func, nn.Module):
             raise IncrementalUnsupported("the forward function is not an nn.Module")
         if additional_forward_args is not None:
@@ -338,7 +347,6 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         if self.layer is None:
             engine: Any = OutputOcclusion(self.forward_func, x[:1])
             clean = engine.clean_targets(x, target)
-            chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, plan.batch)
         else:
             if not reads_channels_first(
                 self.forward_func, self.layer, (x,), self.reshape_transform
@@ -346,22 +354,33 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 raise IncrementalUnsupported("the layer's output is not read channels-first")
             engine = IncrementalOcclusion(self.forward_func, self.layer)
             clean = engine.clean_targets(x, target, reduction)
-            chunks = engine.occluded_values(
-                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
-            )
         scale = original.abs().max().item()
         if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
             raise IncrementalUnsupported(
                 "the traced graph does not reproduce the model's value at the layer"
             )
         per_image = plan.grid[0] * plan.grid[1]
+        sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
+        incremental_macs, full_macs = engine.macs_per_window(sweep)
+        if method == "auto" and not incremental_pays(incremental_macs, full_macs):
+            raise IncrementalUnsupported(
+                f"the cost model prefers the full recompute ({incremental_macs} against "
+                f"{full_macs} multiply-adds per window)"
+            )
+        batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
+        if self.layer is None:
+            chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, batch)
+        else:
+            chunks = engine.occluded_values(
+                fill, reduction, plan.window, plan.stride, plan.grid, batch
+            )
         bar = tqdm(
-            total=x.shape[0] * -(-per_image // plan.batch),
+            total=x.shape[0] * -(-per_image // batch),
             desc="Occluder discrepancy mapping",
             disable=not plan.show_progress,
         )
-        values = []
         with bar:
+            values = []
             for chunk in chunks:
                 values.append(chunk)
                 bar.update()

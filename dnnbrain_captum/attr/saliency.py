@@ -20,11 +20,13 @@ from dnnbrain_captum._compat import TargetType, format_output, is_tuple
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import LayerCapture, guided_relu, warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform, grid_view
-from dnnbrain_captum._utils.targets import (
-    check_reduction,
-    evaluate_target,
+from dnnbrain_captum._utils.layouts import (
+    ReshapeTransform,
+    check_reshape_transform,
+    grid_view,
+    resolve_layout,
 )
+from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
 from dnnbrain_captum._utils.validation import check_inputs, finite
 
 __all__ = ["GuidedSaliencyImage", "VanillaSaliencyImage", "smoothgrad_stdev"]
@@ -182,6 +184,10 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
             if tap_module is not None:
                 taps.append(LayerCapture(tap_module, on_input=attribute_to_layer_input))
             if self._guided:
+                if self.layer is not None:  # the layout, before the guided hooks are set
+                    resolve_layout(
+                        self.forward_func, self.layer, leaves, None, False, additional_forward_args
+                    )
                 with guided_relu(self.forward_func) as relu_calls:
                     values = self._target_values(
                         leaves, target, reduction, additional_forward_args, taps

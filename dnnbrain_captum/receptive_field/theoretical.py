@@ -227,7 +227,7 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
 
 
 class TheoreticalReceptiveField:
-    """Theoretical receptive field of every layer of a CNN (any architecture).
+    """Theoretical receptive field of every layer of a CNN or vision transformer.
 
     The model's forward pass is run once on a shape-only (``meta``) tensor while every torch
     operation is intercepted, so the analysis follows the real computation graph: branches
@@ -235,7 +235,11 @@ class TheoreticalReceptiveField:
     operations written in ``forward``, dilation, ``ceil_mode``, asymmetric kernels, strides
     and padding, grouped and depthwise convolutions, explicit ``F.pad`` (zero, reflect,
     replicate), crops by slicing, adaptive and global pooling, ``Linear`` layers, flatten,
-    reshapes and permutes (channel-last blocks such as ConvNeXt's), and pass-through
+    reshapes and permutes (channel-last blocks such as ConvNeXt's and Swin's), token
+    sequences (a ViT's patch grid flattened after its class token), attention (ViT's global
+    ``nn.MultiheadAttention``, Swin's windowed and shifted-window attention, MaxViT's block
+    and grid attention), transposed convolutions, ``F.interpolate``/``nn.Upsample``,
+    ``pixel_shuffle``/``pixel_unshuffle``, ``torch.roll``/``flip``, and pass-through
     operations (activations, normalisation, dropout). No arithmetic is done and the model's
     parameters are never read or changed. Speed: the ResNet-50 table at 224 x 224 takes
     0.04-0.06 s on one CPU core (measured on a loaded 2-core VM and a 16-core server; one
@@ -279,10 +283,24 @@ class TheoreticalReceptiveField:
     * A module called several times in one pass (ResNet blocks reuse one ``relu``) has one
       row per call: ``"layer1.0.relu"`` is the first call (the output the package's other
       classes use for that layer), ``"layer1.0.relu:1"`` the second, and so on.
-    * Operations that resample or rearrange the grid (``F.interpolate``, transposed
-      convolutions, ``torch.roll``, ``flip``, ``pixel_shuffle``, in-place assignment) and
-      any operation without a rule raise :class:`UnsupportedOperationError` (a
-      ``NotImplementedError``) naming the operation and the module that called it.
+    * **Resampling** (transposed convolutions, interpolation in every mode, pixel
+      shuffles) gives every output unit the exact set of input units it reads (for
+      interpolation, the non-zero weights of PyTorch's own operator); such layers have
+      exact regions but no affine ``size``/``stride``/``padding`` (None).
+    * **Attention** (Vaswani et al. 2017; Liu et al. 2021; Tu et al. 2022): a unit after an
+      attention module sees the union of what the units it attends to saw. Global attention
+      (``nn.MultiheadAttention`` without masks): the whole image, with the affine form
+      ``stride == (0, 0)``. Swin: the unit's window; after a shifted window only the part of
+      it in the same region of the rolled map (torchvision masks the rest with a logit of
+      -100, a weight below e**-100 that is counted as zero). MaxViT: the block's window, or
+      the units sharing its position in the grid's cells. Token layers (``entry.tokens``)
+      report the patch grid; the class token is not a unit.
+    * An operation without a rule (``grid_sample``, ``unfold``, in-place assignment into a
+      map, attention with masks) raises :class:`UnsupportedOperationError` (a
+      ``NotImplementedError``) naming the operation and the module that called it; so does
+      a forward pass that reads tensor values (value-dependent control flow cannot run on
+      shape-only tensors). An ``input_size`` whose channel count the first convolution
+      does not accept raises ``ValueError`` naming both.
 
     References
     ----------
@@ -339,11 +357,13 @@ class TheoreticalReceptiveField:
         Raises
         ------
         UnsupportedOperationError
-            For an operation whose effect on the spatial grid the analysis cannot follow.
+            For an operation whose effect on the spatial grid the analysis cannot follow,
+            or a forward pass that reads tensor values; the message names the module.
+        ValueError
+            When ``input_size`` has a channel count the first convolution does not accept.
         Exception
-            Whatever the forward pass raises on shape-only tensors (for example a
-            ``RuntimeError`` for control flow that reads tensor values, or a shape mismatch
-            at this input size); a note names the module where it happened.
+            Whatever else the forward pass raises on shape-only tensors (a shape mismatch at
+            this input size); a note names the module where it happened.
         """
         stop = None if until is None else resolve_layer(self.model, until)
         table = _analyse(self.model, self.input_size, stop)

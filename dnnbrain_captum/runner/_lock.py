@@ -138,11 +138,6 @@ def acquire(folder: Path) -> None:
     _HELD[key] = [fd, 1]
 
 
-def holds(folder: Path) -> bool:
-    """Whether this process holds the lock of ``folder``."""
-    return folder.exists() and str(folder.resolve()) in _HELD
-
-
 def release(folder: Path) -> None:
     """Undo one :func:`acquire`; the last one removes the lock file and unlocks."""
     key = str(folder.resolve())

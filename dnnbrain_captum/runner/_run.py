@@ -126,8 +126,10 @@ def run_over(
         (``"raise"``, completed chunks are kept) or skip it (``"skip"``): its row is filled with
         NaN (0 for integer results) and it is listed in the manifest's ``skipped``.
     overwrite : bool
-        Replace a previous run with different parameters in ``out`` (only the run's own files
-        are removed). Without it such a rerun is refused and ``out`` is left unchanged.
+        Replace a previous run with different parameters in ``out``: exactly the files its
+        manifest owns are removed, nothing else. Without it such a rerun is refused and ``out``
+        is left unchanged. Files that no run of ours wrote (a ``result.npy`` or ``chunks/``
+        without our manifest, a manifest we cannot read) are refused either way.
     assemble : bool
         Build one ``result.npy`` (default): rows are written straight into it as chunks finish
         (ranks on several machines write chunk files, copied in at the end). False writes one
@@ -156,9 +158,19 @@ def run_over(
     Raises
     ------
     ValueError
-        ``out`` holds a run with different parameters (the differing keys are named), or holds
-        chunk files without a manifest; bad ``targets``/``ids``/``on_error``; an item that does
-        not load with ``on_error="raise"`` (:class:`ItemLoadError`, naming its index and id).
+        ``out`` holds a run with different parameters (the differing keys are named), files no
+        run of ours wrote, or a malformed manifest (named); bad ``targets``/``ids``/``on_error``;
+        an item that does not load with ``on_error="raise"`` (:class:`ItemLoadError`, naming
+        its index and id).
+    FolderBusyError
+        Another run holds the lock of ``out`` (the message names its process and host). A lock
+        left by a killed process is taken over.
+
+    Notes
+    -----
+    A chunk is reused only when its bytes match the SHA-256 recorded when it was written; a
+    complete result is reused only when it matches ``result_sha256``. Anything else is
+    recomputed. See ``docs/runner.md`` for the guarantees and what a crash can cost.
 
     Examples
     --------
@@ -174,7 +186,8 @@ def run_over(
     >>> maps = read_results(folder)
     >>> maps.shape
     (10, 3, 32, 32)
-    >>> bool(np.allclose(maps[3], saliency.attribute(images[3:4], target=int(labels[3]))[0]))
+    >>> one = saliency.attribute(images[3:4], target=int(labels[3]))[0]
+    >>> bool(np.allclose(maps[3], one, atol=1e-6))
     True
     >>> run_over(saliency, images, targets=labels, out=folder, batch_size=4).reused
     10
@@ -195,9 +208,10 @@ def run_over(
         attribute_kwargs,
     )
     dist = _Dist()
+    ours: list[str] = []  # what rank 0 took: the lock, then the private folder
     try:
         # 1. rank 0 locks the folder, checks it and finds the verified done chunks
-        verdict = _on_rank0(dist, lambda: _prepare(plan, request, overwrite))
+        verdict = _on_rank0(dist, lambda: _prepare(plan, request, overwrite, ours))
         in_place = _check_ranks(dist, plan, request)
         if verdict["complete"]:
             return RunSummary(
@@ -235,7 +249,7 @@ def run_over(
         logger.info("run_over %s -> %s: %s", request["attribution"]["class"], plan.out, summary)
         return summary
     finally:
-        _release(dist, plan.out)
+        _release(dist, plan.out, ours)
 
 
 def _plan(
@@ -295,9 +309,6 @@ def _plan(
             allow_nan=False,
         )
     )
-    if device is None and isinstance(model, nn.Module):
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else None
     plan = Plan(
         attribution,
         data,
@@ -310,7 +321,7 @@ def _plan(
         on_error,
         num_workers or 0,
         pin_memory,
-        None if device is None else torch.device(device),
+        _device(model, device),
         seed,
         show_progress,
         assemble,
@@ -319,13 +330,26 @@ def _plan(
     return plan, request
 
 
-def _prepare(plan: Plan, request: dict[str, Any], overwrite: bool) -> dict[str, Any]:
-    """Rank 0: lock ``out``, check it, and find what is done (verified)."""
+def _device(model: Any, device: Any) -> torch.device | None:
+    """The given device, else the device of the model's first parameter."""
+    if device is None and isinstance(model, nn.Module):
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else None
+    return None if device is None else torch.device(device)
+
+
+def _prepare(
+    plan: Plan, request: dict[str, Any], overwrite: bool, ours: list[str]
+) -> dict[str, Any]:
+    """Rank 0: lock ``out``, check it, and find what is done (verified). ``ours`` records
+    what was taken ("lock", "private")."""
     out = plan.out
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out} is a file, not a folder")
     _lock.acquire(out)
+    ours.append("lock")
     manifest = check_folder(out, request, overwrite)
+    ours.append("private")
     (out / TMP).mkdir(exist_ok=True)
     if manifest is not None and manifest["status"] == "complete":
         if verified_result(out, manifest):
@@ -369,11 +393,12 @@ def _check_ranks(dist: _Dist, plan: Plan, request: dict[str, Any]) -> bool:
     return plan.assemble and len({host for _, host in mine}) == 1
 
 
-def _release(dist: _Dist, out: Path) -> None:
+def _release(dist: _Dist, out: Path, ours: list[str]) -> None:
     """Rank 0 (every rank has stopped writing): remove the private folder, unlock."""
     try:
-        if dist.rank == 0 and _lock.holds(out):
+        if "private" in ours:
             remove_private(out)
+        if "lock" in ours:
             _lock.release(out)
     finally:
         dist.close()

@@ -145,7 +145,7 @@ def _shapes(spec: NetSpec, size: tuple[int, int]) -> list[torch.Size] | None:
                 out = _apply(
                     step.kind,
                     step.option,
-                    step.module or nn.Identity(),
+                    (step.module or nn.Identity()).eval(),
                     [values[i].clone() for i in step.inputs],
                 )
                 if min(out.shape[-2:]) < 1:

@@ -50,6 +50,7 @@ class IncrementalOcclusion:
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
         self._flipped: dict[int, Tensor] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._images = torch.empty(0)
 
     # -- clean pass ---------------------------------------------------------------------------
@@ -80,9 +81,15 @@ class IncrementalOcclusion:
     ) -> _Plan:
         """The patch geometry and channel selection for windows on the clean images' grid.
 
-        ``target_channels``: the target node's channels to compute (None: all of them).
+        ``target_channels``: the target node's channels to compute (None: all of them). Plans
+        depend only on shapes; they are kept for the images that follow.
         """
-        return make_plan(self.graph, self.clean_values, target_channels, window, stride, grid)
+        key = (None if target_channels is None else tuple(target_channels), window, stride, grid)
+        if key not in self._plans:
+            self._plans[key] = make_plan(
+                self.graph, self.clean_values, target_channels, window, stride, grid
+            )
+        return self._plans[key]
 
     # -- per image ----------------------------------------------------------------------------
     def _padded_clean(self, plan: _Plan) -> dict[tuple[int, int], Tensor]:
@@ -201,7 +208,7 @@ class IncrementalOcclusion:
         ]
         change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
         if k not in self._flipped:
-            self._flipped[k] = node.module.weight.flip(-1, -2).transpose(0, 1).contiguous()
+            self._flipped[k] = node.weight.flip(-1, -2).transpose(0, 1).contiguous()
         grown = F.conv_transpose2d(change, self._flipped[k], None, 1, 0, 0, 1, node.module.dilation)
         c_out, gh, gw = grown.shape[1:]
         loh, low = plan.axes[k][0].length, plan.axes[k][1].length
@@ -301,14 +308,11 @@ class IncrementalOcclusion:
         for every image; used by benchmarks).
         """
         device = self._images.device
-        plans: dict[int, _Plan] = {}
         if positions is None:
             positions = torch.arange(grid[0] * grid[1], device=device)
         for image, (channel, unit) in enumerate(self._targets):
             target_map = self.run_clean(self._images[image : image + 1])
-            if channel not in plans:
-                plans[channel] = self.plan([channel], window, stride, grid)
-            plan = plans[channel]
+            plan = self.plan([channel], window, stride, grid)
             clean_map = target_map[0, channel]
             fill_image = fill[image if fill.shape[0] > 1 else 0].expand(
                 self.clean_values[0].shape[1:]
@@ -343,6 +347,22 @@ class IncrementalOcclusion:
             incremental += node.macs(plan.channels[k], shape, ah.length * aw.length)
             full += node.macs(plan.channels[k], shape, shape[-2] * shape[-1])
         return incremental, full
+
+    def patch_bytes(self, plan: _Plan) -> int:
+        """Bytes of one window's patches (every operation's, as the engine holds them)."""
+        total = 0
+        for k in plan.order:
+            ah, aw = plan.axes[k]
+            channels = plan.channels[k]
+            count = self.clean_values[k].shape[1] if channels is None else len(channels)
+            total += count * ah.length * aw.length
+        return total * self.clean_values[0].element_size()
+
+    def sweep_plan(
+        self, window: tuple[int, int], stride: tuple[int, int], grid: tuple[int, int]
+    ) -> _Plan:
+        """The plan of the first image's target (after :meth:`clean_targets`)."""
+        return self.plan([self._targets[0][0]], window, stride, grid)
 
 
 def patch_index(

@@ -110,12 +110,34 @@ class _Conv(_Node):
                 f"convolution with padding_mode={module.padding_mode!r} is not supported"
             )
         self.module = module
+        self.folded: tuple[Tensor, Tensor | None] | None = None
         self.footprint = _footprints(
             module.kernel_size, module.stride, module.padding, module.dilation
         )
 
     def clean(self, values: Sequence[Tensor]) -> Tensor:
-        return self.module.forward(values[0])
+        if self.folded is None:
+            return self.module.forward(values[0])
+        m = self.module
+        return F.conv2d(values[0], *self.folded, m.stride, m.padding, m.dilation, m.groups)
+
+    @property
+    def weight(self) -> Tensor:
+        """The kernel (with a folded batch norm's scale)."""
+        return self.module.weight if self.folded is None else self.folded[0]
+
+    def fold(self, bn: nn.BatchNorm2d) -> None:
+        """Compute ``bn(conv(x))`` as one convolution (eval batch norm: an affine map)."""
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.weight is not None:
+            scale, shift = scale * bn.weight, shift * bn.weight
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        bias = self.module.bias
+        weight = self.module.weight * scale.view(-1, 1, 1, 1)
+        self.folded = (weight, shift if bias is None else bias * scale + shift)
 
     def input_channels(self, channels: Channels, shapes: Sequence[torch.Size]) -> list[Channels]:
         groups = self.module.groups
@@ -130,7 +152,7 @@ class _Conv(_Node):
 
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
         module = self.module
-        weight, bias = module.weight, module.bias
+        weight, bias = self.folded or (module.weight, module.bias)
         groups = module.groups
         region = regions[0]
         if channels is not None:
@@ -220,6 +242,17 @@ class _Pointwise(_Node):
 
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
         return self.function(regions[0], channels)
+
+
+class _BatchNorm(_Pointwise):
+    """Eval batch norm; folded into the convolution before it where that is its only reader."""
+
+    def __init__(self, module: nn.BatchNorm2d, function: Callable[[Tensor, Channels], Tensor]):
+        super().__init__(function)
+        self.module = module
+
+    def fold_away(self) -> None:
+        self.function = lambda x, channels: x
 
 
 class _SizeKeeping(_Node):

@@ -162,6 +162,22 @@ class OutputOcclusion:
         self._entries: list[Any] = []
         self._images = image
 
+    def sweep_plan(
+        self, window: tuple[int, int], stride: tuple[int, int], grid: tuple[int, int]
+    ) -> _Plan:
+        """The plan of the sweep (every channel of the cut; after :meth:`clean_targets`)."""
+        return self.engine.plan(None, window, stride, grid)
+
+    def macs_per_window(self, plan: _Plan) -> tuple[int, int]:
+        """Multiply-adds per window up to the cut: (incremental, full)."""
+        return self.engine.macs_per_window(plan)
+
+    def patch_bytes(self, plan: _Plan) -> int:
+        """Bytes of one window's patches, plus its pasted cut map when the head needs one."""
+        cut = self.engine.clean_values[self.engine.graph.target]
+        pasted = 0 if self.pooled else cut[0].numel() * cut.element_size()
+        return self.engine.patch_bytes(plan) + pasted
+
     def _head_values(self, cut_input: Tensor, target: Any) -> Tensor:
         output = self.head(cut_input)
         if not isinstance(output, Tensor):

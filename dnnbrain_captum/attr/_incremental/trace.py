@@ -17,6 +17,7 @@ from dnnbrain_captum.attr._incremental.nodes import (
     Channels,
     IncrementalUnsupported,
     _AvgPool,
+    _BatchNorm,
     _Cat,
     _Conv,
     _Input,
@@ -169,7 +170,7 @@ def _convert_module(module: nn.Module, name: str) -> _Node:
             raise IncrementalUnsupported(
                 f"{name} ({kind}) uses batch statistics (training mode or no running stats)"
             )
-        return _Pointwise(_batch_norm(module))
+        return _BatchNorm(module, _batch_norm(module))
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return _SizeKeeping(module, f"{name} ({kind})")
     if type(module) in _POINTWISE_MODULES:
@@ -309,7 +310,28 @@ def convert(model: nn.Module, graph_nodes: list[fx.Node], target_node: fx.Node) 
         converted.inputs = tuple(index[a] for a in tensor_args)
         index[node] = len(nodes)
         nodes.append(converted)
+    _fold_batch_norms(nodes, index[target_node])
     return _Graph(nodes, index[target_node])
+
+
+def _fold_batch_norms(nodes: list[_Node], target: int) -> None:
+    """Fold each eval batch norm into the convolution it alone reads (one op per patch).
+
+    Not when the convolution is the target or is read by anything else (its own value is
+    needed then).
+    """
+    readers = [0] * len(nodes)
+    for node in nodes:
+        for i in node.inputs:
+            readers[i] += 1
+    for node in nodes:
+        if not isinstance(node, _BatchNorm):
+            continue
+        (i,) = node.inputs
+        conv = nodes[i]
+        if isinstance(conv, _Conv) and conv.folded is None and readers[i] == 1 and i != target:
+            conv.fold(node.module)
+            node.fold_away()
 
 
 def _convert_node(model: nn.Module, node: fx.Node, image: fx.Node) -> tuple[_Node, list[fx.Node]]:
