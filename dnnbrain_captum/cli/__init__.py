@@ -21,7 +21,7 @@ is refused with one line naming what differs, and figures are drawn for the firs
 Examples
 --------
 >>> sorted(SUBCOMMANDS)[:4]
-['demo', 'empirical-rf', 'mask', 'minimal']
+['atlas', 'demo', 'empirical-rf', 'mask']
 """
 
 from __future__ import annotations
