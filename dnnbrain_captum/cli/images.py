@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _channel_option,
     _common_options,
     _has_module,
     _reduction_option,
     _register,
-    _targets_for,
     _unit_option,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _target_with_unit(
     ctx: RunContext, args: argparse.Namespace, batch: Tensor
 ) -> tuple[Any, list[Any]]:
     """The target of a batch (channel, unit or predicted classes) and its per-image record."""
+    from dnnbrain_captum.cli._common import _targets_for
+
     unit = getattr(args, "unit", None)
     if unit is not None:
         if ctx.layer is None:
@@ -42,16 +45,30 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
     _channel_option(parser)
     _unit_option(parser, "explain this 0-based unit (row, column) of the channel")
-    parser.add_argument("--stdev-size-thr", type=float, default=1.0,
-                        help="contrast threshold in standard deviations")
-    parser.add_argument("--filter-sigma", type=float, default=1.0,
-                        help="Gaussian blur of the mask in pixels")
-    parser.add_argument("--ratio", type=float, default=0.9,
-                        help="erode until the activation is at most RATIO x the hull's")
+    parser.add_argument(
+        "--stdev-size-thr",
+        type=float,
+        default=1.0,
+        help="contrast threshold in standard deviations",
+    )
+    parser.add_argument(
+        "--filter-sigma", type=float, default=1.0, help="Gaussian blur of the mask in pixels"
+    )
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        default=0.9,
+        help="erode until the activation is at most RATIO x the hull's",
+    )
     parser.add_argument("--max-iter", type=int, default=100, help="most erosions tried")
     _reduction_option(parser)
-    parser.add_argument("--perturbations-per-eval", type=int, default=16, metavar="K",
-                        help="erosion depths per forward pass")
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=16,
+        metavar="K",
+        help="erosion depths per forward pass",
+    )
 
 
 def mask_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +102,9 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
     shown = ctx.to_display(result.images)
     for k in range(shown.shape[0]):
         fig = minimal_image_figure(
-            ctx.display[k], shown[k], result.masks[k, 0],
+            ctx.display[k],
+            shown[k],
+            result.masks[k, 0],
             ("original", f"masked ({int(result.n_erosions[k])} erosions)", "mask"),
         )
         ctx.save_figure(ctx.figure_name(k, "mask"), fig)
@@ -130,22 +149,52 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
         default="max",
         help="pooling of a channel's map into one activation",
     )
-    parser.add_argument("--ratio", type=float, default=0.9,
-                        help="fraction of the original activation to keep (threshold, removal)")
-    parser.add_argument("--max-parts", type=int, default=None, metavar="K",
-                        help="longest ranking prefix considered (DNNBrain: 10)")
-    parser.add_argument("--segment", type=_key_value, action="append", default=None,
-                        metavar="KEY=VALUE",
-                        help="segmentation option, e.g. n_segments=50 (repeatable)")
-    parser.add_argument("--baseline", default="0",
-                        help="value of removed pixels in model space, or 'mean' (parcels)")
-    parser.add_argument("--sampling", choices=("patches", "pixels"), default="patches",
-                        help="what a sample is for pca/ica")
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        default=0.9,
+        help="fraction of the original activation to keep (threshold, removal)",
+    )
+    parser.add_argument(
+        "--max-parts",
+        type=int,
+        default=None,
+        metavar="K",
+        help="longest ranking prefix considered (DNNBrain: 10)",
+    )
+    parser.add_argument(
+        "--segment",
+        type=_key_value,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="segmentation option, e.g. n_segments=50 (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="0",
+        help="value of removed pixels in model space, or 'mean' (parcels)",
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=("patches", "pixels"),
+        default="patches",
+        help="what a sample is for pca/ica",
+    )
     parser.add_argument("--patch-size", type=int, default=8, help="tile side for pca/ica")
-    parser.add_argument("--n-components", type=int, default=None,
-                        help="components per image for pca/ica (default: full rank)")
-    parser.add_argument("--perturbations-per-eval", type=int, default=64, metavar="K",
-                        help="candidate images per forward pass")
+    parser.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        help="components per image for pca/ica (default: full rank)",
+    )
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=64,
+        metavar="K",
+        help="candidate images per forward pass",
+    )
 
 
 def minimal_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,9 +245,7 @@ def _run_minimal(args: argparse.Namespace, ctx: RunContext) -> None:
         from dnnbrain_captum.attr.minimal import MinimalParcelImage
 
         explainer = MinimalParcelImage(ctx.model, ctx.layer)
-    result = explainer.attribute(
-        ctx.images, target=target, show_progress=ctx.progress, **options
-    )
+    result = explainer.attribute(ctx.images, target=target, show_progress=ctx.progress, **options)
     ctx.save_array("minimal.npy", result.images)
     if components:
         ctx.save_array("selected.npy", result.selected)
@@ -216,8 +263,11 @@ def _run_minimal(args: argparse.Namespace, ctx: RunContext) -> None:
     part = "components" if components else "parcels"
     for k in range(shown.shape[0]):
         kept = None if components else result.masks[k].float()
-        titles = ("original", f"minimal: {int(result.n_selected[k])} of {total[k]} {part}",
-                  "kept pixels")
+        titles = (
+            "original",
+            f"minimal: {int(result.n_selected[k])} of {total[k]} {part}",
+            "kept pixels",
+        )
         fig = minimal_image_figure(ctx.display[k], shown[k], kept, titles)
         ctx.save_figure(ctx.figure_name(k, "minimal"), fig)
 
