@@ -1,17 +1,28 @@
-"""Minimal parcel image: batched search against one forward per candidate (DNNBrain's way).
+"""Minimal parcel image: speed of the searches, and how close each gets to the optimum.
 
-Run: ``python benchmarks/bench_minimal.py`` (torchvision AlexNet, random weights, 224×224,
-CPU, 2 threads). The parcels (felzenszwalb, the seed's defaults) are computed once and given
-to every contender, so only the search is timed. Each contender runs the same search: rank
-the parcels by the activation each produces alone (conv5 channel, ``max`` criterion, black
-fill = 0.0), evaluate every prefix of the ranking, keep the best prefix. The chosen parcels
-are checked identical before any time is reported; the best of several repetitions is kept.
+Run: ``python benchmarks/bench_minimal.py [--quality-only | --speed-only]``.
+
+Speed: torchvision AlexNet (random weights), conv5 (``features.10``) channel 122, ``max``
+criterion, black fill, one 224×224 synthetic image cut into felzenszwalb parcels (the seed's
+defaults; computed once and given to every contender). Contenders: the default search
+(backward elimination, ``candidates_per_step=16``), the exact greedy order
+(``candidates_per_step=None``), the old default (DNNBrain's ``"max"`` ranking search), and the
+default search run with one full forward per candidate (DNNBrain's way of evaluating; the
+search logic is the library's, so the chosen parcels are asserted identical). CPU, 2 threads.
+
+Quality: on grids of 9 and 12 parcels, for the four model families of
+``tests/test_minimal_search.py`` (digits logits, digits conv3 channels, a region-selective
+model, a random CNN), each search's number of parcels against the brute-force minimum (every
+subset scored), and whether the result is locally minimal.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +32,7 @@ from dnnbrain_captum import MinimalParcelImage
 from dnnbrain_captum.attr._sk_bridge import segment
 
 torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CHANNEL = 122
 LAYER = "features.10"  # DNNBrain's conv5
 REPEATS = 3
@@ -46,32 +58,27 @@ def test_image() -> torch.Tensor:
     return (image - mean) / std
 
 
-def dnnbrain_loop(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One full forward per candidate, a hook reading conv5 (what DNNBrain does)."""
-    n_parcels = int(labels.max()) + 1
-    captured: dict[str, float] = {}
-    handle = model.features[10].register_forward_hook(
-        lambda m, a, o: captured.__setitem__("value", float(o[0, CHANNEL].max()))
-    )
-    try:
-        with torch.no_grad():
-            alone = []
-            for k in range(n_parcels):
-                model(torch.where(labels == k, x, torch.zeros(())))
-                alone.append(captured["value"])
-            order = sorted(range(n_parcels), key=lambda k: -alone[k])
-            best, best_value = 0, float("-inf")
-            for length in range(1, n_parcels + 1):
-                keep = torch.isin(labels, torch.tensor(order[:length]))
-                model(torch.where(keep, x, torch.zeros(())))
-                if captured["value"] > best_value:
-                    best, best_value = length, captured["value"]
-    finally:
-        handle.remove()
-    return torch.isin(labels, torch.tensor(order[:best]))
+def full_forward_scorer(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward function that runs the whole network once per image, reading conv5 by a hook."""
+    captured: list[torch.Tensor] = []
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        values = []
+        handle = model.features[10].register_forward_hook(
+            lambda m, a, o: captured.append(o[0, CHANNEL].amax())
+        )
+        try:
+            for image in images:
+                model(image[None])
+                values.append(captured.pop())
+        finally:
+            handle.remove()
+        return torch.stack(values)[:, None]
+
+    return forward
 
 
-def main() -> None:
+def speed() -> None:
     torch.manual_seed(0)
     model = alexnet(weights=None).eval()
     x = test_image()
@@ -79,35 +86,110 @@ def main() -> None:
     n_parcels = int(labels.max()) + 1
     minimal = MinimalParcelImage(model, LAYER)
 
-    def ours(batch: int) -> torch.Tensor:
+    def run(search: str, candidates: int | None = 16, batch: int = 32) -> object:
         return minimal.attribute(
             x,
             target=CHANNEL,
             feature_mask=labels,
-            search_criterion="max",
-            activation_criterion="max",
+            search_criterion=search,
+            candidates_per_step=candidates,
             perturbations_per_eval=batch,
-        ).masks[0]
+        )
 
-    reference = dnnbrain_loop(model, x, labels)
-    for batch in (1, 32):
-        assert torch.equal(ours(batch), reference), f"different result at batch {batch}"
-    loop_time = best_of(REPEATS, lambda: dnnbrain_loop(model, x, labels))
-    one_time = best_of(REPEATS, lambda: ours(1))
-    batched_time = best_of(REPEATS, lambda: ours(32))
-    print(f"AlexNet conv5 channel {CHANNEL}, 224×224, {n_parcels} felzenszwalb parcels, ")
-    print(f"{2 * n_parcels} candidates, kept {int(reference.float().mean() * 100)}% of pixels")
-    print("| contender | time (s) | speed-up |")
+    def loop() -> object:
+        return MinimalParcelImage(full_forward_scorer(model)).attribute(
+            x, target=0, feature_mask=labels, perturbations_per_eval=1
+        )
+
+    default = run("removal")
+    assert torch.equal(loop().masks, default.masks), "the full-forward loop chose other parcels"
+    counted = {}
+    for name, fn in (("removal", lambda: run("removal")), ("exact", lambda: run("removal", None))):
+        calls: list[int] = []
+        hook = functools.partial(lambda seen, m, a, o: seen.append(len(o)), calls)
+        handle = model.features[10].register_forward_hook(hook)
+        fn()
+        handle.remove()
+        counted[name] = sum(calls) - 1
+    rows = [
+        ("one full forward per candidate (default search)", best_of(1, loop)),
+        ("default: removal, candidates_per_step=16", best_of(REPEATS, lambda: run("removal"))),
+        (
+            "removal, candidates_per_step=None (exact greedy)",
+            best_of(REPEATS, lambda: run("removal", None)),
+        ),
+        ("old default: max (ranking + prefixes)", best_of(REPEATS, lambda: run("max"))),
+    ]
+    print(
+        f"AlexNet conv5 channel {CHANNEL}, 224x224, {n_parcels} felzenszwalb parcels; default "
+        f"kept {int(default.n_selected[0])} parcels; candidates scored: default "
+        f"{counted['removal']}, exact {counted['exact']}, max {2 * n_parcels}"
+    )
+    print("| contender | time (s) | vs full forward per candidate |")
     print("|---|---|---|")
-    print(f"| one full forward per candidate (DNNBrain's way) | {loop_time:.2f} | 1.0× |")
-    print(
-        f"| MinimalParcelImage, perturbations_per_eval=1 (early exit) | {one_time:.2f} | "
-        f"{loop_time / one_time:.1f}× |"
-    )
-    print(
-        f"| MinimalParcelImage, perturbations_per_eval=32 | {batched_time:.2f} | "
-        f"{loop_time / batched_time:.1f}× |"
-    )
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.2f} | {rows[0][1] / seconds:.1f}x |")
+
+
+def quality() -> None:
+    from tests.test_minimal_search import RATIO, all_subsets, brute_force, cases
+
+    searches = {
+        "removal (default, 16)": {"search_criterion": "removal"},
+        "removal, candidates_per_step=2": {"search_criterion": "removal", "candidates_per_step": 2},
+        "max (old default)": {"search_criterion": "max"},
+        "fitting_curve": {"search_criterion": "fitting_curve"},
+        "threshold": {"search_criterion": "threshold"},
+    }
+    for grid in ((3, 3), (3, 4)):
+        stats = {name: [0, 0, 0, 0.0] for name in searches}  # optimal, local, n, excess
+        for case in cases(10, grid):
+            values, original = brute_force(case.score, case.image, case.labels)
+            if original <= 0:
+                continue
+            level = RATIO * original
+            subsets = all_subsets(int(case.labels.max()) + 1)
+            minimum = int(subsets.sum(1)[values >= level].min())
+            for name, options in searches.items():
+                out = MinimalParcelImage(case.model, case.layer).attribute(
+                    case.image[None],
+                    target=case.target,
+                    feature_mask=case.labels,
+                    activation_ratio=RATIO,
+                    **case.options,
+                    **options,
+                )
+                kept = torch.zeros(subsets.shape[1], dtype=torch.bool)
+                kept[torch.unique(case.labels[out.masks[0]])] = True
+                code = int((kept.long() << torch.arange(kept.shape[0])).sum())
+                removable = [
+                    e
+                    for e in torch.nonzero(kept)[:, 0].tolist()
+                    if float(values[code & ~(1 << e)]) >= level
+                ]
+                entry = stats[name]
+                entry[0] += int(kept.sum()) == minimum and float(values[code]) >= level
+                entry[1] += not removable and float(values[code]) >= level
+                entry[2] += 1
+                entry[3] += int(kept.sum()) - minimum
+        n_parcels = grid[0] * grid[1]
+        print(
+            f"\n{n_parcels} parcels ({grid[0]}x{grid[1]} grid), {stats[next(iter(stats))][2]} cases"
+        )
+        print(
+            "| search | at the brute-force minimum | locally minimal (and above threshold) "
+            "| mean excess parcels |"
+        )
+        print("|---|---|---|---|")
+        for name, (optimal, local, n, excess) in stats.items():
+            print(f"| {name} | {optimal}/{n} | {local}/{n} | {excess / n:.2f} |")
+
+
+def main() -> None:
+    if "--speed-only" not in sys.argv:
+        quality()
+    if "--quality-only" not in sys.argv:
+        speed()
 
 
 if __name__ == "__main__":

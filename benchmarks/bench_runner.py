@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -65,8 +66,9 @@ def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def bare_loop(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
-              ) -> tuple[float, float]:
+def bare_loop(
+    method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
+) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) for attribute calls on consecutive batches."""
     attribution, kwargs = make(method)
     wall, cpu = _clocks()
@@ -78,14 +80,16 @@ def bare_loop(method: str, images: torch.Tensor, labels: torch.Tensor, batch: in
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def runner(method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
-           ) -> tuple[float, float]:
+def runner(
+    method: str, images: torch.Tensor, labels: torch.Tensor, batch: int
+) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of run_over into a fresh folder (chunks, manifest, assembly)."""
     attribution, kwargs = make(method)
     with tempfile.TemporaryDirectory() as folder:
         wall, cpu = _clocks()
-        run_over(attribution, images, targets=labels.tolist(), out=folder, batch_size=batch,
-                 **kwargs)
+        run_over(
+            attribution, images, targets=labels.tolist(), out=folder, batch_size=batch, **kwargs
+        )
         result = time.perf_counter() - wall, time.process_time() - cpu
         assert read_results(folder).shape[0] == len(images)
     return result
@@ -100,11 +104,13 @@ def worker(method: str, n: int, batch: int, out: str) -> None:
     dist.init_process_group("gloo")  # rendezvous outside the timing (run_over reuses the group)
     dist.barrier()
     start, cpu = _clocks()
-    summary = run_over(attribution, images, targets=labels.tolist(), out=out,
-                       batch_size=batch, **kwargs)
+    summary = run_over(
+        attribution, images, targets=labels.tolist(), out=out, batch_size=batch, **kwargs
+    )
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    sys.stdout.write("RESULT " + json.dumps({"rank": summary.rank, "seconds": seconds,
-                                             "cpu": cpu}) + "\n")
+    sys.stdout.write(
+        "RESULT " + json.dumps({"rank": summary.rank, "seconds": seconds, "cpu": cpu}) + "\n"
+    )
     dist.destroy_process_group()
 
 
@@ -117,10 +123,24 @@ def torchrun(method: str, n: int, batch: int) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-             "--master_addr=127.0.0.1", f"--master_port={port}", __file__, "worker",
-             method, str(n), str(batch), folder],
-            capture_output=True, text=True, env=env, check=False,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=2",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                __file__,
+                "worker",
+                method,
+                str(n),
+                str(batch),
+                folder,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -136,6 +156,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default="saliency,occlusion")
+    parser.add_argument("--no-torchrun", action="store_true", help="skip the 2-process runs")
     if sys.argv[1:2] == ["worker"]:  # a torchrun rank: worker METHOD N BATCH OUT
         worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
         return
@@ -154,26 +175,46 @@ def main() -> None:
             else:
                 bare.append(bare_loop(method, images, labels, args.batch))
                 run.append(runner(method, images, labels, args.batch))
-        dist = [torchrun(method, args.n, args.batch) for _ in range(max(1, args.repeats // 2))]
+        dist = (
+            [(math.nan,) * 3]
+            if args.no_torchrun
+            else [torchrun(method, args.n, args.batch) for _ in range(max(1, args.repeats // 2))]
+        )
         pairs = list(zip(bare, run, strict=True))
         wall_overhead = statistics.median((r[0] - b[0]) / b[0] for b, r in pairs)
         cpu_overhead = statistics.median((r[1] - b[1]) / b[1] for b, r in pairs)
         best_cpu = min(r[1] for r in run) / min(b[1] for b in bare) - 1
-        rows.append((method, args.n / min(b[0] for b in bare), args.n / min(r[0] for r in run),
-                     100 * wall_overhead, 100 * cpu_overhead, 100 * best_cpu,
-                     args.n / min(d[0] for d in dist), args.n / min(d[1] for d in dist),
-                     statistics.median(r[1] for r in run), statistics.median(d[2] for d in dist)))
-    print(f"n={args.n} batch={args.batch} repeats={args.repeats} torch={torch.__version__} "
-          f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.1f}")
-    print("| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead, "
-          "wall (median of pairs) | runner overhead, CPU time (median of pairs) | runner "
-          "overhead, CPU time (best vs best) | torchrun 2 processes, run_over (items/s) | "
-          "torchrun 2 processes, end to end (items/s) | CPU s, 1 process | CPU s, 2 processes "
-          "(sum) |")
+        rows.append(
+            (
+                method,
+                args.n / min(b[0] for b in bare),
+                args.n / min(r[0] for r in run),
+                100 * wall_overhead,
+                100 * cpu_overhead,
+                100 * best_cpu,
+                args.n / min(d[0] for d in dist),
+                args.n / min(d[1] for d in dist),
+                statistics.median(r[1] for r in run),
+                statistics.median(d[2] for d in dist),
+            )
+        )
+    print(
+        f"n={args.n} batch={args.batch} repeats={args.repeats} torch={torch.__version__} "
+        f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| method | bare loop (items/s) | run_over, 1 process (items/s) | runner overhead, "
+        "wall (median of pairs) | runner overhead, CPU time (median of pairs) | runner "
+        "overhead, CPU time (best vs best) | torchrun 2 processes, run_over (items/s) | "
+        "torchrun 2 processes, end to end (items/s) | CPU s, 1 process | CPU s, 2 processes "
+        "(sum) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method, b, r, wall, cpu, best, inner, end, cpu1, cpu2 in rows:
-        print(f"| {method} | {b:.0f} | {r:.0f} | {wall:+.1f} % | {cpu:+.1f} % | {best:+.1f} % | "
-              f"{inner:.0f} | {end:.0f} | {cpu1:.2f} | {cpu2:.2f} |")
+        print(
+            f"| {method} | {b:.0f} | {r:.0f} | {wall:+.1f} % | {cpu:+.1f} % | {best:+.1f} % | "
+            f"{inner:.0f} | {end:.0f} | {cpu1:.2f} | {cpu2:.2f} |"
+        )
 
 
 if __name__ == "__main__":

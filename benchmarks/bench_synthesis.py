@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python benchmarks/bench_synthesis.py [--size 224] [--steps 64] [--repeats 5]
+    python benchmarks/bench_synthesis.py --sweep [--presets default,lucent] [--layers conv5]
 
 Two models side by side: torchvision AlexNet (random weights, seed 0, ImageNet normalisation)
 and the bundled digits CNN. Target: conv3 (``features.6`` in both).
@@ -153,8 +154,63 @@ def bench_model(
     return rows
 
 
+DIGIT_LAYERS = [f"conv{i}{suffix}" for i in range(1, 6) for suffix in ("", "_relu")]
+
+
+def sweep(presets: list[str], layers: list[str], starts: list[str]) -> None:
+    """Every channel of ``layers`` of the digits CNN, each preset and start, against the data.
+
+    The data's best = the highest channel-mean activation over the 360 held-out digits. A row
+    counts the channels whose synthesis (default steps of the preset, all channels of the
+    layer in one batch) is strictly above it, and the channels where both are exactly 0 (the
+    channel is silent after its ReLU on every held-out digit and on the synthesis).
+    """
+    from dnnbrain_captum import digits_images
+    from dnnbrain_captum._utils.hooks import run_to_layer
+    from dnnbrain_captum._utils.layers import resolve_layer
+
+    model = digits_cnn()
+    test, _ = digits_images("test")
+    print(
+        "| preset | layer | start | channels | above the best digit | silent in both | "
+        "smallest margin | median margin | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in layers:
+        layer = resolve_layer(model, name)
+        with torch.no_grad():
+            best = run_to_layer(model, layer, (test,)).mean(dim=(2, 3)).max(0).values
+        channels = list(range(best.shape[0]))
+        for preset in presets:
+            for kind in starts:
+                began = time.perf_counter()
+                start = random_images(len(channels), 32, kind=kind, seed=1)
+                images = SynthesisImage(model, name).attribute(
+                    start, target=channels, preset=preset
+                )
+                with torch.no_grad():
+                    reached = evaluate_target(model, layer, (images,), channels)
+                margin = reached - best
+                silent = (reached == 0) & (best == 0)
+                print(
+                    f"| {preset} | {name} | {kind} | {len(channels)} | "
+                    f"{int((margin > 0).sum())} | {int(silent.sum())} | "
+                    f"{float(margin[~silent].min()):.3f} | {float(margin.median()):.3f} | "
+                    f"{time.perf_counter() - began:.0f} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every channel of conv1-conv5 (pre and post ReLU) of the digits CNN vs the data",
+    )
+    parser.add_argument("--presets", default="default", help="comma-separated, for --sweep")
+    parser.add_argument("--layers", default=",".join(DIGIT_LAYERS), help="for --sweep")
+    parser.add_argument("--starts", default="grey,uniform", help="for --sweep")
     parser.add_argument("--size", type=int, default=224, help="AlexNet image size")
     parser.add_argument("--steps", type=int, default=64, help="steps for the quality rows")
     parser.add_argument("--timing-steps", type=int, default=5, help="steps per timed run")
@@ -162,6 +218,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sweep:
+        sweep(args.presets.split(","), args.layers.split(","), args.starts.split(","))
+        return
     torch.manual_seed(0)
     alexnet = torchvision.models.alexnet(weights=None).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 # ``dnnbrain-captum --help``) does not import torch. A new export goes into _EXPORTS (and into
 # the TYPE_CHECKING block, for type checkers).
 _EXPORTS = {
+    "SelectOutput": "dnnbrain_captum._utils.outputs",
     "GuidedSaliencyImage": "dnnbrain_captum.attr",
     "MaskedImage": "dnnbrain_captum.attr",
     "MaskedImages": "dnnbrain_captum.attr",
@@ -29,6 +30,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from dnnbrain_captum._utils.outputs import SelectOutput
     from dnnbrain_captum.attr import (
         GuidedSaliencyImage,
         MaskedImage,
@@ -74,6 +76,7 @@ __all__ = [
     "MinimalParcelImage",
     "MinimalParcels",
     "OccluderDiscrepancyMapping",
+    "SelectOutput",
     "SynthesisImage",
     "SynthesisResult",
     "TheoreticalReceptiveField",

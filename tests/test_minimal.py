@@ -160,6 +160,7 @@ def test_slic_and_quickshift_take_keyword_arguments(digits: tuple) -> None:
             segmentation="slic",
             segmentation_kwargs={"n_segments": n_segments},
             max_parcels=1,
+            search_criterion="max",
         )
         direct = _direct(
             image[0], skseg.slic, n_segments=n_segments, compactness=10, sigma=1, start_label=0
@@ -168,7 +169,7 @@ def test_slic_and_quickshift_take_keyword_arguments(digits: tuple) -> None:
         counts.append(int(out.n_parcels[0]))
     assert counts[1] > 2 * counts[0]
     quick = MinimalParcelImage(model).attribute(
-        image, target=labels[:1], segmentation="quickshift", max_parcels=1
+        image, target=labels[:1], segmentation="quickshift", max_parcels=1, search_criterion="max"
     )
     assert int(quick.n_parcels[0]) == _direct(
         image[0], skseg.quickshift, kernel_size=3, max_dist=6, ratio=0.5
@@ -179,9 +180,12 @@ def test_slic_and_quickshift_take_keyword_arguments(digits: tuple) -> None:
         segmentation="quickshift",
         segmentation_kwargs={"max_dist": 2},
         max_parcels=1,
+        search_criterion="max",
     )
     assert int(fine.n_parcels[0]) > 5 * int(quick.n_parcels[0])  # positional order: 1 per pixel
-    felz = MinimalParcelImage(model).attribute(image, target=labels[:1], max_parcels=1)
+    felz = MinimalParcelImage(model).attribute(
+        image, target=labels[:1], max_parcels=1, search_criterion="max"
+    )
     assert int(felz.n_parcels[0]) == _direct(
         image[0], skseg.felzenszwalb, scale=100, sigma=0.5, min_size=50
     )
@@ -226,6 +230,7 @@ def test_non_positive_original_warns() -> None:
         ({"baselines": "black"}, ValueError, "baselines must be"),
         ({"perturbations_per_eval": 0}, ValueError, "perturbations_per_eval"),
         ({"max_parcels": 0}, ValueError, "max_parcels"),
+        ({"candidates_per_step": 0}, ValueError, "candidates_per_step"),
     ],
 )
 def test_bad_input(kwargs: dict, error: type, match: str) -> None:

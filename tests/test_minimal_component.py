@@ -118,3 +118,18 @@ def test_bad_input(kwargs: dict, error: type, match: str) -> None:
         MinimalComponentImage(PatternModel(p), "detector").attribute(
             _pattern_image(), target=0, **{"patch_size": 4, **kwargs}
         )
+
+
+@pytest.mark.parametrize("decomposition", ["pca", "ica"])
+@pytest.mark.parametrize("patch_size", [2, 4, 8])
+def test_default_components_are_valid_for_every_decomposition_and_tile(
+    decomposition: str, patch_size: int
+) -> None:
+    # Issue 11: the "full rank" default was one too many for ICA on the digits' 4×4 tiles (the
+    # tiles span fewer dimensions than min(L − 1, D)); the default is the numerical rank.
+    images, labels = digits_images(n=2)
+    out = MinimalComponentImage(digits_cnn()).attribute(
+        images, target=labels, decomposition=decomposition, patch_size=patch_size
+    )
+    assert out.selected.shape[1] >= 2
+    torch.testing.assert_close(out.full_reconstruction, images, atol=1e-4, rtol=0)

@@ -168,3 +168,46 @@ def test_fft_parametrisation_prefers_low_frequencies() -> None:
     (grad,) = torch.autograd.grad(rendered[0, 0, 0, 0], [param.tensor])
     magnitude = grad[0, 0].norm(dim=-1)
     assert magnitude[0, 0] > 4 * magnitude[8, 8]
+
+
+def test_redirected_relu_gradient_literals() -> None:
+    from dnnbrain_captum.optim._relu import redirected_relu
+
+    relu = torch.nn.Sequential(torch.nn.ReLU())
+    # Example 0 has an active unit: the ordinary gradient. Example 1 is silent everywhere:
+    # the gradient passes, except where it would push a negative input further down.
+    x = torch.tensor([[1.0, -1.0, -2.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+    upstream = torch.tensor([[-1.0, -1.0, 2.0], [-1.0, 2.0, -3.0]])
+    with redirected_relu(relu):
+        out = relu(x)
+        (grad,) = torch.autograd.grad(out, x, upstream)
+    torch.testing.assert_close(out, x.clamp(min=0))
+    torch.testing.assert_close(grad, torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, -3.0]]))
+    assert not relu[0]._forward_hooks and not relu[0]._forward_pre_hooks
+    plain = torch.autograd.grad(relu(x), x, upstream)[0]
+    torch.testing.assert_close(plain, torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_redirected_relu_works_with_in_place_relus() -> None:
+    from dnnbrain_captum.optim._relu import redirected_relu
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU(inplace=True))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(-10.0)  # silent on [0, 1] images
+    x = torch.rand(1, 1, 3, 3, requires_grad=True)
+    with redirected_relu(model):
+        (grad,) = torch.autograd.grad(-model(x).mean(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, -1 / 9))
+
+
+def test_diversity_penalty_literals() -> None:
+    from dnnbrain_captum.optim import diversity_penalty
+
+    a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (2, 1, 2): Gram matrices [[0.5]] each
+    torch.testing.assert_close(diversity_penalty(a), torch.tensor([1.0, 1.0]))
+    b = torch.zeros(3, 2, 1)
+    b[0, 0] = b[1, 1] = 1.0
+    b[2, :, 0] = torch.tensor([1.0, 1.0])  # Gram: e00, e11, all-ones/… (cosines 0, 1/2, 1/2)
+    torch.testing.assert_close(diversity_penalty(b), torch.tensor([0.25, 0.25, 0.5]))
+    torch.testing.assert_close(diversity_penalty(b[:1]), torch.zeros(1))

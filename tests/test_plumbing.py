@@ -154,7 +154,7 @@ def test_channel_out_of_range() -> None:
         OccluderDiscrepancyMapping(model, "conv5_relu").attribute(x, target=[0, 64])
     with pytest.raises(ValueError, match=r"target channel -1 is out of range"):
         UpsamplingActivationMapping(model, "conv5").attribute(x, target=-1)
-    with pytest.raises(ValueError, match=r"target channel 10 is out of range"):
+    with pytest.raises(ValueError, match=r"target class 10 is out of range: the model output"):
         VanillaSaliencyImage(model).attribute(x, target=10)
     with pytest.raises(ValueError, match=r"target unit \(0, 9, 0\) lies outside"):
         VanillaSaliencyImage(model, "conv3").attribute(x, target=(0, 9, 0))
@@ -236,7 +236,11 @@ def test_linear_on_tokens_selects_dimension_one_like_the_slow_path() -> None:
     x = torch.rand(2, 9, 4)
     with torch.no_grad():
         expected = model(x)[:, 2].mean(1)
-        torch.testing.assert_close(evaluate_target(model, model.fc, (x,), 2), expected)
+        # (N, 9, 6) from a Linear is features-last: refused unless the user says how to read it
+        with pytest.raises(ValueError, match=r"'fc' \(Linear\) has shape \(2, 9, 6\).*reshape"):
+            evaluate_target(model, model.fc, (x,), 2)
+        value = evaluate_target(model, model.fc, (x,), 2, reshape_transform=lambda out: out)
+        torch.testing.assert_close(value, expected)
 
 
 def test_forward_hooks_on_the_target_layer_are_respected() -> None:

@@ -17,6 +17,7 @@ from tests.helpers.rf_models import (
     GeometryNet,
     InterpolatingNet,
     RollingNet,
+    TinyUNet,
     disagreements,
 )
 
@@ -240,31 +241,62 @@ def test_functional_ops_in_forward_are_seen() -> None:
 # --------------------------------------------------------------- unsupported operations
 
 
-def test_interpolate_raises_naming_the_module() -> None:
-    with pytest.raises(UnsupportedOperationError, match=r"interpolate.*'up'.*Upsample"):
-        TheoreticalReceptiveField(InterpolatingNet(), (3, 16, 16)).compute()
+def test_grid_sampling_raises_naming_the_module() -> None:
+    class Warp(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            grid = torch.zeros(x.shape[0], 4, 4, 2)
+            return nn.functional.grid_sample(x, grid, align_corners=False)
 
-
-def test_roll_in_forward_raises_naming_the_model() -> None:
-    with pytest.raises(UnsupportedOperationError, match=r"roll.*RollingNet"):
-        TheoreticalReceptiveField(RollingNet(), (3, 16, 16)).compute()
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), Warp())
+    with pytest.raises(UnsupportedOperationError, match=r"grid_sample.*'1'.*Warp"):
+        TheoreticalReceptiveField(model, (3, 16, 16)).compute()
     assert issubclass(UnsupportedOperationError, NotImplementedError)
 
 
-def test_transposed_convolution_raises() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ConvTranspose2d(1, 1, 2, stride=2))
-    with pytest.raises(UnsupportedOperationError, match="conv_transpose2d.*'1'"):
-        TheoreticalReceptiveField(model, (1, 8, 8)).compute()
+def test_upsampling_roll_and_transposed_convolution_by_hand() -> None:
+    # Output row o of a stride-2, kernel-3, padding-1 transposed convolution reads input
+    # rows i with o = 2i - 1 + t, t in 0..2: even o -> i = o/2; odd o -> (o-1)/2 and (o+1)/2.
+    model = nn.Sequential(nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1, output_padding=1))
+    table = TheoreticalReceptiveField(model, (1, 4, 4)).compute()
+    assert table["0"].output_size == (8, 8) and table["0"].size is None
+    assert table.find_region("0", (0, 0)) == [(0, 1), (0, 1)]
+    assert table.find_region("0", (1, 3)) == [(0, 2), (1, 3)]
+    assert table.find_region("0", (7, 7)) == [(3, 4), (3, 4)]
+    # RollingNet: a 3x3 valid convolution (14 x 14 units) rolled by one column.
+    table = TheoreticalReceptiveField(RollingNet(), (3, 16, 16)).compute()
+    assert table.find_region("conv", (0, 0)) == [(0, 3), (0, 3)]
+    # Upsample(nearest, x2) after a 3x3 convolution: unit 2k+1 repeats conv unit k.
+    table = TheoreticalReceptiveField(InterpolatingNet(), (3, 16, 16)).compute()
+    assert table["up"].output_size == (28, 28)
+    assert table.find_region("up", (5, 0)) == [(2, 5), (0, 3)]
 
 
-def test_value_dependent_forward_gives_a_clear_runtime_error() -> None:
+@pytest.mark.parametrize("size", [(3, 16, 16), (3, 20, 12)], ids=["16x16", "20x12"])
+def test_probe_agrees_on_a_small_unet(size) -> None:
+    model = TinyUNet().eval()
+    table = TheoreticalReceptiveField(model, size).compute()
+    assert table["up2"].output_size == (size[1], size[2])
+    assert disagreements(model, size, table, torch.float64) == []
+
+
+def test_value_dependent_forward_names_the_cause_and_the_module() -> None:
     class ValueDependent(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2 if float(x.sum()) > 0 else x
 
-    with pytest.raises(RuntimeError, match="meta") as info:
-        TheoreticalReceptiveField(ValueDependent(), (1, 4, 4)).compute()
-    assert "shape-only" in " ".join(getattr(info.value, "__notes__", ["shape-only"]))
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), ValueDependent())
+    with pytest.raises(UnsupportedOperationError,
+                       match=r"module '1' \(ValueDependent\).*reads tensor values.*shape-only"):
+        TheoreticalReceptiveField(model, (1, 8, 8)).compute()
+
+
+def test_wrong_number_of_input_channels_names_input_size_and_the_module() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match=r"input_size=\(1, 8, 8\).*1 input channel.*'0' "
+                                         r"\(Conv2d\) expects 3.*\(3, 8, 8\)"):
+        TheoreticalReceptiveField(model, (1, 8, 8)).compute()
+    with pytest.raises(ValueError, match=r"'conv1' \(Conv2d\) expects 3"):
+        TheoreticalReceptiveField(tm.resnet18(), (4, 32, 32)).compute()
 
 
 def test_until_stops_before_layers_that_need_another_input_size() -> None:
@@ -323,8 +355,7 @@ def test_model_untouched_and_no_hooks_left() -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     TheoreticalReceptiveField(model, (3, 64, 64)).compute()
     with pytest.raises(UnsupportedOperationError):
-        TheoreticalReceptiveField(nn.Sequential(model.conv1, nn.Upsample(scale_factor=2)),
-                                  (3, 8, 8)).compute()
+        TheoreticalReceptiveField(nn.Sequential(model.conv1, nn.Unfold(2)), (3, 8, 8)).compute()
     assert model.training
     assert not model.layer1[0].conv1.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())

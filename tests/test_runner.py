@@ -58,6 +58,12 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     }
 
 
+def _logged(folder: Path) -> list[int]:
+    """Chunk indices of the done log (one JSON line per chunk written in place)."""
+    lines = (folder / "result.partial.done").read_text().splitlines()
+    return [json.loads(line)["chunk"] for line in lines]
+
+
 def test_saliency_equals_loop_of_attribute_calls(model, data, tmp_path) -> None:  # noqa: ANN001
     images, labels = data
     saliency = VanillaSaliencyImage(model, "conv5")
@@ -173,19 +179,18 @@ def test_resume_skips_done_chunks_and_equals_uninterrupted(model, data, tmp_path
     # rows of done chunks are in the preallocated result file; the chunk in flight is not logged
     names = sorted(p.name for p in (tmp_path / "part").iterdir())
     assert names == ["manifest.json", "result.partial.done", "result.partial.npy"]
-    assert (tmp_path / "part" / "result.partial.done").read_text() == "0\n1\n"
+    assert _logged(tmp_path / "part") == [0, 1]
     partial = np.load(tmp_path / "part" / "result.partial.npy", mmap_mode="r")
     assert partial.shape == whole.shape and np.array_equal(partial[:6], whole[:6])
     with pytest.raises(ValueError, match=r"not complete \(2 of 4 chunks done\)"):
         read_results(tmp_path / "part")
-    # a half-written temporary file from a killed process is ignored and cleaned up
-    (tmp_path / "part" / "chunks").mkdir()
-    (tmp_path / "part" / "chunks" / "chunk-000002.npy.tmp-99999").write_bytes(b"partial")
-    (tmp_path / "part" / "result.partial.npy.tmp-99999").write_bytes(b"partial")
+    # files of the user's that merely look temporary are left alone (no cleanup by pattern)
+    (tmp_path / "part" / "notes.tmp-99999").write_bytes(b"mine")
 
     summary = run_over(saliency, images, targets=labels, out=tmp_path / "part", batch_size=3)
     assert (summary.reused, summary.computed) == (6, 4)
     assert np.array_equal(read_results(tmp_path / "part"), whole)
+    assert (tmp_path / "part" / "notes.tmp-99999").read_bytes() == b"mine"
     # rerunning a complete run computes nothing and changes nothing
     before = _snapshot(tmp_path / "part")
     again = run_over(saliency, images, targets=labels, out=tmp_path / "part", batch_size=3)
@@ -221,8 +226,8 @@ def test_resume_mixes_chunk_files_and_in_place_rows(model, data, tmp_path, monke
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_over(saliency, images, targets=labels, out=out, batch_size=3, assemble=second)
         assert sorted(p.name for p in (out / "chunks").iterdir()) == [
-            f"chunk-00000{int(first)}.npy"]
-        assert (out / "result.partial.done").read_text() == f"{int(not first)}\n"
+            f"chunk-00000{int(first)}.json", f"chunk-00000{int(first)}.npy"]
+        assert _logged(out) == [int(not first)]
         monkeypatch.setattr(VanillaSaliencyImage, "attribute", original)
         summary = run_over(saliency, images, targets=labels, out=out, batch_size=3,
                            assemble=first)
@@ -232,7 +237,7 @@ def test_resume_mixes_chunk_files_and_in_place_rows(model, data, tmp_path, monke
         assert sorted(p.name for p in out.iterdir()) == expected
         if not first:
             names = sorted(p.name for p in (out / "chunks").iterdir())
-            assert names == [f"chunk-00000{k}.npy" for k in range(4)]
+            assert names == [f"chunk-00000{k}.{e}" for k in range(4) for e in ("json", "npy")]
 
 
 def test_done_log_without_its_result_file_counts_nothing(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
@@ -333,7 +338,7 @@ def test_corrupt_image_is_named_and_others_kept(model, data, tmp_path) -> None: 
     with pytest.raises(ItemLoadError, match=r"item 4 \(digit04\.png\).*on_error='skip'"):
         run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3)
     # the chunk before the bad one was kept; a rerun with on_error="skip" resumes
-    assert (tmp_path / "out" / "result.partial.done").read_text() == "0\n"
+    assert _logged(tmp_path / "out") == [0]
     summary = run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3,
                        on_error="skip", num_workers=2)  # loading in worker processes
     assert summary.reused == 3 and summary.computed == 7

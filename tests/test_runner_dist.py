@@ -99,8 +99,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     )
     assert done.returncode == 3, done.stderr[-3000:]  # died abruptly inside the third chunk
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["manifest.json", "result.partial.done", "result.partial.npy"]
-    assert (out / "result.partial.done").read_text() == "0\n1\n"
+    # a killed run leaves its lock (no longer held) and its private folder, taken over next time
+    assert left == [".dnnbrain-run.lock", ".dnnbrain-run.tmp", "manifest.json",
+                    "result.partial.done", "result.partial.npy"]
+    logged = (out / "result.partial.done").read_text().splitlines()
+    assert [json.loads(line)["chunk"] for line in logged] == [0, 1]
     assert read_manifest(out)["status"] == "running"
     with pytest.raises(ValueError, match=r"not complete \(2 of 5 chunks done\)"):
         read_results(out)
@@ -118,3 +121,4 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert (summary.reused, summary.computed) == (8, 12)
     uninterrupted = _single_process("saliency", n, batch, tmp_path / "whole")
     assert np.array_equal(np.asarray(read_results(out)), uninterrupted)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "result.npy"]

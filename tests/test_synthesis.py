@@ -294,3 +294,124 @@ def test_default_preset_works_on_grey_images() -> None:
     assert images.shape == (2, 1, 10, 10)
     with pytest.raises(ValueError, match="decorrelate=True needs 3-channel"):
         SynthesisImage(model, "1").attribute(start, target=0, n_iter=3, decorrelate=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("preset", ["default", "dnnbrain"])
+def test_low_precision_model_synthesises(dtype: torch.dtype, preset: str) -> None:
+    # Issue 11: the colour decorrelation's matrix inverse (and the FFT) have no half kernels on
+    # CPU; the parameters live in float32 and only the forward pass runs in the model's dtype.
+    model = digits_cnn().to(dtype)
+    start = random_images(2, 16, dtype=dtype, seed=4)
+    result = SynthesisImage(model, "conv3").attribute(
+        start, target=[0, 1], n_iter=6, preset=preset, return_history=True
+    )
+    assert isinstance(result, SynthesisResult)
+    assert result.images.dtype == dtype and result.images.shape == start.shape
+    assert bool(result.images.isfinite().all())
+    reference = SynthesisImage(digits_cnn(), "conv3").attribute(
+        start.float(), target=[0, 1], n_iter=6, preset=preset, return_history=True
+    )
+    assert isinstance(reference, SynthesisResult)
+    # Adam's normalised steps amplify rounding (lr 1 flips whole pixels), so the images are not
+    # compared; the optimisation makes the same progress as in float32.
+    assert bool((result.activation[:, -1] > result.activation[:, 0]).all())
+    gain, gain32 = (r.activation[:, -1] - r.activation[:, 0] for r in (result, reference))
+    assert bool((gain > 0.5 * gain32).all()), (gain, gain32)
+
+
+def test_unsupported_low_precision_forward_names_the_dtype() -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
+        return x.mean(dim=(2, 3))
+
+    with pytest.raises(TypeError, match="torch.float16"):
+        SynthesisImage(forward).attribute(
+            random_images(1, 8, dtype=torch.float16), target=0, n_iter=1
+        )
+
+
+@pytest.mark.parametrize("preset", ["dnnbrain", "dnnbrain-guide", "default"])
+def test_channels_last_input_gives_the_contiguous_result(preset: str) -> None:
+    # Issue 11: the fused Adam step read a channels-last parameter in the wrong order.
+    model = digits_cnn()
+    start = random_images(2, 16, kind="uniform", seed=3)
+    strided = start.contiguous(memory_format=torch.channels_last)
+    assert not strided.is_contiguous()
+    synth = SynthesisImage(model, "conv3")
+    plain = synth.attribute(start, target=[0, 1], n_iter=5, preset=preset)
+    other = synth.attribute(strided, target=[0, 1], n_iter=5, preset=preset)
+    torch.testing.assert_close(other, plain, rtol=0, atol=1e-6)
+    transposed = start.transpose(2, 3).contiguous().transpose(2, 3)  # another strided copy
+    torch.testing.assert_close(
+        synth.attribute(transposed, target=[0, 1], n_iter=5, preset=preset),
+        plain,
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def test_diversity_gives_different_solutions_for_one_channel(model: torch.nn.Module) -> None:
+    from dnnbrain_captum.optim import diversity_penalty
+
+    start = random_images(4, 32, seed=5)  # grey, 1 % noise: four nearly equal starts
+    synth = SynthesisImage(model, "conv4")
+    options = dict(target=7, n_iter=32, return_history=True)
+    alike = synth.attribute(start, **options)
+    varied = synth.attribute(start, diversity=4.0, **options)
+    assert isinstance(alike, SynthesisResult) and isinstance(varied, SynthesisResult)
+    off = ~torch.eye(4, dtype=torch.bool)
+    spread = [
+        torch.cdist(r.images.flatten(1), r.images.flatten(1))[off].mean() for r in (alike, varied)
+    ]
+    assert float(spread[1]) > 1.5 * float(spread[0]), spread
+    with torch.no_grad():
+        maps = [model.features[:9](r.images) for r in (alike, varied)]
+    assert float(diversity_penalty(maps[1]).mean()) < float(diversity_penalty(maps[0]).mean())
+    # Still syntheses of the channel: every image drives it above its start (measured rises
+    # 0.49 to 1.44 with λ = 4, the channel's values being around -3).
+    assert bool((varied.activation[:, -1] > varied.activation[:, 0] + 0.3).all())
+    with pytest.raises(ValueError, match="diversity needs a layer"):
+        SynthesisImage(model).attribute(start, target=0, n_iter=1, diversity=1.0)
+    with pytest.raises(ValueError, match="diversity must be"):
+        synth.attribute(start, target=0, n_iter=1, diversity=-1.0)
+
+
+def test_redirected_relu_moves_a_silent_channel(model: torch.nn.Module) -> None:
+    # conv3 channel 17 never fires on the held-out digits; from grey it is silent after its
+    # ReLU, so without redirection the gradient is zero and the image never changes.
+    start = random_images(1, 32, seed=1)
+    synth = SynthesisImage(model, "conv3_relu")
+    still = synth.attribute(start, target=17, n_iter=4, redirect_relu=False)
+    moved = synth.attribute(start, target=17, n_iter=4, redirect_relu=True)
+    torch.testing.assert_close(
+        still,
+        synth.attribute(start, target=17, n_iter=1, lr=1e-9, redirect_relu=False),
+        rtol=0,
+        atol=1e-6,
+    )
+    assert float((moved - still).abs().max()) > 1e-2
+    with torch.no_grad():
+        before = model.features[:7](start)[0, 17].mean()
+        after = model.features[:7](moved)[0, 17].mean()
+    assert float(after) > float(before)  # the pre-activation rises towards firing
+
+
+@pytest.mark.parametrize("kind", ["grey", "uniform"])
+def test_default_synthesis_beats_the_data_on_every_conv1_relu_channel(
+    model: torch.nn.Module, kind: str
+) -> None:
+    # A representative part of the sweep in benchmarks/README.md (bench_synthesis.py --sweep):
+    # default preset and steps, grey or noise start, every channel in one batch, after the
+    # ReLU. Channel 10 is silent on every held-out digit: the redirected ReLU gradient makes
+    # it fire (without it the gradient is zero and the image never moves).
+    images, _ = digits_images("test")
+    with torch.no_grad():
+        best = model.features[:2](images).mean(dim=(2, 3)).max(0).values
+    channels = list(range(16))
+    start = random_images(16, 32, kind=kind, seed=1)
+    result = SynthesisImage(model, "conv1_relu").attribute(start, target=channels)
+    with torch.no_grad():
+        reached = model.features[:2](result).mean(dim=(2, 3))[torch.arange(16), channels]
+    assert bool((reached > best).all()), reached - best

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._utils.validation import check_finite, finite
+
 __all__ = ["baseline_images"]
 
 
@@ -35,7 +37,8 @@ def baseline_images(
     TypeError
         For anything but a number, a tensor or a string.
     ValueError
-        For an unknown name, or a tensor that does not broadcast to ``x``.
+        For an unknown name, NaN or infinite values, or a tensor that does not broadcast to
+        ``x``.
     """
     choices = " or ".join(repr(name) for name in named)
     expected = f"a number, a tensor or {choices}" if named else "a number or a tensor"
@@ -46,10 +49,14 @@ def baseline_images(
     if isinstance(baselines, bool):
         raise TypeError(f"baselines must be {expected}, got {baselines!r}")
     if isinstance(baselines, (int, float)):
-        return torch.full((1, 1, 1, 1), float(baselines), dtype=x.dtype, device=x.device)
+        fill = finite(baselines, "baselines")
+        value = torch.full((1, 1, 1, 1), fill, dtype=x.dtype, device=x.device)
+        return check_finite(value, f"baselines={fill} (as {x.dtype})")
     if not isinstance(baselines, Tensor):
         raise TypeError(f"baselines must be {expected}, got {type(baselines).__name__}")
+    check_finite(baselines, "baselines")
     value = baselines.to(device=x.device, dtype=x.dtype)
+    check_finite(value, f"baselines (as {x.dtype})")
     while value.dim() < 4:
         value = value.unsqueeze(0)
     try:

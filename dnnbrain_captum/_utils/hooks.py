@@ -2,6 +2,11 @@
 
 No algorithm module calls ``register_*_hook`` itself; they use the context managers and the
 early-exit forward below.
+
+Every forward pass of the caller's model goes through :func:`run_to_layer`, which runs it
+under :func:`keeping_buffers`: a model in training mode updates its batch-norm statistics (and
+any other buffer) during a forward pass; here it updates copies, and the caller's buffers are
+put back untouched (same tensor objects, same values, same version counters).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 __all__ = [
     "LayerCapture",
     "guided_relu",
+    "keeping_buffers",
     "removing",
     "run_to_layer",
     "warn_if_training",
@@ -113,6 +119,56 @@ class LayerCapture:
         return self._record(output)
 
 
+def _model_of(forward_func: Any) -> nn.Module | None:
+    """The ``nn.Module`` behind ``forward_func`` (the module itself or a bound method of it)."""
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+@contextmanager
+def keeping_buffers(forward_func: Any) -> Iterator[None]:
+    """While active, a model in training mode changes only copies of its buffers.
+
+    In training mode a forward pass updates buffers in place (batch norm's ``running_mean``,
+    ``running_var`` and ``num_batches_tracked``). On entry every buffer of the model is
+    replaced by a clone (buffers shared between modules stay shared); on exit the caller's
+    own tensors are put back, never written to. Copying back in place instead would break
+    the backward pass, which saves the buffers it used. The forward pass itself computes what
+    it would have computed: in training mode batch norm normalises with the batch's statistics.
+
+    Nothing is done when no module is in training mode, or when ``forward_func`` is a plain
+    function (its modules cannot be found: wrap the model in an ``nn.Module`` instead).
+
+    Parameters
+    ----------
+    forward_func : nn.Module or callable
+        The model, or a bound method of it.
+    """
+    model = _model_of(forward_func)
+    modules = list(model.modules()) if model is not None else []
+    if not any(module.training for module in modules):
+        yield
+        return
+    originals: list[tuple[nn.Module, str, Tensor]] = []
+    copies: dict[int, Tensor] = {}
+    for module in modules:
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                originals.append((module, name, buffer))
+                if id(buffer) not in copies:
+                    copy = buffer.detach().clone()
+                    copies[id(buffer)] = copy.requires_grad_(buffer.requires_grad)
+    try:
+        for module, name, buffer in originals:
+            module._buffers[name] = copies[id(buffer)]
+        yield
+    finally:
+        for module, name, buffer in originals:
+            module._buffers[name] = buffer
+
+
 def _call(
     forward_func: Callable[..., Any], inputs: Sequence[Tensor], additional_forward_args: Any
 ) -> Any:
@@ -123,7 +179,16 @@ def _call(
         extra = additional_forward_args
     else:
         extra = (additional_forward_args,)
-    return forward_func(*inputs, *extra)
+    with keeping_buffers(forward_func):
+        try:
+            return forward_func(*inputs, *extra)
+        except RuntimeError as err:  # torch's shape and dtype errors: say what the model got
+            shapes = ", ".join(
+                str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__ for t in inputs
+            )
+            if hasattr(err, "add_note"):  # Python >= 3.11; the error keeps its type
+                err.add_note(f"(the model's forward pass failed on inputs of shape {shapes})")
+            raise
 
 
 def run_to_layer(
@@ -190,17 +255,18 @@ def run_to_layer(
 @contextmanager
 def watching_modules(
     model: nn.Module,
-    before: Callable[[str, nn.Module], None],
+    before: Callable[[str, nn.Module, tuple[Any, ...], dict[str, Any]], None],
     after: Callable[[str, nn.Module, Any], None],
 ) -> Iterator[None]:
-    """Call ``before(path, module)`` and ``after(path, module, output)`` around every
-    submodule's forward (the root included, path ``""``) while active; hooks removed on exit.
+    """Call ``before(path, module, args, kwargs)`` and ``after(path, module, output)`` around
+    every submodule's forward (the root included, path ``""``) while active; hooks removed on
+    exit.
     """
     handles: list[RemovableHandle] = []
 
     def make(path: str) -> tuple[Callable[..., None], Callable[..., None]]:
-        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            before(path, module)
+        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            before(path, module, args, kwargs)
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             after(path, module, output)
@@ -210,7 +276,7 @@ def watching_modules(
     with removing(handles):
         for path, module in model.named_modules():
             pre, post = make(path)
-            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post))
         yield
 

@@ -4,11 +4,14 @@
 
 * an ``int``: a channel of the layer's output (a neuron of a ``Linear`` output);
 * a tuple ``(c, i, j)``: one unit (as many indices as the output has non-batch dimensions);
-* a callable ``f(layer_output) -> Tensor of shape (N,)``;
+* a callable ``f(layer_output) -> Tensor of shape (N,)`` (it receives the layer's raw output,
+  or what the user's ``reshape_transform`` makes of it);
 * a list or 1-D tensor of length N: one channel (or unit tuple) per example.
 
 A channel is reduced to one scalar per example by ``reduction`` ("mean", DNNBrain's default,
 "max" or "sum"). With ``layer=None`` the target is Captum's target on the model output.
+Channels and units are those of the layer's output in channels-first layout ``(N, C, ...)``:
+other layouts are rearranged or refused (:mod:`dnnbrain_captum._utils.layouts`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._compat import select_targets
-from dnnbrain_captum._utils.hooks import run_to_layer
+from dnnbrain_captum._utils.hooks import LayerCapture, run_to_layer
+from dnnbrain_captum._utils.layouts import ReshapeTransform, resolve_layout
+from dnnbrain_captum._utils.outputs import check_model_output, check_output_target
 
 __all__ = [
     "REDUCTIONS",
@@ -29,6 +34,7 @@ __all__ = [
     "channel_maps",
     "check_reduction",
     "evaluate_target",
+    "layer_output",
     "per_example_targets",
     "reduce_per_example",
     "take_examples",
@@ -205,16 +211,18 @@ def select_layer_target(output: Any, target: LayerTarget, reduction: str = "mean
     return reduce_per_example(output[torch.arange(n, device=output.device), index], reduction)
 
 
-def select_output_target(output: Tensor, target: Any) -> Tensor:
+def select_output_target(output: Any, target: Any) -> Tensor:
     """Captum's target selection on a model output, reduced to shape (N,).
 
     Raises
     ------
+    TypeError
+        If the model output is not one tensor (:class:`~dnnbrain_captum.SelectOutput`).
     ValueError
-        If the selection leaves more than one value per example (target missing or too short).
+        If a target index is out of range, or the selection leaves more than one value per
+        example (target missing or too short).
     """
-    if isinstance(target, int) and not isinstance(target, bool) and output.dim() >= 2:
-        _check_channel(target, output.shape[1])
+    check_output_target(check_model_output(output), target)
     selected = select_targets(output, target)
     if selected.dim() > 1 and selected[0].numel() == 1:
         selected = selected.reshape(selected.shape[0])
@@ -276,12 +284,15 @@ def evaluate_target(
     reduction: str = "mean",
     additional_forward_args: Any = None,
     attribute_to_layer_input: bool = False,
+    reshape_transform: ReshapeTransform | None = None,
+    taps: Sequence[LayerCapture] = (),
 ) -> Tensor:
     """The target's value, one scalar per example, computing no more than it needs.
 
-    The forward pass stops at ``layer``. When the layer is a plain ``nn.Conv2d`` or
-    ``nn.Linear`` and the target is a channel (or one channel per example), only those
-    channels of the layer are computed, from the layer's input.
+    The forward pass stops at ``layer``, whose output is read channels-first (through its
+    layout, :mod:`dnnbrain_captum._utils.layouts`). When the layer is a plain channels-first
+    ``nn.Conv2d`` or ``nn.Linear`` and the target is a channel (or one channel per example),
+    only those channels of the layer are computed, from the layer's input.
 
     Parameters
     ----------
@@ -299,6 +310,10 @@ def evaluate_target(
         Extra positional arguments of the model.
     attribute_to_layer_input : bool
         Select from the layer's input instead of its output.
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, ...)``; by default the layout is established.
+    taps : sequence of LayerCapture
+        Intermediate layers to record on the way (for gradients at an internal layer).
 
     Returns
     -------
@@ -307,23 +322,65 @@ def evaluate_target(
     """
     check_reduction(reduction)
     if layer is None:
-        output = run_to_layer(forward_func, None, inputs, additional_forward_args)
+        output = run_to_layer(forward_func, None, inputs, additional_forward_args, taps=taps)
         return select_output_target(output, target)
     if target is None:
         raise ValueError("target is required when a layer is given: a channel, unit or callable")
     n = inputs[0].shape[0]
-    if _fast_channel_layer(layer, target, attribute_to_layer_input):
+    layout = resolve_layout(
+        forward_func,
+        layer,
+        inputs,
+        reshape_transform,
+        attribute_to_layer_input,
+        additional_forward_args,
+    )
+    # A Conv2d with 4-D input or a Linear with 2-D input is channels-first by definition.
+    fast = not taps and _fast_channel_layer(layer, target, attribute_to_layer_input)
+    if fast and layout.kind in ("channels_first", "static"):
         layer_input = run_to_layer(
-            forward_func, layer, inputs, additional_forward_args, on_input=True
+            forward_func, layer, inputs, additional_forward_args, on_input=True, taps=taps
         )
         _check_batch(layer_input, n, layer)
         if layer_input.dim() == (4 if isinstance(layer, nn.Conv2d) else 2):
             return _target_channels_only(layer, layer_input, target, reduction)
     output = run_to_layer(
-        forward_func, layer, inputs, additional_forward_args, on_input=attribute_to_layer_input
+        forward_func,
+        layer,
+        inputs,
+        additional_forward_args,
+        on_input=attribute_to_layer_input,
+        taps=taps,
     )
     _check_batch(output, n, layer)
-    return select_layer_target(output, target, reduction)
+    if callable(target) and not isinstance(target, Tensor) and reshape_transform is None:
+        return select_layer_target(output, target, reduction)  # callables see the raw output
+    return select_layer_target(layout(output), target, reduction)
+
+
+def layer_output(
+    forward_func: Callable[..., Any],
+    layer: nn.Module,
+    inputs: Sequence[Tensor],
+    additional_forward_args: Any = None,
+    reshape_transform: ReshapeTransform | None = None,
+    *,
+    on_input: bool = False,
+    taps: Sequence[LayerCapture] = (),
+) -> Any:
+    """The layer's output (or input), channels-first, from a forward pass that stops there.
+
+    :func:`~dnnbrain_captum._utils.hooks.run_to_layer` followed by the layer's layout
+    (:mod:`dnnbrain_captum._utils.layouts`): the user's ``reshape_transform``, or the
+    established layout; a layout that cannot be established raises ``ValueError``.
+    """
+    layout = resolve_layout(
+        forward_func, layer, inputs, reshape_transform, on_input, additional_forward_args
+    )
+    output = run_to_layer(
+        forward_func, layer, inputs, additional_forward_args, on_input=on_input, taps=taps
+    )
+    return layout(output)
 
 
 def _target_channels_only(

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_image_batch", "check_inputs", "non_negative", "pair", "positive_int"]
+__all__ = [
+    "check_finite",
+    "check_image_batch",
+    "check_inputs",
+    "finite",
+    "non_negative",
+    "pair",
+    "positive_int",
+]
 
 
 def check_inputs(inputs: Any, name: str = "inputs") -> tuple[Tensor, ...]:
@@ -31,7 +42,10 @@ def check_inputs(inputs: Any, name: str = "inputs") -> tuple[Tensor, ...]:
         if not item.is_floating_point():
             raise TypeError(f"{label} must be a floating-point tensor, got {item.dtype}")
         if not bool(torch.isfinite(item).all()):
-            raise ValueError(f"{label} contains NaN or infinite values")
+            raise ValueError(
+                f"{label} contains NaN or infinite values ({_first_bad(item)}); under "
+                "captum's NoiseTunnel, check that stdevs is finite"
+            )
     if len({item.shape[0] for item in items}) > 1:
         raise ValueError(f"the tensors of {name} have different batch sizes")
     return items
@@ -106,8 +120,72 @@ def non_negative(value: Any, name: str) -> float:
     ValueError
         If it is negative, NaN or infinite.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    number = finite(value, name)
+    if number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return number
+
+
+def finite(value: Any, name: str) -> float:
+    """``value`` as a float if it is a finite real number (bool refused).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If it is NaN or infinite.
+
+    Examples
+    --------
+    >>> finite(-2, "fill")
+    -2.0
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     return float(value)
+
+
+def _first_bad(values: Tensor) -> str:
+    """Where the first NaN or infinity of ``values`` lies, e.g. ``"nan at index (0, 2)"``."""
+    flags = ~torch.isfinite(values)
+    where = tuple(int(i) for i in flags.nonzero()[0])
+    bad = values[where].item()
+    return f"{int(flags.sum())} of {values.numel()} entries; {bad} at index {where}"
+
+
+def check_finite(value: Any, name: str) -> Any:
+    """Return ``value`` unchanged if every number in it is finite, else raise ``ValueError``.
+
+    Numbers, tensors (only floating-point and complex ones can hold NaN), and the items of
+    tuples, lists and mappings are checked, recursively; anything else (strings, None,
+    callables) is left alone. The error names the offending entry, e.g.
+    ``segmentation_kwargs['sigma']``.
+
+    Examples
+    --------
+    >>> check_finite({"sigma": 0.5, "mode": "x"}, "segmentation_kwargs")
+    {'sigma': 0.5, 'mode': 'x'}
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return value
+    if isinstance(value, Real):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc":
+            check_finite(torch.as_tensor(np.ascontiguousarray(value)), name)
+    elif isinstance(value, Tensor):
+        if (value.is_floating_point() or value.is_complex()) and not bool(
+            torch.isfinite(value).all()
+        ):
+            raise ValueError(f"{name} must hold finite numbers only: {_first_bad(value)}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_finite(item, f"{name}[{key!r}]")
+    elif isinstance(value, (tuple, list)):
+        for k, item in enumerate(value):
+            check_finite(item, f"{name}[{k}]")
+    return value

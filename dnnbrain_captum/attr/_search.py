@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.baselines import baseline_images
-from dnnbrain_captum._utils.hooks import run_to_layer
+from dnnbrain_captum._utils.layouts import ReshapeTransform
 from dnnbrain_captum._utils.targets import (
     channel_maps,
     evaluate_target,
+    layer_output,
     per_example_targets,
     reduce_per_example,
     take_examples,
@@ -88,6 +89,7 @@ class TargetScorer:
         criterion: str,
         additional_forward_args: Any,
         n: int,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         if criterion not in ACTIVATION_CRITERIA:
             raise ValueError(
@@ -99,6 +101,7 @@ class TargetScorer:
         self.criterion = criterion
         self.args = additional_forward_args
         self.n = n
+        self.reshape_transform = reshape_transform
         self.entries = per_example_targets(target, n)
         is_unit = isinstance(target, tuple) or bool(
             self.entries and isinstance(self.entries[0], (tuple, list))
@@ -117,10 +120,21 @@ class TargetScorer:
             target = [self.entries[k] for k in example.tolist()]
         args = take_examples(self.args, example, self.n)
         if self.pools_channel:
-            output = run_to_layer(self.forward_func, self.layer, (images,), args)
+            assert self.layer is not None
+            output = layer_output(
+                self.forward_func, self.layer, (images,), args, self.reshape_transform
+            )
             return reduce_per_example(channel_maps(output, target), self.criterion)
         reduction = self.criterion if self.criterion in ("mean", "max") else "mean"
-        return evaluate_target(self.forward_func, self.layer, (images,), target, reduction, args)
+        return evaluate_target(
+            self.forward_func,
+            self.layer,
+            (images,),
+            target,
+            reduction,
+            args,
+            reshape_transform=self.reshape_transform,
+        )
 
 
 def score_selections(
@@ -294,14 +308,22 @@ def removal_search(
     ratio: float,
     batch: int,
     bar: Any,
+    candidates: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Greedy removal (Zhou et al. 2015): drop the element whose removal costs least.
+    """Backward elimination (Zhou et al. 2015): drop the element whose removal costs least.
 
-    Starting from all elements, each round scores every one-element removal (all examples in
-    one batched pass) and removes the element leaving the highest activation (ties: the lower
-    element index), as long as that activation stays ``>= ratio × original``. The result is
-    the last selection that stayed above; removing any single further element from it drops
-    the activation below the threshold.
+    Starting from all elements, each round scores one-element removals of the current
+    selection (all examples together, ``batch`` images per forward pass) and removes the
+    element leaving the highest activation (ties: the lower element index), as long as that
+    activation stays ``>= ratio × original``.
+
+    ``candidates=None`` scores every kept element in every round (O(K²) evaluations). With
+    ``candidates=c`` a round scores only the ``c`` kept elements whose removal left the highest
+    activation when last scored (the first round scores all of them, so this is the ranking
+    by removal cost; ties: the lower index). When none of those stays above the threshold,
+    the next round scores every kept element before the search stops, so the result is
+    always *locally minimal*: removing any single further element drops the activation below
+    the threshold.
 
     Returns
     -------
@@ -313,34 +335,43 @@ def removal_search(
     current = torch.zeros(n, k_max, dtype=torch.bool)
     for e, c in enumerate(counts):
         current[e, :c] = True
+    last = torch.full((n, k_max), math.inf, dtype=torch.float64)  # never scored: try first
     activation = original.detach().cpu().clone()
     positive = [e for e in range(n) if float(original[e]) > 0]
     if len(positive) < n:
         _warn_non_positive(
             [e for e in range(n) if e not in positive], original, "all elements are kept"
         )
-    active = positive
-    while active:
-        jobs_e, jobs_s, owners = [], [], []
-        for e in active:
+    full = dict.fromkeys(positive, True)  # examples whose next round scores every element
+    while full:
+        jobs_e, jobs_s, owners, complete = [], [], [], []
+        for e, everything in full.items():
             members = torch.nonzero(current[e])[:, 0]
-            candidates = current[e].repeat(members.shape[0], 1)
-            candidates[torch.arange(members.shape[0]), members] = False
+            complete.append(everything or candidates is None or members.shape[0] <= candidates)
+            if not complete[-1]:
+                order = torch.argsort(-last[e, members], stable=True)
+                members = members[order[:candidates]].sort().values
+            options = current[e].repeat(members.shape[0], 1)
+            options[torch.arange(members.shape[0]), members] = False
             jobs_e.append(torch.full((members.shape[0],), e, dtype=torch.long))
-            jobs_s.append(candidates)
+            jobs_s.append(options)
             owners.append(members)
         values = score_selections(
             score, compose, torch.cat(jobs_e).to(device), torch.cat(jobs_s).to(device), batch, bar
         ).cpu()
-        still, offset = [], 0
-        for e, members in zip(active, owners, strict=True):
+        following: dict[int, bool] = {}
+        offset = 0
+        for e, members, scored_all in zip(full, owners, complete, strict=True):
             part = values[offset : offset + members.shape[0]]
             offset += members.shape[0]
+            last[e, members] = part.double()
             best = int(part.argmax())
             if float(part[best]) >= ratio * float(original[e]):
                 current[e, members[best]] = False
                 activation[e] = part[best]
                 if bool(current[e].any()):
-                    still.append(e)
-        active = still
+                    following[e] = False
+            elif not scored_all:
+                following[e] = True  # confirm with every element before stopping
+        full = following
     return current.to(device), activation.to(device=device, dtype=original.dtype)

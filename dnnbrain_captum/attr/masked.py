@@ -24,7 +24,7 @@ from dnnbrain_captum._utils.validation import check_image_batch, non_negative, p
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import check_batch_size, check_ratio
 
-__all__ = ["MaskedImage", "MaskedImages", "contrast_hull"]
+__all__ = ["MaskedImage", "MaskedImages", "contrast_hull", "reference_colour"]
 
 _LUMINANCE = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
 
@@ -35,7 +35,7 @@ class MaskedImages(NamedTuple):
     Attributes
     ----------
     images : Tensor of shape (N, C, H, W)
-        ``mask · x + (1 − mask) · mean``, the per-channel image mean as background.
+        ``mask · x + (1 − mask) · reference``, the reference colour as background.
     masks : Tensor of shape (N, 1, H, W)
         The blurred mask in [0, 1] that made each image.
     activation : Tensor of shape (N,)
@@ -82,13 +82,54 @@ def _hull_vertices(points: list[tuple[float, float]]) -> list[tuple[float, float
     return lower[:-1] + upper[:-1]
 
 
-def contrast_hull(image: Tensor, stdev_size_thr: float = 1.0) -> Tensor:
+REFERENCES = ("border", "mode", "mean")
+STOPS = ("keep", "drop")
+
+
+def reference_colour(image: Tensor, reference: str = "mean") -> Tensor:
+    """The colour that counts as "no contrast" and fills masked-out pixels, shape (C, 1, 1).
+
+    * ``"mean"``: each channel's mean (DNNBrain; Walker et al.'s most-exciting images on a
+      grey background).
+    * ``"border"``: each channel's median over the image's outermost rows and columns (the
+      background of a centred object, such as a digit on its frame).
+    * ``"mode"``: the most common colour: the luminance is cut into 32 equal bins between its
+      minimum and maximum, and the colour is each channel's median over the most populated
+      bin (ties: the darker bin).
+
+    Examples
+    --------
+    >>> image = torch.zeros(1, 5, 5)
+    >>> image[0, 1:4, 1:4] = 1.0  # a bright square on a black frame
+    >>> [float(reference_colour(image, r)) for r in ("mean", "border", "mode")]
+    [0.36000001430511475, 0.0, 0.0]
+    """
+    if reference == "mean":
+        return image.mean(dim=(1, 2), keepdim=True)
+    if reference == "border":
+        rim = torch.cat(
+            [image[:, 0], image[:, -1], image[:, 1:-1, 0], image[:, 1:-1, -1]], dim=1
+        )  # (C, 2W + 2H - 4)
+        return rim.median(dim=1).values[:, None, None]
+    if reference != "mode":
+        raise ValueError(f"contrast_reference must be one of {REFERENCES}, got {reference!r}")
+    grey = _luminance(image).flatten()
+    low, high = grey.min(), grey.max()
+    bins = ((grey - low) / (high - low).clamp_min(1e-12) * 32).long().clamp(0, 31)
+    common = bins == int(torch.bincount(bins, minlength=32).argmax())
+    return image.flatten(1)[:, common].median(dim=1).values[:, None, None]
+
+
+def contrast_hull(
+    image: Tensor, stdev_size_thr: float = 1.0, contrast_reference: str = "mean"
+) -> Tensor:
     """Convex hull of an image's high-contrast pixels, shape (H, W), bool.
 
     The luminance ``g`` (scikit-image's RGB weights for 3 channels, the channel mean
-    otherwise) gives the contrast ``|g − mean(g)|``; pixels whose contrast exceeds
-    ``stdev_size_thr × std(contrast)`` are selected, and the mask is the convex hull of their
-    centres.
+    otherwise) gives the contrast ``|g − r|``, ``r`` the luminance of
+    :func:`reference_colour` (``"mean"``: DNNBrain's ``|g − mean(g)|``); pixels whose contrast
+    exceeds ``stdev_size_thr × std(contrast)`` are selected, and the mask is the convex hull
+    of their centres.
 
     Raises
     ------
@@ -107,7 +148,7 @@ def contrast_hull(image: Tensor, stdev_size_thr: float = 1.0) -> Tensor:
             [0, 0, 1, 0, 0]], dtype=torch.int32)
     """
     grey = _luminance(image)
-    contrast = (grey - grey.mean()).abs()
+    contrast = (grey - _luminance(reference_colour(image, contrast_reference))).abs()
     above = contrast > contrast.std(correction=0) * stdev_size_thr
     if not bool(above.any()):
         raise ValueError(
@@ -152,23 +193,34 @@ class MaskedImage(LayerPerturbation):
 
     For each image (Walker et al. 2019; DNNBrain's ``put_mask``):
 
-    1. contrast threshold: luminance pixels deviating from the mean by more than
+    1. contrast threshold: luminance pixels deviating from the reference colour
+       (``contrast_reference``, see :func:`reference_colour`) by more than
        ``stdev_size_thr`` standard deviations of that deviation;
     2. the convex hull of those pixels is the initial mask;
     3. the mask is blurred (Gaussian, ``filter_sigma``) and the image is shown through it
-       over a background of the image's per-channel mean (in model space, so it suits any
-       normalisation): ``mask · x + (1 − mask) · mean``;
+       over a background of the reference colour (per channel, in model space, so it suits
+       any normalisation): ``mask · x + (1 − mask) · reference``;
     4. the activation on the depth-0 (hull) image is the *baseline*; the mask is eroded
-       (3×3 square, one pixel per side per step, the image border counting as outside)
-       until the activation falls to
-       ``target_reduction_ratio × baseline`` or below, and that first mask is returned.
+       (3×3 square, one pixel per side per step, the image border counting as outside).
+       ``stop="keep"`` (default) returns the deepest mask whose activation is still at least
+       ``target_reduction_ratio × baseline`` (the tightest mask keeping that share of the
+       response); ``stop="drop"`` returns the first mask whose activation falls to
+       ``target_reduction_ratio × baseline`` or below (DNNBrain and Walker et al.'s code).
+
+    The procedure was designed for most-exciting images: a synthesis from
+    :class:`~dnnbrain_captum.optim.SynthesisImage` started from grey, whose contrast lies where
+    the unit looks. For natural images the default reference ``"border"`` (the colour of the
+    image's outermost pixels) keeps a uniform background out of the contrast, so the mask
+    follows the object (a digit's strokes, not its frame); ``"mean"`` is DNNBrain's choice,
+    which on a digit also selects the background (the mean lies between strokes and frame).
 
     Defined edge cases (a warning names the examples; nothing crashes):
 
     * **non-positive baseline**: a fraction of a non-positive activation is no reduction, so
       no erosion is searched; the hull mask (depth 0) is returned.
-    * **ratio not reached** within ``max_iter`` erosions, or the mask vanished first: the
-      evaluated mask with the lowest activation (ties: the deeper one) is returned.
+    * **ratio not crossed** within ``max_iter`` erosions, or the mask vanished first:
+      ``"drop"`` returns the evaluated mask with the lowest activation (ties: the deeper
+      one), ``"keep"`` the deepest evaluated mask that is not empty.
 
     Colour and grey images of any size work; the contrast uses scikit-image's luminance
     weights for 3 channels and the channel mean otherwise, the masking uses every channel
@@ -194,7 +246,7 @@ class MaskedImage(LayerPerturbation):
     >>> out = MaskedImage(digits_cnn()).attribute(images, target=labels, return_masks=True)
     >>> tuple(out.images.shape), tuple(out.masks.shape)
     ((2, 3, 32, 32), (2, 1, 32, 32))
-    >>> bool((out.activation <= 0.9 * out.baseline).all())
+    >>> bool((out.activation >= 0.9 * out.baseline).all())
     True
     """
 
@@ -208,6 +260,8 @@ class MaskedImage(LayerPerturbation):
         filter_sigma: float = 1.0,
         target_reduction_ratio: float = 0.9,
         max_iter: int = 100,
+        contrast_reference: str = "border",
+        stop: str = "keep",
         return_masks: bool = False,
         reduction: str = "mean",
         perturbations_per_eval: int = 16,
@@ -229,9 +283,15 @@ class MaskedImage(LayerPerturbation):
         filter_sigma : float
             Standard deviation of the Gaussian mask blur in pixels, >= 0.
         target_reduction_ratio : float in (0, 1)
-            Erode until the activation is at most this fraction of the baseline.
+            Share of the baseline activation that decides where erosion stops (``stop``).
         max_iter : int
             Most erosions tried, >= 1.
+        contrast_reference : {"border", "mode", "mean"}
+            The colour that counts as no contrast and fills the masked-out pixels
+            (:func:`reference_colour`); ``"mean"`` is DNNBrain's.
+        stop : {"keep", "drop"}
+            ``"keep"``: the deepest mask keeping at least the ratio of the baseline;
+            ``"drop"``: the first mask at or below it (DNNBrain).
         return_masks : bool
             Return :class:`MaskedImages` instead of the images alone.
         reduction : {"mean", "max", "sum"}
@@ -249,8 +309,8 @@ class MaskedImage(LayerPerturbation):
         Raises
         ------
         ValueError
-            Ratio outside (0, 1), negative threshold or sigma, ``max_iter < 1``, or an image
-            without any pixel above the contrast threshold.
+            Ratio outside (0, 1), negative threshold or sigma, ``max_iter < 1``, an unknown
+            reference or stop, or an image without any pixel above the contrast threshold.
         """
         x = check_image_batch(inputs)
         ratio = check_ratio(target_reduction_ratio, "target_reduction_ratio")
@@ -259,9 +319,15 @@ class MaskedImage(LayerPerturbation):
         positive_int(max_iter, "max_iter")
         check_reduction(reduction)
         batch = check_batch_size(perturbations_per_eval)
+        if contrast_reference not in REFERENCES:
+            raise ValueError(
+                f"contrast_reference must be one of {REFERENCES}, got {contrast_reference!r}"
+            )
+        if stop not in STOPS:
+            raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
         n = x.shape[0]
         entries = per_example_targets(target, n)
-        hulls = [contrast_hull(x[k], float(stdev_size_thr)) for k in range(n)]
+        hulls = [contrast_hull(x[k], float(stdev_size_thr), contrast_reference) for k in range(n)]
         warn_if_training(self.forward_func)
         results: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []
         non_positive: list[int] = []
@@ -271,6 +337,8 @@ class MaskedImage(LayerPerturbation):
                 example_target = target if entries is None else [entries[k]]
                 outcome = self._one(
                     x[k : k + 1],
+                    reference_colour(x[k], contrast_reference)[None],
+                    stop,
                     hulls[k],
                     float(filter_sigma),
                     ratio,
@@ -293,10 +361,11 @@ class MaskedImage(LayerPerturbation):
                 stacklevel=3,
             )
         if not_reached:
+            chosen = "with the lowest activation" if stop == "drop" else "deepest non-empty"
             warnings.warn(
-                f"the activation did not fall to {ratio} × baseline within max_iter="
-                f"{max_iter} erosions (or before the mask vanished) for example(s) "
-                f"{not_reached}; the mask with the lowest activation is returned",
+                f"the activation did not fall {'to' if stop == 'drop' else 'below'} {ratio} × "
+                f"baseline within max_iter={max_iter} erosions (or before the mask vanished) "
+                f"for example(s) {not_reached}; the mask {chosen} is returned",
                 UserWarning,
                 stacklevel=3,
             )
@@ -314,6 +383,8 @@ class MaskedImage(LayerPerturbation):
     def _one(
         self,
         image: Tensor,
+        fill: Tensor,
+        stop: str,
         hull: Tensor,
         sigma: float,
         ratio: float,
@@ -324,7 +395,6 @@ class MaskedImage(LayerPerturbation):
         reduction: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, int, str]:
         """Erode one image's mask; returns (image, mask, activation, baseline, depth, status)."""
-        mean = image.mean(dim=(2, 3), keepdim=True)
         current = hull.to(image.dtype)[None, None]
         masks: list[Tensor] = []
         values: list[Tensor] = []
@@ -340,7 +410,7 @@ class MaskedImage(LayerPerturbation):
                 vanished = not bool(current.any())
                 current = _erode(current)
             soft = gaussian_blur(torch.cat(depths), sigma, mode="reflect")
-            candidates = soft * image + (1 - soft) * mean
+            candidates = soft * image + (1 - soft) * fill
             chunk_target = target
             if isinstance(target, list):
                 chunk_target = target * soft.shape[0]
@@ -353,6 +423,7 @@ class MaskedImage(LayerPerturbation):
                     chunk_target,
                     reduction,
                     chunk_args,
+                    reshape_transform=self.reshape_transform,
                 )
             )
             masks.append(soft)
@@ -361,21 +432,25 @@ class MaskedImage(LayerPerturbation):
             if baseline <= 0:
                 status, chosen = "non-positive", 0
                 break
-            hits = torch.nonzero(activation[1:] <= ratio * baseline)
+            level = ratio * baseline
+            crossed = activation[1:] <= level if stop == "drop" else activation[1:] < level
+            hits = torch.nonzero(crossed)
             if hits.numel():
-                status, chosen = "reached", int(hits[0, 0]) + 1
+                status, chosen = "reached", int(hits[0, 0]) + (1 if stop == "drop" else 0)
                 break
         activation = torch.cat(values)
         all_masks = torch.cat(masks)
         if chosen < 0:
             if activation.shape[0] == 1:
                 chosen = 0
+            elif stop == "keep":
+                chosen = activation.shape[0] - (2 if vanished else 1)
             else:
                 deeper = activation[1:].flip(0)
                 chosen = activation.shape[0] - 1 - int(deeper.argmin())
         mask = all_masks[chosen : chosen + 1]
         return (
-            mask * image + (1 - mask) * mean,
+            mask * image + (1 - mask) * fill,
             mask,
             activation[chosen],
             activation[0],

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
-from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum._utils.validation import check_finite, check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
@@ -123,6 +123,15 @@ class MinimalParcelImage(LayerPerturbation):
     user ``feature_mask``); pixels outside the kept parcels show ``baselines``. Searches
     (``search_criterion``):
 
+    * ``"removal"`` (default; backward elimination, Zhou et al. 2015): start from the whole
+      image and repeatedly remove the parcel whose removal lowers the activation least,
+      while the activation stays at least ``activation_ratio × original``. The result is
+      *locally minimal*: removing any one more parcel drops the activation below that level.
+      A round scores the ``candidates_per_step`` kept parcels whose removal cost least when
+      last scored (the first round scores all parcels, which ranks them); when none of them
+      can go, every kept parcel is scored before the search stops (``None``: every round
+      scores every parcel, the exact greedy order). On grids of up to 12 parcels it finds
+      the brute-force minimum in at least 90 % of the tested cases (``benchmarks/README.md``).
     * ``"max"``, ``"fitting_curve"``, ``"threshold"`` (ranking searches, Ullman et al. /
       DNNBrain): every parcel is shown alone and parcels are ranked by the activation they
       produce (descending; ties keep the lower label). The prefixes ``top-1, top-2, ...`` of
@@ -139,10 +148,9 @@ class MinimalParcelImage(LayerPerturbation):
         prefixes use ``"max"``.
       - ``"threshold"``: the smallest prefix whose activation is at least
         ``activation_ratio × original activation`` (the best prefix if none is).
-    * ``"removal"`` (Zhou et al. 2015): start from the whole image and repeatedly remove the
-      parcel whose removal lowers the activation least, while the activation stays at least
-      ``activation_ratio × original``. Removing any one more parcel from the result drops it
-      below that level.
+
+      A prefix of the ranking is not minimal in general: it often keeps parcels that could
+      go (DNNBrain's ``"max"`` returned the whole image for most digits).
 
     Where a ratio of a non-positive original activation is meaningless (``"threshold"``,
     ``"removal"``), a warning names the example, which gets the ``"max"`` prefix
@@ -183,8 +191,7 @@ class MinimalParcelImage(LayerPerturbation):
     >>> from dnnbrain_captum.models import digits_cnn, digits_images
     >>> images, labels = digits_images(n=2)
     >>> minimal = MinimalParcelImage(digits_cnn()).attribute(
-    ...     images, target=labels, segmentation="slic", segmentation_kwargs={"n_segments": 30},
-    ...     search_criterion="removal")
+    ...     images, target=labels, segmentation="slic", segmentation_kwargs={"n_segments": 30})
     >>> tuple(minimal.images.shape), bool((minimal.n_selected < minimal.n_parcels).all())
     ((2, 3, 32, 32), True)
     >>> bool((minimal.activation >= 0.9 * minimal.original_activation).all())
@@ -201,10 +208,11 @@ class MinimalParcelImage(LayerPerturbation):
         segmentation_kwargs: dict[str, Any] | None = None,
         feature_mask: Tensor | None = None,
         baselines: float | Tensor | str = 0.0,
-        search_criterion: str = "max",
+        search_criterion: str = "removal",
         activation_criterion: str = "max",
         activation_ratio: float = 0.9,
         max_parcels: int | None = None,
+        candidates_per_step: int | None = 16,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
     ) -> MinimalParcels:
@@ -230,9 +238,9 @@ class MinimalParcelImage(LayerPerturbation):
             [0, 1] images, the mean pixel for one whose inputs are standardised
             (ImageNet normalisation). ``"mean"``: each image's per-channel mean. A tensor
             broadcastable to the inputs.
-        search_criterion : {"max", "fitting_curve", "threshold", "removal"}
+        search_criterion : {"removal", "max", "fitting_curve", "threshold"}
             How the kept parcels are chosen (class docstring); DNNBrain's "fitting curve"
-            is ``"fitting_curve"``.
+            is ``"fitting_curve"``, its default was ``"max"``.
         activation_criterion : {"max", "mean", "median", "L1", "L2"}
             Pooling of a channel's values into one activation (vector norms for L1/L2); no
             effect for a unit, callable or model-output target.
@@ -240,6 +248,9 @@ class MinimalParcelImage(LayerPerturbation):
             Fraction of the original activation to keep (``"threshold"``, ``"removal"``).
         max_parcels : int, optional
             Longest prefix considered by the ranking searches (all parcels by default).
+        candidates_per_step : int or None
+            Parcels scored per round of ``"removal"`` (class docstring), >= 1; None scores
+            all of them every round.
         perturbations_per_eval : int
             Candidate images per forward pass.
         show_progress : bool
@@ -270,11 +281,20 @@ class MinimalParcelImage(LayerPerturbation):
             isinstance(max_parcels, bool) or not isinstance(max_parcels, int) or max_parcels < 1
         ):
             raise ValueError(f"max_parcels must be None or an int >= 1, got {max_parcels!r}")
+        if candidates_per_step is not None:
+            positive_int(candidates_per_step, "candidates_per_step")
         fill = fill_images(x, baselines)
         n = x.shape[0]
         score = TargetScorer(
-            self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
+            self.forward_func,
+            self.layer,
+            target,
+            activation_criterion,
+            additional_forward_args,
+            n,
+            self.reshape_transform,
         )
+        check_finite(segmentation_kwargs, "segmentation_kwargs")
         labels = parcel_labels(x, segmentation, segmentation_kwargs, feature_mask)
         warn_if_training(self.forward_func)
         counts = (labels.flatten(1).amax(1) + 1).tolist()
@@ -292,7 +312,7 @@ class MinimalParcelImage(LayerPerturbation):
                 original = score(x, torch.arange(n, device=x.device))
                 if search_criterion == "removal":
                     chosen, activation = removal_search(
-                        score, compose, counts, original, ratio, batch, bar
+                        score, compose, counts, original, ratio, batch, bar, candidates_per_step
                     )
                 else:
                     chosen, activation = prefix_search(

@@ -46,7 +46,8 @@ class MinimalComponents(NamedTuple):
     original_activation : Tensor of shape (N,)
         The target's activation on the input image.
     full_reconstruction : Tensor of shape (N, C, H, W)
-        The image rebuilt from all K components (the input itself when K is the full rank).
+        The image rebuilt from all K components (the input itself, up to rounding, with the
+        default K).
     """
 
     images: Tensor
@@ -55,6 +56,21 @@ class MinimalComponents(NamedTuple):
     activation: Tensor
     original_activation: Tensor
     full_reconstruction: Tensor
+
+
+def numerical_rank(samples: Tensor) -> int:
+    """Fewest dimensions spanned by every example's centred samples (N, L, D), at least 1.
+
+    A singular value counts when it exceeds ``s_max · max(L, D) · eps`` with ``eps`` the
+    machine precision of the samples' dtype (numpy's ``matrix_rank`` rule): directions below
+    that are rounding noise, which PCA would rank at random and FastICA cannot whiten.
+    """
+    centred = samples.detach().to("cpu", torch.float64)
+    centred = centred - centred.mean(1, keepdim=True)
+    values = torch.linalg.svdvals(centred)  # (N, min(L, D)), descending
+    dtype = samples.dtype if samples.is_floating_point() else torch.float32
+    tolerance = values[:, :1] * max(samples.shape[1:]) * torch.finfo(dtype).eps
+    return max(int((values > tolerance).sum(1).min()), 1)
 
 
 class _Decomposition:
@@ -82,12 +98,16 @@ class _Decomposition:
             samples = x.flatten(2).transpose(1, 2)  # (N, H·W, C)
         n_samples, n_features = samples.shape[1:]
         rank = min(n_samples - 1, n_features)
-        k = rank if n_components is None else n_components
+        k = n_components
+        if k is None:
+            k = numerical_rank(samples) if method == "ica" else rank
         if k < 2 or k > rank:
+            spanned = f" (ICA's default: the {k} dimension(s) the samples span)" if k < 2 else ""
             raise ValueError(
                 f"{sampling} give {n_samples} samples of {n_features} values, so 2 to {rank} "
-                f"components are possible; n_components={n_components!r} (a single component "
-                "leaves nothing to search: use patches, a smaller patch_size or a larger image)"
+                f"components are possible; n_components={n_components!r}{spanned} (a single "
+                "component leaves nothing to search: use patches, a smaller patch_size or a "
+                "larger image)"
             )
         fits = [fit_components(samples[e], method, k, seed) for e in range(n)]
         self.mean = torch.stack([f[0] for f in fits])  # (N, D)
@@ -130,9 +150,11 @@ class MinimalComponentImage(LayerPerturbation):
 
     Image k of the ranking is ``mean + coefficients_k ⊗ component_k`` (one component over
     the mean tile or colour); its activation ranks component k. By default K is the full
-    rank ``min(L − 1, D)`` (L samples of D values), so all components reconstruct the image
-    exactly; PCA components are ordered by variance, ICA components (FastICA,
-    ``whiten="unit-variance"``, seeded) are unordered. The numpy round-trip for
+    rank ``min(L − 1, D)`` (L samples of D values) for PCA and the numerical rank of the
+    samples for ICA (the fewest over the batch; directions whose singular value is below
+    ``s_max · max(L, D) · eps`` are rounding noise, which FastICA cannot whiten), so all
+    components reconstruct the image exactly. PCA components are ordered by variance, ICA
+    components (FastICA, ``whiten="unit-variance"``, seeded) are unordered. The numpy round-trip for
     scikit-learn is confined to ``dnnbrain_captum.attr._sk_bridge``; reconstruction and
     search run in torch on the input's device.
 
@@ -173,10 +195,11 @@ class MinimalComponentImage(LayerPerturbation):
         sampling: str = "patches",
         patch_size: int = 8,
         n_components: int | None = None,
-        search_criterion: str = "max",
+        search_criterion: str = "removal",
         activation_criterion: str = "max",
         activation_ratio: float = 0.9,
         max_components: int | None = None,
+        candidates_per_step: int | None = 16,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         seed: int = 0,
@@ -199,15 +222,22 @@ class MinimalComponentImage(LayerPerturbation):
         patch_size : int
             Tile side for ``"patches"``, >= 1.
         n_components : int, optional
-            Components per image, 2 .. full rank (default: full rank, exact reconstruction).
-        search_criterion : {"max", "fitting_curve", "threshold", "removal"}
-            As in :class:`MinimalParcelImage`.
+            Components per image, 2 .. ``min(L − 1, D)``. Default: PCA the full rank
+            ``min(L − 1, D)``; ICA the numerical rank of the samples (every direction they
+            span beyond rounding; FastICA cannot whiten the others). Both reconstruct the
+            image exactly.
+        search_criterion : {"removal", "max", "fitting_curve", "threshold"}
+            As in :class:`MinimalParcelImage` (default: backward elimination to
+            ``activation_ratio`` of the original, a locally minimal set of components).
         activation_criterion : {"max", "mean", "median", "L1", "L2"}
             Pooling of a channel's values (vector norms for L1/L2).
         activation_ratio : float in (0, 1)
             Fraction of the original activation to keep (``"threshold"``, ``"removal"``).
         max_components : int, optional
             Longest prefix considered by the ranking searches.
+        candidates_per_step : int or None
+            Components scored per round of ``"removal"`` (as in :class:`MinimalParcelImage`),
+            >= 1; None scores all of them every round.
         perturbations_per_eval : int
             Candidate images per forward pass.
         show_progress : bool
@@ -241,6 +271,8 @@ class MinimalComponentImage(LayerPerturbation):
         positive_int(patch_size, "patch_size")
         if max_components is not None:
             positive_int(max_components, "max_components")
+        if candidates_per_step is not None:
+            positive_int(candidates_per_step, "candidates_per_step")
         if n_components is not None and (
             isinstance(n_components, bool) or not isinstance(n_components, int)
         ):
@@ -249,7 +281,13 @@ class MinimalComponentImage(LayerPerturbation):
         batch = check_batch_size(perturbations_per_eval)
         n = x.shape[0]
         score = TargetScorer(
-            self.forward_func, self.layer, target, activation_criterion, additional_forward_args, n
+            self.forward_func,
+            self.layer,
+            target,
+            activation_criterion,
+            additional_forward_args,
+            n,
+            self.reshape_transform,
         )
         parts = _Decomposition(x, decomposition, sampling, patch_size, n_components, seed)
         warn_if_training(self.forward_func)
@@ -261,7 +299,14 @@ class MinimalComponentImage(LayerPerturbation):
                 original = score(x, everything)
                 if search_criterion == "removal":
                     chosen, activation = removal_search(
-                        score, parts.compose, counts, original, ratio, batch, bar
+                        score,
+                        parts.compose,
+                        counts,
+                        original,
+                        ratio,
+                        batch,
+                        bar,
+                        candidates_per_step,
                     )
                 else:
                     chosen, activation = prefix_search(

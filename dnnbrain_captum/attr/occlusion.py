@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.baselines import baseline_images
 from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.layouts import reads_channels_first
 from dnnbrain_captum._utils.targets import (
     check_reduction,
     evaluate_target,
@@ -22,7 +23,12 @@ from dnnbrain_captum._utils.targets import (
 )
 from dnnbrain_captum._utils.validation import check_image_batch, pair, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
-from dnnbrain_captum.attr._incremental import IncrementalOcclusion, IncrementalUnsupported
+from dnnbrain_captum.attr._incremental import (
+    IncrementalOcclusion,
+    IncrementalUnsupported,
+    OutputOcclusion,
+)
+from dnnbrain_captum.attr._incremental.cost import batch_size, incremental_pays, peak_bytes
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -46,6 +52,28 @@ def occlusion_grid_shape(
     )
 
 
+def _spatial(value: Any, name: str, channels: int, window: bool) -> tuple[int, int]:
+    """(H, W) from an int, an (h, w) pair or Captum's (C, h, w) form.
+
+    Captum's ``Occlusion`` takes ``sliding_window_shapes=(C, h, w)`` and ``strides=(C, s_h,
+    s_w)`` for a (C, H, W) input. This map always covers every channel, so a window's
+    channel entry must be the number of input channels; a stride's channel entry is any
+    int >= 1 (with a window over all channels there is one channel position whatever it is).
+    """
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        first = value[0]
+        if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+            raise ValueError(f"{name}={value!r}: the channel entry must be an int >= 1")
+        if window and first != channels:
+            raise ValueError(
+                f"{name}={value!r} in Captum's (C, h, w) form must cover all {channels} input "
+                f"channels (C={channels}); the occluder always covers every channel. Give "
+                f"({channels}, {value[1]}, {value[2]}) or the (h, w) pair ({value[1]}, {value[2]})"
+            )
+        value = tuple(value[1:])
+    return pair(value, name)
+
+
 def _check_window(image_size: tuple[int, int], window: tuple[int, int]) -> None:
     if window[0] > image_size[0] or window[1] > image_size[1]:
         raise ValueError(
@@ -59,7 +87,7 @@ class _Sweep(NamedTuple):
     window: tuple[int, int]
     stride: tuple[int, int]
     grid: tuple[int, int]
-    batch: int
+    batch: int | None  # None: chosen by the cost model
     show_progress: bool
 
 
@@ -115,7 +143,11 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
     stride, padding, dilation, groups; zero padding), max/average pooling, element-wise
     activations, ``BatchNorm2d`` in eval mode, identity/dropout in eval mode, arithmetic with
     numbers, and additions or channel concatenations of such paths (ResNet blocks,
-    AlexNet/VGG features). No module on the path may carry forward hooks. The values equal the
+    AlexNet/VGG features). No module on the path may carry forward hooks, and no in-place
+    operation (``nn.ReLU(inplace=True)``, ``x.relu_()``, ``h += y``) may write into a value that
+    anything else reads, or into the image (the traced graph would then differ from eager
+    execution). Anything it cannot prove, and any failure at any stage, makes ``"auto"`` use
+    the full recompute. The values equal the
     full recompute up to floating-point rounding (float64: 1e-10 in the tests; float32: about
     1e-6 of the target's clean value).
 
@@ -147,14 +179,15 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         inputs: Tensor,
         target: Any = None,
         additional_forward_args: Any = None,
-        sliding_window_shapes: int | tuple[int, int] = (11, 11),
-        strides: int | tuple[int, int] = (2, 2),
+        sliding_window_shapes: int | tuple[int, ...] = (11, 11),
+        strides: int | tuple[int, ...] = (2, 2),
         baselines: float | Tensor | str = 0.0,
         reduction: str = "mean",
-        perturbations_per_eval: int = 64,
+        perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         seed: int = 0,
         method: str = "auto",
+        keepdim: bool = False,
     ) -> Tensor:
         """Occluder discrepancy map of ``target``.
 
@@ -168,18 +201,22 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args : Any, optional
             Further positional arguments of the model (batch-first tensors are matched to
             their example).
-        sliding_window_shapes : int or (h, w)
+        sliding_window_shapes : int, (h, w) or (C, h, w)
             Occluder size in pixels, (H, W) order (DNNBrain's ``window``, which was (W, H)).
-        strides : int or (s_h, s_w)
-            Step between window positions, >= 1.
+            Captum's form ``(C, h, w)`` is accepted when C is the number of input channels
+            (the occluder covers every channel).
+        strides : int, (s_h, s_w) or (c, s_h, s_w)
+            Step between window positions, >= 1 (Captum's form with a channel step first is
+            accepted; with a window over all channels the channel step changes nothing).
         baselines : float, Tensor or "noise"
             What the occluder shows, in model space: a number (default 0.0), a tensor
             broadcastable to the inputs, or ``"noise"`` — uniform random pixels between each
             image's min and max (Zhou et al.), drawn from ``seed``.
         reduction : {"mean", "max", "sum"}
             How a channel becomes one scalar (DNNBrain's ``metric``).
-        perturbations_per_eval : int
-            Occluded images per forward pass.
+        perturbations_per_eval : int, optional
+            Windows per batch. Default: chosen from the memory one window needs on the
+            input's device (``dnnbrain_captum.attr._incremental.cost``).
         show_progress : bool
             Show a tqdm progress bar.
         seed : int
@@ -191,20 +228,32 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             once per image (see Notes); raises ``ValueError`` saying why when that is not
             possible. ``"auto"`` (default): incremental when possible, else full (the reason
             is logged at DEBUG level on this module's logger).
+        keepdim : bool
+            Return (N, 1, n_rows, n_cols), the layout of Captum's layer attributions, e.g. for
+            ``captum.attr.LayerAttribution.interpolate(grid, (H, W))``.
 
         Returns
         -------
-        Tensor of shape (N, n_rows, n_cols)
+        Tensor of shape (N, n_rows, n_cols), or (N, 1, n_rows, n_cols) with ``keepdim``
+
+        Raises
+        ------
+        ValueError
+            For a window larger than the image, a (C, h, w) window whose C is not the number
+            of input channels, non-finite ``baselines``, an unknown ``method``, or
+            ``method="incremental"`` where incremental inference is not possible.
         """
         check_reduction(reduction)
         x = check_image_batch(inputs)
-        window = pair(sliding_window_shapes, "sliding_window_shapes")
-        stride = pair(strides, "strides")
+        channels = x.shape[1]
+        window = _spatial(sliding_window_shapes, "sliding_window_shapes", channels, True)
+        stride = _spatial(strides, "strides", channels, False)
         image_size = (x.shape[-2], x.shape[-1])
         _check_window(image_size, window)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        positive_int(perturbations_per_eval, "perturbations_per_eval")
+        if perturbations_per_eval is not None:
+            positive_int(perturbations_per_eval, "perturbations_per_eval")
         warn_if_training(self.forward_func)
         plan = _Sweep(
             window,
@@ -216,12 +265,22 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         fill = baseline_images(x, baselines, {"noise": _noise_field(seed)})
         with torch.no_grad():
             original = evaluate_target(
-                self.forward_func, self.layer, (x,), target, reduction, additional_forward_args
+                self.forward_func,
+                self.layer,
+                (x,),
+                target,
+                reduction,
+                additional_forward_args,
+                reshape_transform=self.reshape_transform,
             )
             occluded = self._incremental(
                 method, x, fill, original, target, reduction, additional_forward_args, plan
             )
             if occluded is None:
+                if plan.batch is None:
+                    windows = x.shape[0] * plan.grid[0] * plan.grid[1]
+                    peak = peak_bytes(self.forward_func, self.layer, x[:1])  # type: ignore[arg-type]
+                    plan = plan._replace(batch=batch_size(peak, x.device, windows))
                 occluded = torch.cat(
                     list(
                         self._occluded_values(
@@ -231,7 +290,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 )
         n = x.shape[0]
         discrepancy = original.repeat_interleave(plan.grid[0] * plan.grid[1]) - occluded
-        return discrepancy.view(n, *plan.grid).to(x.dtype)
+        shape = (n, 1, *plan.grid) if keepdim else (n, *plan.grid)
+        return discrepancy.view(shape).to(x.dtype)
 
     def _incremental(
         self,
@@ -244,42 +304,83 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         additional_forward_args: Any,
         plan: _Sweep,
     ) -> Tensor | None:
-        """Occluded values by incremental inference, or None to use the full recompute."""
+        """Occluded values by incremental inference, or None to use the full recompute.
+
+        Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
+        means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
+        reason under ``method="incremental"``.
+        """
         if method == "full":
             return None
         try:
-            if not isinstance(self.forward_func, nn.Module):
-                raise IncrementalUnsupported("the forward function is not an nn.Module")
-            if self.layer is None:
-                raise IncrementalUnsupported("layer=None explains the model output")
-            if additional_forward_args is not None:
-                raise IncrementalUnsupported("additional_forward_args are given")
-            if callable(target) and not isinstance(target, Tensor):
-                raise IncrementalUnsupported("the target is a callable")
-            engine = IncrementalOcclusion(self.forward_func, self.layer)
-            clean = engine.clean_targets(x, target, reduction)
-            scale = original.abs().max().item()
-            if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
-                raise IncrementalUnsupported(
-                    "the traced graph does not reproduce the model's value at the layer"
-                )
-        except IncrementalUnsupported as reason:
+            values = self._incremental_values(
+                method, x, fill, original, target, reduction, additional_forward_args, plan
+            )
+        except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
+            if not isinstance(reason, IncrementalUnsupported):
+                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
             if method == "incremental":
                 raise ValueError(f"method='incremental' is not possible here: {reason}") from None
             logger.debug("occlusion map by full recompute: %s", reason)
             return None
         logger.debug("occlusion map by incremental inference")
+        return values
+
+    def _incremental_values(
+        self,
+        method: str,
+        x: Tensor,
+        fill: Tensor,
+        original: Tensor,
+        target: Any,
+        reduction: str,
+        additional_forward_args: Any,
+        plan: _Sweep,
+    ) -> Tensor:
+        """Occluded values by incremental inference (raises what it cannot do, and why)."""
+        if not isinstance(self.forward_func, nn.Module):
+            raise IncrementalUnsupported("the forward function is not an nn.Module")
+        if additional_forward_args is not None:
+            raise IncrementalUnsupported("additional_forward_args are given")
+        if callable(target) and not isinstance(target, Tensor):
+            raise IncrementalUnsupported("the target is a callable")
+        if self.layer is None:
+            engine: Any = OutputOcclusion(self.forward_func, x[:1])
+            clean = engine.clean_targets(x, target)
+        else:
+            if not reads_channels_first(
+                self.forward_func, self.layer, (x,), self.reshape_transform
+            ):
+                raise IncrementalUnsupported("the layer's output is not read channels-first")
+            engine = IncrementalOcclusion(self.forward_func, self.layer)
+            clean = engine.clean_targets(x, target, reduction)
+        scale = original.abs().max().item()
+        if not torch.allclose(clean, original, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)):
+            raise IncrementalUnsupported(
+                "the traced graph does not reproduce the model's value at the layer"
+            )
         per_image = plan.grid[0] * plan.grid[1]
+        sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
+        incremental_macs, full_macs = engine.macs_per_window(sweep)
+        if method == "auto" and not incremental_pays(incremental_macs, full_macs):
+            raise IncrementalUnsupported(
+                f"the cost model prefers the full recompute ({incremental_macs} against "
+                f"{full_macs} multiply-adds per window)"
+            )
+        batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
+        if self.layer is None:
+            chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, batch)
+        else:
+            chunks = engine.occluded_values(
+                fill, reduction, plan.window, plan.stride, plan.grid, batch
+            )
         bar = tqdm(
-            total=x.shape[0] * -(-per_image // plan.batch),
+            total=x.shape[0] * -(-per_image // batch),
             desc="Occluder discrepancy mapping",
             disable=not plan.show_progress,
         )
-        values = []
         with bar:
-            chunks = engine.occluded_values(
-                fill, reduction, plan.window, plan.stride, plan.grid, plan.batch
-            )
+            values = []
             for chunk in chunks:
                 values.append(chunk)
                 bar.update()
@@ -331,7 +432,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             args = take_examples(additional_forward_args, example, n)
             try:
                 values = evaluate_target(
-                    self.forward_func, self.layer, (occluded,), chunk_target, reduction, args
+                    self.forward_func,
+                    self.layer,
+                    (occluded,),
+                    chunk_target,
+                    reduction,
+                    args,
+                    reshape_transform=self.reshape_transform,
                 )
             except RuntimeError:
                 if not channels_last:
@@ -346,6 +453,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                     chunk_target,
                     reduction,
                     args,
+                    reshape_transform=self.reshape_transform,
                 )
             yield values
 

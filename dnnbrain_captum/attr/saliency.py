@@ -18,15 +18,16 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._compat import TargetType, format_output, is_tuple
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
-from dnnbrain_captum._utils.hooks import LayerCapture, guided_relu, run_to_layer, warn_if_training
+from dnnbrain_captum._utils.hooks import LayerCapture, guided_relu, warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import (
-    check_reduction,
-    evaluate_target,
-    select_layer_target,
-    select_output_target,
+from dnnbrain_captum._utils.layouts import (
+    ReshapeTransform,
+    check_reshape_transform,
+    grid_view,
+    resolve_layout,
 )
-from dnnbrain_captum._utils.validation import check_inputs
+from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
+from dnnbrain_captum._utils.validation import check_inputs, finite
 
 __all__ = ["GuidedSaliencyImage", "VanillaSaliencyImage", "smoothgrad_stdev"]
 
@@ -62,7 +63,7 @@ def smoothgrad_stdev(inputs: Tensor | tuple[Tensor, ...], sigma_multiplier: floa
     """
     if isinstance(sigma_multiplier, bool) or not isinstance(sigma_multiplier, (int, float)):
         raise TypeError(f"sigma_multiplier must be a number, got {sigma_multiplier!r}")
-    if sigma_multiplier < 0:
+    if finite(sigma_multiplier, "sigma_multiplier") < 0:
         raise ValueError(f"sigma_multiplier must be >= 0, got {sigma_multiplier}")
     items = check_inputs(inputs)
     high = max(float(t.max()) for t in items)
@@ -85,6 +86,10 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
     layer : nn.Module, str or None
         The layer whose channel is explained: a module, a dotted path (``"features.6"``) or a
         DNNBrain alias (``"conv3"``). None explains the model output with Captum's target.
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, H, W)`` (channels-first). By default the layout
+        is established (``dnnbrain_captum._utils.layouts``): channels-first maps as they are,
+        ViT tokens, Swin/ConvNeXt channels-last maps rearranged, anything else refused.
 
     Notes
     -----
@@ -110,9 +115,13 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
     _guided = False
 
     def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
+        self,
+        forward_func: nn.Module | Callable[..., Any],
+        layer: LayerSpec = None,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         module = resolve_layer(forward_func, layer)
+        self.reshape_transform = check_reshape_transform(reshape_transform)
         NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
         GradientAttribution.__init__(self, forward_func)
 
@@ -145,7 +154,10 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
         reduction : {"mean", "max", "sum"}
             How a channel becomes one scalar per example.
         to_layer : nn.Module, str or None
-            Return the gradient at this internal layer's output instead of the inputs.
+            Return the gradient at this internal layer's output instead of the inputs; for a
+            layer whose output is channels-last or a token sequence (established as for
+            ``layer``) the gradient comes on its grid, ``(N, C, H, W)``, without the extra
+            (class) tokens.
         attribute_to_layer_input : bool
             With ``to_layer``: the gradient at the layer's *input* (DNNBrain's ``to_layer``
             semantics, e.g. ``to_layer="conv1_relu"`` gives the gradient at conv1's output).
@@ -172,6 +184,10 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
             if tap_module is not None:
                 taps.append(LayerCapture(tap_module, on_input=attribute_to_layer_input))
             if self._guided:
+                if self.layer is not None:  # the layout, before the guided hooks are set
+                    resolve_layout(
+                        self.forward_func, self.layer, leaves, None, False, additional_forward_args
+                    )
                 with guided_relu(self.forward_func) as relu_calls:
                     values = self._target_values(
                         leaves, target, reduction, additional_forward_args, taps
@@ -188,8 +204,10 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
         )
         if abs:
             grads = tuple(g.abs() for g in grads)
-        if tap_module is not None:
-            return grads[0]
+        if tap_module is not None:  # a channels-last or token layer: on its grid
+            return grid_view(
+                self.forward_func, tap_module, items, grads[0], attribute_to_layer_input
+            )
         return format_output(is_inputs_tuple, grads)
 
     def _target_values(
@@ -200,16 +218,16 @@ class VanillaSaliencyImage(NeuronAttribution, GradientAttribution):
         additional_forward_args: Any,
         taps: list[LayerCapture],
     ) -> Tensor:
-        if not taps:
-            return evaluate_target(
-                self.forward_func, self.layer, leaves, target, reduction, additional_forward_args
-            )
-        output = run_to_layer(
-            self.forward_func, self.layer, leaves, additional_forward_args, taps=taps
+        return evaluate_target(
+            self.forward_func,
+            self.layer,
+            leaves,
+            target,
+            reduction,
+            additional_forward_args,
+            reshape_transform=self.reshape_transform,
+            taps=taps,
         )
-        if self.layer is None:
-            return select_output_target(output, target)
-        return select_layer_target(output, target, reduction)
 
     @staticmethod
     def _tapped(tap: LayerCapture) -> Tensor:

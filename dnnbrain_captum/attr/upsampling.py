@@ -11,9 +11,10 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
-from dnnbrain_captum._utils.hooks import run_to_layer, warn_if_training
+from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum._utils.validation import check_image_batch
 
 __all__ = ["INTERPOLATE_MODES", "UpsamplingActivationMapping", "floor_below_quantile"]
@@ -66,6 +67,10 @@ class UpsamplingActivationMapping(LayerAttribution):
         The model.
     layer : nn.Module or str
         The layer (module, dotted path or DNNBrain alias).
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, H, W)`` (channels-first). By default the layout
+        is established (``dnnbrain_captum._utils.layouts``): channels-first maps as they are,
+        ViT tokens, Swin/ConvNeXt channels-last maps rearranged, anything else refused.
 
     Notes
     -----
@@ -87,8 +92,14 @@ class UpsamplingActivationMapping(LayerAttribution):
     (2, 32, 32)
     """
 
-    def __init__(self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec) -> None:
+    def __init__(
+        self,
+        forward_func: nn.Module | Callable[..., Any],
+        layer: LayerSpec,
+        reshape_transform: ReshapeTransform | None = None,
+    ) -> None:
         module = resolve_layer(forward_func, layer)
+        self.reshape_transform = check_reshape_transform(reshape_transform)
         if module is None:
             raise ValueError("UpsamplingActivationMapping needs a layer, got layer=None")
         LayerAttribution.__init__(self, forward_func, module)
@@ -139,7 +150,9 @@ class UpsamplingActivationMapping(LayerAttribution):
         x = check_image_batch(inputs)
         warn_if_training(self.forward_func)
         with torch.no_grad():
-            output = run_to_layer(self.forward_func, self.layer, (x,), additional_forward_args)
+            output = layer_output(
+                self.forward_func, self.layer, (x,), additional_forward_args, self.reshape_transform
+            )
             if not isinstance(output, Tensor):
                 raise ValueError("the layer returns several tensors; pick a layer with one output")
             maps = channel_maps(output, target)

@@ -20,14 +20,13 @@ is refused with one line naming what differs, and figures are drawn for the firs
 
 Examples
 --------
->>> sorted(SUBCOMMANDS)[:4]
-['demo', 'empirical-rf', 'mask', 'minimal']
+>>> [name for name in ("demo", "saliency", "mask") if name in SUBCOMMANDS]
+['demo', 'saliency', 'mask']
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ from typing import Any, NoReturn
 
 # The subcommand modules register their options (torch-free); the parser needs only _args.
 # Everything that imports torch is imported when a command runs, so --help stays fast.
+from dnnbrain_captum.cli import atlas as atlas
 from dnnbrain_captum.cli import demo as demo
 from dnnbrain_captum.cli import images as images
 from dnnbrain_captum.cli import maps as maps
@@ -53,17 +53,18 @@ from dnnbrain_captum.cli._args import build_parser as build_parser
 # names kept importable from dnnbrain_captum.cli, loaded on first use (PEP 562)
 _LAZY = {
     "_QUIET_WARNINGS": "dnnbrain_captum.cli._common",
-    "MANIFEST": "dnnbrain_captum.cli._common",
     "RunContext": "dnnbrain_captum.cli._common",
     "_arguments_record": "dnnbrain_captum.cli._common",
     "_make_context": "dnnbrain_captum.cli._common",
-    "_occupied": "dnnbrain_captum.cli._common",
-    "_staging": "dnnbrain_captum.cli._common",
     "load_model": "dnnbrain_captum.cli._common",
+    "MANIFEST": "dnnbrain_captum.cli._outdir",
+    "_occupied": "dnnbrain_captum.cli._outdir",
+    "_staging": "dnnbrain_captum.cli._outdir",
+    "write_results_json": "dnnbrain_captum.cli._outdir",
     "STREAMED": "dnnbrain_captum.cli._stream",
     "StreamJob": "dnnbrain_captum.cli._stream",
-    "_run_streamed": "dnnbrain_captum.cli._stream",
     "_streaming": "dnnbrain_captum.cli._stream",
+    "_run_streamed": "dnnbrain_captum.cli._stream_run",
     "DemoPanel": "dnnbrain_captum.cli.demo",
     "mask_options": "dnnbrain_captum.cli.images",
     "minimal_options": "dnnbrain_captum.cli.images",
@@ -91,17 +92,15 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 
 def _run(args: argparse.Namespace) -> None:
-    from dnnbrain_captum.cli._common import (
-        _QUIET_WARNINGS,
-        MANIFEST,
-        _arguments_record,
-        _make_context,
-        _occupied,
-        _staging,
-    )
-    from dnnbrain_captum.cli._stream import _run_streamed, _streaming
+    from dnnbrain_captum.cli._common import _QUIET_WARNINGS, _arguments_record, _make_context
+    from dnnbrain_captum.cli._outdir import MANIFEST, _occupied, _staging, write_results_json
+    from dnnbrain_captum.cli._stream import _streaming
+    from dnnbrain_captum.cli._stream_run import _run_streamed
 
     command = SUBCOMMANDS[args.command]
+    if command is atlas.ATLAS:  # writes into --out itself (resumable, no staging)
+        atlas.ATLAS.run(args, None)  # type: ignore[arg-type]
+        return
     if _streaming(args):
         _run_streamed(args, command)
         return
@@ -138,7 +137,7 @@ def _run(args: argparse.Namespace) -> None:
         )
         files = sorted(set(ctx.files))
         ctx.record["files"] = files + [MANIFEST]
-        (staging / MANIFEST).write_text(json.dumps(ctx.record, indent=2) + "\n", "utf-8")
+        write_results_json(staging, ctx.record)
     if not args.quiet:
         for note in notes:
             sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")

@@ -71,7 +71,9 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _common_options(parser: argparse.ArgumentParser, images: bool = True) -> None:
+def _common_options(
+    parser: argparse.ArgumentParser, images: bool = True, layers: bool = False
+) -> None:
     if images:
         parser.add_argument(
             "images",
@@ -103,7 +105,9 @@ def _common_options(parser: argparse.ArgumentParser, images: bool = True) -> Non
     model.add_argument(
         "--layer",
         default=None,
-        help="module path (features.10, layer4.1) or DNNBrain alias (conv5, conv5_relu, fc3)",
+        action="append" if layers else "store",
+        help="module path (features.10, layer4.1) or DNNBrain alias (conv5, conv5_relu, fc3)"
+        + ("; repeat for several layers" if layers else ""),
     )
     model.add_argument(
         "--image-size",
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_arguments(child)
     return parser
+
+
+# ----------------------------------------------------------------------------- models and images
 
 
 def _positive(value: int, name: str) -> int:

@@ -1,17 +1,13 @@
 """Shared plumbing of the ``dnnbrain-captum`` command: the run context every subcommand
-gets, image loading, the staged output folder. The argument parser lives in
-:mod:`~dnnbrain_captum.cli._args` (torch-free, for ``--help``), models and preprocessing in
-:mod:`~dnnbrain_captum.cli._model`; their names are re-exported here."""
+gets and image loading. The argument parser lives in :mod:`~dnnbrain_captum.cli._args`
+(torch-free, for ``--help``), models and preprocessing in :mod:`~dnnbrain_captum.cli._model`,
+the output folder in ``_outdir``; the parser's and models' names are re-exported here."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +53,6 @@ from dnnbrain_captum.cli._model import (  # noqa: F401 - re-exported
     load_model,
 )
 
-MANIFEST = "results.json"
-_TMP_PREFIX = ".dnnbrain-captum-tmp-"
 # expected warnings that say nothing to a command-line user
 _QUIET_WARNINGS = (
     ".*did not already require gradients.*",
@@ -197,72 +191,6 @@ def _load_images(
     return normalize(stacked), stacked, sources, names
 
 
-# ----------------------------------------------------------------------------- output folder
-
-
-def _occupied(out: Path) -> bool:
-    return out.is_dir() and any(out.iterdir())
-
-
-@contextlib.contextmanager
-def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; move its files into ``out`` on success.
-
-    On any exception the temporary folder is removed and ``out`` is left as it was.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a folder")
-    if _occupied(out) and not overwrite:
-        raise CLIError(
-            f"--out {out} already holds results; pass --overwrite to replace them or choose "
-            "another folder"
-        )
-    base = out.parent
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise CLIError(f"output folder {out} is not writable: {base} is not a folder")
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=base))
-    except OSError as err:
-        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
-    try:
-        yield staging
-        _commit(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _commit(staging: Path, out: Path) -> None:
-    try:
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(out)
-            return
-        previous = out / MANIFEST
-        if previous.is_file():
-            try:
-                listed = json.loads(previous.read_text(encoding="utf-8")).get("files", [])
-            except (ValueError, AttributeError):
-                listed = []
-            for name in listed:
-                target = out / str(name)
-                if target.is_file() and target.parent == out:
-                    target.unlink()
-        for item in staging.iterdir():
-            target = out / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    except OSError as err:
-        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
-
-
-# ----------------------------------------------------------------------------- subcommands
-
-
 def _targets_for(ctx: RunContext, channel: int | None, batch: Tensor) -> Any:
     """The target of a batch: the channel, or each image's predicted class for the output."""
     if channel is not None:
@@ -321,8 +249,10 @@ def _make_context(
         dpi=_positive(getattr(args, "dpi", 100), "--dpi"),
     )
     ctx.record["preprocessing"] = {
-        "resize_shorter_side": step.size, "center_crop": step.crop,
-        "mean": step.mean, "std": step.std,
+        "resize_shorter_side": step.size,
+        "center_crop": step.crop,
+        "mean": step.mean,
+        "std": step.std,
     }
     if random_weights:
         ctx.record["random_weights_seed"] = seed

@@ -239,14 +239,20 @@ def _resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
 def _layer_shape(ctx: RunContext) -> tuple[int, ...]:
     """Shape (C, ...) of the layer's output (or the model output) for one input."""
     from dnnbrain_captum._utils.hooks import run_to_layer
+    from dnnbrain_captum._utils.targets import layer_output
 
     if ctx.images is not None and ctx.images.shape[0] > 0:
         probe = ctx.images[:1]
     else:
         probe = torch.zeros(1, 3, *ctx.image_size, device=ctx.device)
     with torch.no_grad():
-        try:
-            output = run_to_layer(ctx.model, ctx.layer, (probe,))
+        try:  # the layer's output channels-first (ViT tokens on their grid, NHWC permuted)
+            if ctx.layer is None:
+                output = run_to_layer(ctx.model, None, (probe,))
+            else:
+                output = layer_output(ctx.model, ctx.layer, (probe,))
+        except ValueError as err:
+            raise CLIError(_one_line(err)) from None
         except RuntimeError as err:
             raise CLIError(
                 f"--model {ctx.model_name} failed on a {tuple(probe.shape)} input: {_one_line(err)}"
@@ -286,3 +292,6 @@ def _check_unit(ctx: RunContext, unit: Sequence[int] | None) -> None:
             f"--unit {unit[0]} {unit[1]} is outside the {shape[1]}x{shape[2]} map of layer "
             f"{ctx.layer_name} (0-based row and column)"
         )
+
+
+# ----------------------------------------------------------------------------- subcommands

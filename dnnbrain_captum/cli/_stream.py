@@ -4,32 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import shutil
-import sys
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum.cli._common import (
-    _QUIET_WARNINGS,
-    MANIFEST,
-    PROG,
     CLIError,
     RunContext,
-    Subcommand,
-    _arguments_record,
-    _make_context,
-    _occupied,
     _one_line,
     _positive,
     _safe_stem,
@@ -269,36 +254,6 @@ def _streaming(args: argparse.Namespace) -> bool:
     return any(Path(p).is_dir() for p in args.images)
 
 
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _is_run_folder(folder: Path) -> bool:
-    try:
-        from dnnbrain_captum.runner import read_manifest
-
-        return read_manifest(folder).get("format") == "dnnbrain_captum.run"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _clear_previous(out: Path) -> None:
-    """``--overwrite`` of a streamed run: remove the previous run's files (only ours)."""
-    previous = out / MANIFEST
-    listed: list[str] = []
-    if previous.is_file():
-        with contextlib.suppress(ValueError, AttributeError, OSError):
-            listed = list(json.loads(previous.read_text(encoding="utf-8")).get("files", []))
-    for name in [*listed, RUN_MANIFEST, RUN_RESULT, *RUN_PARTIAL]:
-        target = out / str(name)
-        if target.is_file() and target.parent == out:
-            target.unlink()
-    if (out / RUN_CHUNKS).is_dir():
-        shutil.rmtree(out / RUN_CHUNKS)
-    if _is_run_folder(out / PREDICTED):
-        shutil.rmtree(out / PREDICTED)
-
-
 def _cli_wording(message: str) -> str:
     """The runner's hints in command-line terms."""
     return (
@@ -308,132 +263,3 @@ def _cli_wording(message: str) -> str:
         .replace("on_error='skip'", "--skip-unreadable")
         .replace("rerun run_over with the same arguments", "rerun the same command")
     )
-
-
-@contextlib.contextmanager
-def _runner_log_quiet() -> Iterator[None]:
-    """The runner logs skipped items as warnings; the command prints its own notes."""
-    import logging
-
-    log = logging.getLogger("dnnbrain_captum.runner")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
-    """Stream the images through ``dnnbrain_captum.run_over`` into ``--out`` (resumable)."""
-    from dnnbrain_captum.runner import ItemLoadError, read_results, run_over
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a folder")
-    if args.max_figures < 0:
-        raise CLIError(f"--max-figures must be >= 0, got {args.max_figures}")
-    if args.workers < 0:
-        raise CLIError(f"--workers must be >= 0, got {args.workers}")
-    resuming = (out / RUN_MANIFEST).is_file()
-    if _occupied(out) and not resuming and not args.overwrite:
-        raise CLIError(
-            f"--out {out} already holds files but no run to resume; pass --overwrite to "
-            "replace them or choose another folder"
-        )
-    ctx = _make_context(args, command, load_images=False)
-    data = _stimuli(args, ctx)
-    ctx.sources, ctx.names = data.sources, data.names
-    job = STREAMED[command.name](args, ctx)
-    on_error = "skip" if args.skip_unreadable else "raise"
-    started = time.perf_counter()
-    try:
-        if args.overwrite and out.is_dir() and _is_rank0():
-            _clear_previous(out)
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
-    args._streamed_into = out
-    before = (out / RUN_MANIFEST).read_bytes() if (out / RUN_MANIFEST).is_file() else None
-    predicted_existed = (out / PREDICTED).exists()
-    common = {"batch_size": job.batch_size, "on_error": on_error, "num_workers": args.workers,
-              "show_progress": ctx.progress, "overwrite": args.overwrite}
-    with warnings.catch_warnings(record=True) as caught, _runner_log_quiet():
-        warnings.simplefilter("always")
-        for quiet in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=quiet)
-        try:
-            targets: Any = job.target
-            if job.target is PREDICTED:
-                run_over(_PredictedClass(ctx.model), data, out=out / PREDICTED, **common)
-                targets = read_results(out / PREDICTED, mmap=False).tolist()
-            summary = run_over(job.attribution, data, targets=targets, out=out, **common,
-                               **job.kwargs)
-        except (ValueError, TypeError, RuntimeError, OSError) as err:
-            unchanged = before is not None and (out / RUN_MANIFEST).is_file() and (
-                (out / RUN_MANIFEST).read_bytes() == before
-            )
-            if unchanged and not predicted_existed and _is_rank0():
-                shutil.rmtree(out / PREDICTED, ignore_errors=True)  # a refused rerun: undo
-            if isinstance(err, (ValueError, ItemLoadError)):
-                raise CLIError(_cli_wording(str(err))) from None
-            raise
-        if not _is_rank0():
-            return
-        result = read_results(out)
-        skipped = {int(s["index"]) for s in summary.skipped}
-        drawn: list[str] = []
-        n_figures = 0 if not ctx.figures else min(args.max_figures, len(data))
-        for k in range(n_figures):
-            if k in skipped:
-                continue
-            target = targets[k] if isinstance(targets, list) else targets
-            fig = job.figure(torch.from_numpy(np.array(result[k])), data.display(k), target)
-            ctx.out = out
-            ctx.save_figure(ctx.figure_name(k, job.suffix), fig)
-            drawn.append(ctx.figure_name(k, job.suffix))
-        del result
-    notes = list(dict.fromkeys(_one_line(w.message) for w in caught))
-    notes += [f"skipped unreadable image {data.sources[int(s['index'])]}: {_one_line(s['error'])}"
-              for s in summary.skipped]
-    files = sorted(set(drawn)) + [MANIFEST, RUN_MANIFEST, RUN_RESULT]
-    if job.target is PREDICTED:
-        files.append(PREDICTED)
-    previous = out / MANIFEST
-    if previous.is_file():  # figures of an earlier run of this folder not drawn this time
-        with contextlib.suppress(ValueError, AttributeError, OSError):
-            for name in json.loads(previous.read_text(encoding="utf-8")).get("files", []):
-                stale = out / str(name)
-                if name not in files and stale.suffix == ".png" and stale.parent == out:
-                    stale.unlink(missing_ok=True)
-    record = {
-        "command": args.command,
-        "arguments": _arguments_record(args),
-        "model": args.model,
-        "layer": args.layer,
-        "mode": "stream",
-        "result": RUN_RESULT,
-        "run_manifest": RUN_MANIFEST,
-        "images": data.sources,
-        "targets": (f"predicted class of each image ({PREDICTED}/{RUN_RESULT})"
-                    if job.target is PREDICTED else job.target),
-        **job.record,
-        "run": {"computed": summary.computed, "reused": summary.reused,
-                "world_size": summary.world_size,
-                "skipped": summary.skipped, "seconds": round(summary.seconds, 3)},
-        "warnings": notes,
-        "seconds": round(time.perf_counter() - started, 3),
-        "files": files,
-    }
-    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
-    if not args.quiet:
-        for note in notes:
-            sys.stderr.write(f"{PROG} {args.command}: note: {note}\n")
-        ranks = f" (rank 0 of {summary.world_size})" if summary.world_size > 1 else ""
-        sys.stderr.write(
-            f"{PROG} {args.command}: {len(data)} images{ranks}: {summary.computed} computed, "
-            f"{summary.reused} reused, {len(summary.skipped)} skipped; results in "
-            f"{out / RUN_RESULT} ({len(drawn)} figure{'' if len(drawn) == 1 else 's'})\n"
-        )

@@ -54,6 +54,9 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smaller settings (fewer synthesis steps, noise samples and images), for tests",
     )
+    parser.add_argument(
+        "--atlas", action="store_true", help="also build a small unit atlas (DIR/atlas/index.html)"
+    )
     parser.set_defaults(
         model="digits", weights=None, layer=None, image_size=None, device="cpu", digits=None
     )
@@ -429,6 +432,9 @@ def _write_index(
         parts.append(f"<p><code>{html.escape(panel.command)}</code></p>")
         parts.append("<div>")
         for name in panel.files:
+            if name.endswith(".html"):
+                parts.append(f'<p><a href="{html.escape(name)}">open {html.escape(name)}</a></p>')
+                continue
             alt = html.escape(f"{panel.title}: {name}")
             parts.append(f'<img src="{html.escape(name)}" alt="{alt}">')
         parts.append("</div></section>")
@@ -461,6 +467,10 @@ def _run_demo(args: argparse.Namespace, ctx: RunContext) -> None:
         begin = time.perf_counter()
         files = make()
         panels.append(DemoPanel(title, explanation, command, files, time.perf_counter() - begin))
+    if args.atlas:
+        from dnnbrain_captum.cli.atlas import demo_atlas
+
+        panels.append(demo_atlas(ctx, args.quick))
     held_out, held_out_labels = digits_images()
     with torch.no_grad():
         predicted = ctx.model(held_out.to(ctx.device)).argmax(dim=1).cpu()

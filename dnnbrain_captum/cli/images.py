@@ -140,7 +140,7 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--search",
         choices=("max", "fitting_curve", "threshold", "removal"),
-        default="max",
+        default="removal",
         help="how the kept parcels/components are chosen",
     )
     parser.add_argument(

@@ -6,6 +6,7 @@ Fourier gradient smoothing in ``_objectives``.
 """
 
 from dnnbrain_captum.optim._objectives import (
+    diversity_penalty,
     fourier_filter,
     fourier_smooth,
     gaussian_blur,
@@ -32,6 +33,7 @@ __all__ = [
     "SynthesisImage",
     "SynthesisResult",
     "Transform",
+    "diversity_penalty",
     "fourier_filter",
     "fourier_smooth",
     "gaussian_blur",

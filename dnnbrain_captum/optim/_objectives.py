@@ -20,6 +20,7 @@ __all__ = [
     "FOURIER_VARIANTS",
     "REGULARIZERS",
     "check_regularizers",
+    "diversity_penalty",
     "fourier_filter",
     "fourier_smooth",
     "gaussian_blur",
@@ -62,6 +63,40 @@ def total_variation(images: Tensor) -> Tensor:
     rows = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).sum(1)
     cols = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).sum(1)
     return rows + cols
+
+
+def diversity_penalty(features: Tensor) -> Tensor:
+    """Each example's mean similarity to the others' features (Olah et al. 2017's diversity).
+
+    The features (N, C, ...) of each example give a Gram matrix ``G = F Fᵀ / P`` (F: C × P,
+    P positions; a (N, C) output is its own feature vector); the penalty of example n is the
+    mean cosine similarity between its flattened Gram matrix and those of the other
+    examples. Minimising it pushes the batch towards different styles of solution. One
+    example alone gets 0.
+
+    Returns
+    -------
+    Tensor of shape (N,)
+
+    Examples
+    --------
+    >>> same = torch.ones(2, 3, 4, 4)
+    >>> diversity_penalty(same).round(decimals=4)
+    tensor([1., 1.])
+    >>> diversity_penalty(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    tensor([0., 0.])
+    """
+    n = features.shape[0]
+    if n < 2:
+        return features.new_zeros(n)
+    if features.dim() >= 3:
+        flat = features.flatten(2)
+        styles = (flat @ flat.transpose(1, 2) / flat.shape[-1]).flatten(1)
+    else:
+        styles = features.flatten(1)
+    unit = styles / styles.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    similarity = unit @ unit.T
+    return (similarity.sum(1) - similarity.diagonal()) / (n - 1)
 
 
 REGULARIZERS: dict[str, Callable[[Tensor], Tensor]] = {

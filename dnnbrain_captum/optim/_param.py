@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._utils.validation import check_finite
 from dnnbrain_captum.optim._objectives import fourier_filter, fourier_smooth, gaussian_blur
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PARAMETRIZATIONS",
     "ImageParam",
     "ValueRange",
+    "random_images",
     "spectrum_scale",
 ]
 
@@ -62,7 +64,7 @@ class ValueRange:
         self.std = _per_channel(std, 1.0, channels, "std", dtype, device)
         if bool((self.std <= 0).any()):
             raise ValueError(f"std must be > 0 in every channel, got {std!r}")
-        low, high = value_range
+        low, high = check_finite(value_range, "value_range")
         if not low < high:
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
         self.low, self.high = float(low), float(high)
@@ -95,6 +97,7 @@ def _per_channel(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor:
+    check_finite(value, name)
     if value is None:
         values = [default] * channels
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -173,7 +176,9 @@ class ImageParam:
         self.mix = mix.to(dtype=dtype, device=device)
         with torch.no_grad():
             tensor = self._from_model(init.detach())
-        self.tensor = tensor.clone().requires_grad_(True)
+        # Dense row-major storage whatever the input's layout (a channels-last start made the
+        # fused Adam kernel pair parameters and gradients in different orders).
+        self.tensor = tensor.clone(memory_format=torch.contiguous_format).requires_grad_(True)
 
     # --- rendering -------------------------------------------------------------------------
     def _squash(self, raw: Tensor) -> Tensor:
@@ -189,7 +194,9 @@ class ImageParam:
         return torch.log(unit) - torch.log1p(-unit)
 
     def _mix_colours(self, x: Tensor, inverse: bool = False) -> Tensor:
-        matrix = torch.linalg.inv(self.mix) if inverse else self.mix
+        matrix = self.mix
+        if inverse:  # an ill-conditioned step: always in float64, whatever the image dtype
+            matrix = torch.linalg.inv(self.mix.double()).to(self.mix.dtype)
         return torch.einsum("ij,njhw->nihw", matrix, x)
 
     def _from_model(self, model: Tensor) -> Tensor:
@@ -247,3 +254,72 @@ class ImageParam:
         if self.direct and self.clamp:
             with torch.no_grad():
                 self.tensor.copy_(self.range.clamp_model(self.tensor))
+
+
+def random_images(
+    n: int,
+    size: int | tuple[int, int] = 32,
+    channels: int = 3,
+    kind: str = "grey",
+    seed: int = 0,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Random initial images for :class:`SynthesisImage`, in model space.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    size : int or (H, W)
+        Image size.
+    channels : int
+        Colour channels.
+    kind : {"grey", "uniform"}
+        ``"grey"``: mid-range grey plus Gaussian noise of 1 % of the range (Lucid's start,
+        good for every parametrisation); ``"uniform"``: uniform noise over the whole range
+        (DNNBrain's ``torch.rand`` start, best with ``param="pixel"``).
+    seed : int
+        Seed; image ``k`` depends only on ``(seed, k)`` and the image shape.
+    mean, std : float or sequence of float, optional
+        The model's input normalisation (model = (value − mean) / std); default none.
+    value_range : (low, high)
+        Valid unnormalised values.
+    dtype, device
+        Of the result.
+
+    Returns
+    -------
+    Tensor of shape (n, channels, H, W)
+
+    Examples
+    --------
+    >>> x = random_images(2, 8)
+    >>> tuple(x.shape), bool(x.min() >= 0) and bool(x.max() <= 1)
+    ((2, 3, 8, 8), True)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    height, width = (size, size) if isinstance(size, int) else size
+    if kind not in ("grey", "uniform"):
+        raise ValueError(f"kind must be 'grey' or 'uniform', got {kind!r}")
+    low, high = value_range
+    images = []
+    for k in range(n):
+        generator = torch.Generator().manual_seed(_mix_seed(seed, k))
+        if kind == "uniform":
+            unit = torch.rand(channels, height, width, generator=generator, dtype=torch.float64)
+        else:
+            noise = torch.randn(channels, height, width, generator=generator, dtype=torch.float64)
+            unit = (0.5 + 0.01 * noise).clamp(0, 1)
+        images.append(low + (high - low) * unit)
+    value = torch.stack(images).to(dtype=dtype, device=device)
+    scale = ValueRange(channels, mean, std, value_range, dtype, value.device)
+    return scale.to_model(value)
+
+
+def _mix_seed(seed: int, k: int) -> int:
+    return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from dnnbrain_captum._utils.validation import finite
+
 __all__ = [
     "Jitter",
     "Pad",
@@ -51,7 +53,7 @@ class Pad:
             raise ValueError(f"Pad width must be an int >= 0, got {width!r}")
         if mode not in ("reflect", "replicate", "constant"):
             raise ValueError(f"Pad mode must be 'reflect', 'replicate' or 'constant', got {mode!r}")
-        self.width, self.mode, self.value = width, mode, float(value)
+        self.width, self.mode, self.value = width, mode, finite(value, "Pad value")
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         if self.width == 0:

@@ -8,6 +8,7 @@ decorrelation and transformation robustness.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -20,14 +21,22 @@ from tqdm.auto import tqdm
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
-from dnnbrain_captum._utils.targets import check_reduction, evaluate_target
+from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
+from dnnbrain_captum._utils.targets import (
+    check_reduction,
+    evaluate_target,
+    layer_output,
+    select_layer_target,
+)
 from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
 from dnnbrain_captum.optim._objectives import (
     FOURIER_VARIANTS,
     REGULARIZERS,
     check_regularizers,
+    diversity_penalty,
 )
-from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange
+from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange, random_images
+from dnnbrain_captum.optim._relu import redirected_relu
 from dnnbrain_captum.optim._transforms import Transform, standard_transforms
 
 __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
@@ -44,6 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": True,
     },
     # Lucent's render_vis defaults: fft + decorrelation, standard transforms, Adam lr 0.05.
     "lucent": {
@@ -55,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": True,
     },
     # The DNNBrain paper's figures (visualize_DNN tutorial): pixels, TV λ = 0.1, Adam lr 1.0.
     "dnnbrain": {
@@ -66,6 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {"tv": 0.1},
         "blur_sigma": 0.0,
         "fourier_factor": 0.0,
+        "redirect_relu": False,
     },
     # DNNBrain's user-guide example: TV λ 0.01, blur σ 0.3, Fourier factor 0.3, lr 0.1.
     "dnnbrain-guide": {
@@ -77,6 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "regularizers": {"tv": 0.01},
         "blur_sigma": 0.3,
         "fourier_factor": 0.3,
+        "redirect_relu": False,
     },
 }
 
@@ -108,73 +121,7 @@ class SynthesisResult(NamedTuple):
     snapshot_steps: tuple[int, ...]
 
 
-def random_images(
-    n: int,
-    size: int | tuple[int, int] = 32,
-    channels: int = 3,
-    kind: str = "grey",
-    seed: int = 0,
-    mean: Sequence[float] | float | None = None,
-    std: Sequence[float] | float | None = None,
-    value_range: tuple[float, float] = (0.0, 1.0),
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Random initial images for :class:`SynthesisImage`, in model space.
-
-    Parameters
-    ----------
-    n : int
-        Number of images.
-    size : int or (H, W)
-        Image size.
-    channels : int
-        Colour channels.
-    kind : {"grey", "uniform"}
-        ``"grey"``: mid-range grey plus Gaussian noise of 1 % of the range (Lucid's start,
-        good for every parametrisation); ``"uniform"``: uniform noise over the whole range
-        (DNNBrain's ``torch.rand`` start, best with ``param="pixel"``).
-    seed : int
-        Seed; image ``k`` depends only on ``(seed, k)`` and the image shape.
-    mean, std : float or sequence of float, optional
-        The model's input normalisation (model = (value − mean) / std); default none.
-    value_range : (low, high)
-        Valid unnormalised values.
-    dtype, device
-        Of the result.
-
-    Returns
-    -------
-    Tensor of shape (n, channels, H, W)
-
-    Examples
-    --------
-    >>> x = random_images(2, 8)
-    >>> tuple(x.shape), bool(x.min() >= 0) and bool(x.max() <= 1)
-    ((2, 3, 8, 8), True)
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    height, width = (size, size) if isinstance(size, int) else size
-    if kind not in ("grey", "uniform"):
-        raise ValueError(f"kind must be 'grey' or 'uniform', got {kind!r}")
-    low, high = value_range
-    images = []
-    for k in range(n):
-        generator = torch.Generator().manual_seed(_mix_seed(seed, k))
-        if kind == "uniform":
-            unit = torch.rand(channels, height, width, generator=generator, dtype=torch.float64)
-        else:
-            noise = torch.randn(channels, height, width, generator=generator, dtype=torch.float64)
-            unit = (0.5 + 0.01 * noise).clamp(0, 1)
-        images.append(low + (high - low) * unit)
-    value = torch.stack(images).to(dtype=dtype, device=device)
-    scale = ValueRange(channels, mean, std, value_range, dtype, value.device)
-    return scale.to_model(value)
-
-
-def _mix_seed(seed: int, k: int) -> int:
-    return (int(seed) * 1_000_003 + k * 7919 + 12345) % (2**63 - 1)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _adam_kernel(tensor: Tensor) -> dict[str, bool]:
@@ -222,6 +169,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     layer : nn.Module, str or None
         The layer whose channel or unit is maximised (module, dotted path or DNNBrain alias);
         None maximises a model output (e.g. a class logit) selected by Captum's target.
+    reshape_transform : callable, optional
+        Maps the layer's output to ``(N, C, H, W)`` (channels-first). By default the layout
+        is established (``dnnbrain_captum._utils.layouts``): channels-first maps as they are,
+        ViT tokens, Swin/ConvNeXt channels-last maps rearranged, anything else refused.
 
     Notes
     -----
@@ -282,11 +233,47 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     """
 
     def __init__(
-        self, forward_func: nn.Module | Callable[..., Any], layer: LayerSpec = None
+        self,
+        forward_func: nn.Module | Callable[..., Any],
+        layer: LayerSpec = None,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         module = resolve_layer(forward_func, layer)
+        self.reshape_transform = check_reshape_transform(reshape_transform)
         NeuronAttribution.__init__(self, forward_func, module)  # type: ignore[arg-type]
         GradientAttribution.__init__(self, forward_func)
+
+    def _evaluate(self, images: Tensor, target: Any, reduction: str, args: Any) -> Tensor:
+        """The target's value per image; a model without kernels for the dtype is refused."""
+        try:
+            return evaluate_target(
+                self.forward_func,
+                self.layer,
+                (images,),
+                target,
+                reduction,
+                args,
+                reshape_transform=self.reshape_transform,
+            )
+        except (RuntimeError, NotImplementedError) as error:
+            if images.dtype not in _LOW_PRECISION:
+                raise
+            raise TypeError(
+                f"the model cannot run in {images.dtype} on {images.device.type} ({error}); "
+                "use a float32 model and float32 inputs"
+            ) from error
+
+    def _layer_output(self, images: Tensor, args: Any) -> Tensor:
+        """The target layer's output (for the diversity term), one tensor (N, C, ...)."""
+        output = layer_output(
+            self.forward_func, self.layer, (images,), args, self.reshape_transform
+        )
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            raise ValueError(
+                "diversity needs a layer whose output is one tensor (N, C, ...); this layer "
+                f"gives {type(output).__name__}"
+            )
+        return output
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -306,6 +293,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         blur_every: int = 1,
         fourier_factor: float | None = None,
         fourier_variant: str = "fftfreq",
+        redirect_relu: bool | None = None,
+        diversity: float = 0.0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
@@ -356,6 +345,17 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             Fourier gradient smoothing strength (DNNBrain's ``factor``); 0 turns it off.
         fourier_variant : {"fftfreq", "dnnbrain"}
             Frequency indexing of the smoothing filter (see :func:`fourier_filter`).
+        redirect_relu : bool
+            Redirected ReLU gradients (Olah et al. 2017): an example whose units behind an
+            ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
+            :mod:`._relu`); forward values are unchanged.
+        diversity : float
+            Weight λ >= 0 of the diversity term (Olah et al. 2017): each example is penalised
+            by λ × its mean cosine similarity to the other examples' Gram matrices of the
+            layer's output (:func:`diversity_penalty`), so a batch that synthesises one
+            channel several times shows different solutions. It couples the examples of a
+            batch (a batched run then differs from single runs) and needs a ``layer``. It is
+            part of ``penalty`` in the history for the steps, not for the final entry.
         mean, std : float or sequence of float, optional
             The model's input normalisation, ``model = (value − mean) / std``; default none
             (the model takes values directly, like the digits CNN).
@@ -402,6 +402,12 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         regularizers = settings["regularizers"] if regularizers is None else regularizers
         blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
         fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
+        redirect_relu = settings["redirect_relu"] if redirect_relu is None else redirect_relu
+        diversity = non_negative(diversity, "diversity")
+        if diversity > 0 and self.layer is None:
+            raise ValueError("diversity needs a layer (it compares the layer's feature maps)")
+        if not isinstance(redirect_relu, bool):
+            raise TypeError(f"redirect_relu must be a bool, got {redirect_relu!r}")
 
         if param not in PARAMETRIZATIONS:
             raise ValueError(
@@ -431,10 +437,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             raise TypeError(f"seed must be an int, got {seed!r}")
         size = (x.shape[-2], x.shape[-1])
         steps = _resolve_transforms(transforms, size)
-        scale = ValueRange(x.shape[1], mean, std, value_range, x.dtype, x.device)
+        # Low-precision models: the parameters, FFTs and colour mixing stay in float32 (CPU
+        # has no half kernels for them); only the forward pass runs in the model's dtype.
+        work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+        scale = ValueRange(x.shape[1], mean, std, value_range, work, x.device)
         warn_if_training(self.forward_func)
 
-        image = ImageParam(x, param, decorrelate, scale, clamp)
+        image = ImageParam(x.to(work), param, decorrelate, scale, clamp)
         optimizer = torch.optim.Adam([image.tensor], lr=lr, **_adam_kernel(image.tensor))
         generator = torch.Generator().manual_seed(seed)
         activations: list[Tensor] = []
@@ -450,33 +459,36 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             return total
 
         bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
+        model = self.forward_func
+        redirect = (lambda: redirected_relu(model)) if redirect_relu else nullcontext
         for step in bar:
             if snapshot_every is not None and step % snapshot_every == 0:
-                snapshots.append(image.result())
+                snapshots.append(image.result().to(x.dtype))
                 snapshot_steps.append(step)
-            with torch.enable_grad():
+            with torch.enable_grad(), redirect():
                 rendered = image.render()
                 seen = rendered
                 for transform in steps:
                     seen = transform(seen, generator)
                 if tuple(seen.shape[-2:]) != size:
                     seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
-                activation = evaluate_target(
-                    self.forward_func,
-                    self.layer,
-                    (seen,),
-                    target,
-                    reduction,
-                    additional_forward_args,
-                )
-                penalty = penalty_of(rendered)
+                if diversity > 0:
+                    output = self._layer_output(seen.to(x.dtype), additional_forward_args)
+                    activation = select_layer_target(output, target, reduction).to(work)
+                    spread = diversity * diversity_penalty(output.to(work))
+                    penalty = penalty_of(rendered) + spread
+                else:
+                    activation = self._evaluate(
+                        seen.to(x.dtype), target, reduction, additional_forward_args
+                    ).to(work)
+                    penalty = penalty_of(rendered)
                 loss = (penalty - activation).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
             activations.append(activation.detach())
             penalties.append(penalty.detach())
             if fourier_factor > 0:
                 grad = image.smooth_gradient(grad, fourier_factor, fourier_variant)
-            image.tensor.grad = grad
+            image.tensor.grad = grad.contiguous()
             optimizer.step()
             image.tensor.grad = None
             if blur_sigma > 0 and (step + 1) % blur_every == 0:
@@ -486,18 +498,16 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 bar.set_postfix(activation=float(activation.detach().mean()))
         bar.close()
 
-        result = image.result()
+        result = image.result().to(x.dtype)
         if not return_history and snapshot_every is None:
             return result
         if snapshot_every is not None and n_iter % snapshot_every == 0:
             snapshots.append(result)
             snapshot_steps.append(n_iter)
         with torch.no_grad():
-            final = evaluate_target(
-                self.forward_func, self.layer, (result,), target, reduction, additional_forward_args
-            )
+            final = self._evaluate(result, target, reduction, additional_forward_args).to(work)
         activations.append(final.detach())
-        penalties.append(penalty_of(result).detach())
+        penalties.append(penalty_of(result.to(work)).detach())
         return SynthesisResult(
             images=result,
             activation=torch.stack(activations, dim=1),

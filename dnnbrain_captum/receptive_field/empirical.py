@@ -13,9 +13,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
-from dnnbrain_captum._utils.hooks import run_to_layer
 from dnnbrain_captum._utils.layers import layer_path
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum._utils.validation import check_image_batch, pair
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
@@ -46,8 +45,9 @@ class EmpiricalRF(NamedTuple):
     size: Tensor
 
 
-def occlusion_pixel_map(grid: Tensor, image_size: tuple[int, int], window: tuple[int, int],
-                        stride: tuple[int, int]) -> Tensor:
+def occlusion_pixel_map(
+    grid: Tensor, image_size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
+) -> Tensor:
     """Put an occlusion grid into pixel coordinates.
 
     Grid row r is the window covering pixels ``[r*s, r*s + h)``, centred on pixel
@@ -85,8 +85,9 @@ def occlusion_pixel_map(grid: Tensor, image_size: tuple[int, int], window: tuple
         dim = 1 + axis
         shape = [1, 1, 1]
         shape[dim] = -1
-        result = (result.index_select(dim, low) * (1 - frac.view(shape))
-                  + result.index_select(dim, high) * frac.view(shape))
+        result = result.index_select(dim, low) * (1 - frac.view(shape)) + result.index_select(
+            dim, high
+        ) * frac.view(shape)
     return result
 
 
@@ -165,15 +166,20 @@ class EmpiricalReceptiveField:
         if not isinstance(engine, (UpsamplingActivationMapping, OccluderDiscrepancyMapping)):
             raise TypeError(
                 "engine must be an UpsamplingActivationMapping or OccluderDiscrepancyMapping "
-                f"instance, got {type(engine).__name__}")
+                f"instance, got {type(engine).__name__}"
+            )
         model = engine.forward_func
         layer = getattr(engine, "layer", None)
         if not isinstance(model, nn.Module):
-            raise TypeError("the engine's forward function must be an nn.Module (the theoretical "
-                            f"receptive field analyses its modules), got {type(model).__name__}")
+            raise TypeError(
+                "the engine's forward function must be an nn.Module (the theoretical "
+                f"receptive field analyses its modules), got {type(model).__name__}"
+            )
         if not isinstance(layer, nn.Module):
-            raise ValueError("the engine has no layer (layer=None explains the model output); "
-                             "build it on a layer with a spatial output")
+            raise ValueError(
+                "the engine has no layer (layer=None explains the model output); "
+                "build it on a layer with a spatial output"
+            )
         self.engine = engine
         self.model = model
         self.layer = layer
@@ -187,12 +193,17 @@ class EmpiricalReceptiveField:
             analysis = TheoreticalReceptiveField(self.model, key)  # type: ignore[arg-type]
             entry = analysis.compute(until=self.layer).entry(self._path)
             if not entry.spatial:
-                raise ValueError(f"layer {self._path!r} has no spatial output; an empirical "
-                                 "receptive field needs units on a grid")
+                raise ValueError(
+                    f"layer {self._path!r} has no spatial output; an empirical "
+                    "receptive field needs units on a grid"
+                )
             if entry.size is None:
-                raise ValueError(f"layer {self._path!r} has no regular receptive field at input "
-                                 f"size {key} (uneven adaptive pooling or merged paths with "
-                                 "different strides): there is no common field to align on")
+                raise ValueError(
+                    f"layer {self._path!r} has no regular receptive field at input "
+                    f"size {key}: its units' fields are not evenly spaced (windowed "
+                    "attention, upsampling, uneven adaptive pooling or merged paths with "
+                    "different strides), so there is no common field to align on"
+                )
             self._theory[key] = entry  # type: ignore[index]
         return self._theory[key]  # type: ignore[index]
 
@@ -238,19 +249,24 @@ class EmpiricalReceptiveField:
         """
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-        if (isinstance(size_threshold, bool) or not isinstance(size_threshold, (int, float))
-                or not 0.0 < float(size_threshold) < 1.0):
+        if (
+            isinstance(size_threshold, bool)
+            or not isinstance(size_threshold, (int, float))
+            or not 0.0 < float(size_threshold) < 1.0
+        ):
             raise ValueError(f"size_threshold must be a number in (0, 1), got {size_threshold!r}")
         if callable(target) and not isinstance(target, Tensor) and alignment == "activation":
-            raise ValueError("a callable target has no channel to locate the best unit in; use "
-                             "alignment='map'")
+            raise ValueError(
+                "a callable target has no channel to locate the best unit in; use alignment='map'"
+            )
         one_batch = isinstance(inputs, Tensor)
-        per_example = isinstance(target, list) or (isinstance(target, Tensor)
-                                                    and target.dim() > 0)
+        per_example = isinstance(target, list) or (isinstance(target, Tensor) and target.dim() > 0)
         if not one_batch and (additional_forward_args is not None or per_example):
-            raise ValueError("with an iterable of batches, target must be one int, unit tuple or "
-                             "callable for every image, and additional_forward_args is not "
-                             "supported")
+            raise ValueError(
+                "with an iterable of batches, target must be one int, unit tuple or "
+                "callable for every image, and additional_forward_args is not "
+                "supported"
+            )
         total: Tensor | None = None
         count: Tensor | None = None
         entry: LayerReceptiveField | None = None
@@ -260,7 +276,8 @@ class EmpiricalReceptiveField:
             if entry is not None and layer_entry.size != entry.size:
                 raise ValueError(
                     f"the batches give different theoretical fields ({entry.size} and "
-                    f"{layer_entry.size}): use one image size")
+                    f"{layer_entry.size}): use one image size"
+                )
             entry, dtype, device = layer_entry, x.dtype, x.device
             maps = self._pixel_maps(x, target, additional_forward_args, engine_kwargs)
             units = self._best_units(x, target, maps, entry, alignment, additional_forward_args)
@@ -277,22 +294,32 @@ class EmpiricalReceptiveField:
         size = _extent(mean, covered, float(size_threshold))
         return EmpiricalRF(mean.to(dtype), size.to(device))
 
-    def _pixel_maps(self, x: Tensor, target: Any, additional_forward_args: Any,
-                    engine_kwargs: dict[str, Any]) -> Tensor:
+    def _pixel_maps(
+        self, x: Tensor, target: Any, additional_forward_args: Any, engine_kwargs: dict[str, Any]
+    ) -> Tensor:
         engine = self.engine
-        grid = engine.attribute(x, target=target, additional_forward_args=additional_forward_args,
-                                **engine_kwargs)
+        grid = engine.attribute(
+            x, target=target, additional_forward_args=additional_forward_args, **engine_kwargs
+        )
         if isinstance(engine, UpsamplingActivationMapping):
             return grid
         defaults = inspect.signature(type(engine).attribute).parameters
-        window = pair(engine_kwargs.get("sliding_window_shapes",
-                                        defaults["sliding_window_shapes"].default),
-                      "sliding_window_shapes")
+        window = pair(
+            engine_kwargs.get("sliding_window_shapes", defaults["sliding_window_shapes"].default),
+            "sliding_window_shapes",
+        )
         stride = pair(engine_kwargs.get("strides", defaults["strides"].default), "strides")
         return occlusion_pixel_map(grid, (x.shape[-2], x.shape[-1]), window, stride)
 
-    def _best_units(self, x: Tensor, target: Any, maps: Tensor, entry: LayerReceptiveField,
-                    alignment: str, additional_forward_args: Any) -> list[tuple[int, int]]:
+    def _best_units(
+        self,
+        x: Tensor,
+        target: Any,
+        maps: Tensor,
+        entry: LayerReceptiveField,
+        alignment: str,
+        additional_forward_args: Any,
+    ) -> list[tuple[int, int]]:
         assert entry.output_size is not None
         n_h, n_w = entry.output_size
         if isinstance(target, tuple):
@@ -300,21 +327,30 @@ class EmpiricalReceptiveField:
                 raise ValueError(f"a unit target must be (channel, row, col), got {target!r}")
             i, j = int(target[1]), int(target[2])
             if not (0 <= i < n_h and 0 <= j < n_w):
-                raise ValueError(f"unit target {target} is outside the {n_h}x{n_w} output of "
-                                 f"layer {self._path!r}")
+                raise ValueError(
+                    f"unit target {target} is outside the {n_h}x{n_w} output of "
+                    f"layer {self._path!r}"
+                )
             return [(i, j)] * x.shape[0]
         if alignment == "map":
             scores = _box_scores(maps, entry)
         else:
             with torch.no_grad():
-                output = run_to_layer(self.model, self.layer, (x,), additional_forward_args)
+                output = layer_output(
+                    self.model,
+                    self.layer,
+                    (x,),
+                    additional_forward_args,
+                    getattr(self.engine, "reshape_transform", None),
+                )
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {self._path!r} returns several tensors")
             scores = channel_maps(output, target)
             if tuple(scores.shape[1:]) != (n_h, n_w):
                 raise ValueError(
                     f"layer {self._path!r} gives maps of shape {tuple(scores.shape[1:])}, not the "
-                    f"{n_h}x{n_w} grid of units the theoretical analysis found")
+                    f"{n_h}x{n_w} grid of units the theoretical analysis found"
+                )
         flat = scores.reshape(scores.shape[0], -1).argmax(1).tolist()
         return [(k // n_w, k % n_w) for k in flat]
 
@@ -324,8 +360,10 @@ def _batches(inputs: Tensor | Iterable[Any]) -> Iterator[Tensor]:
         yield check_image_batch(inputs)
         return
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        raise TypeError("inputs must be an image tensor (N, C, H, W) or an iterable of them, "
-                        f"got {type(inputs).__name__}")
+        raise TypeError(
+            "inputs must be an image tensor (N, C, H, W) or an iterable of them, "
+            f"got {type(inputs).__name__}"
+        )
     for k, item in enumerate(inputs):
         if isinstance(item, (tuple, list)) and item:
             item = item[0]
@@ -337,8 +375,13 @@ def _box(unit: tuple[int, int], entry: LayerReceptiveField, axis: int) -> int:
     return unit[axis] * entry.stride[axis] - entry.padding[axis]
 
 
-def _accumulate(total: Tensor, count: Tensor, pixel_map: Tensor, unit: tuple[int, int],
-                entry: LayerReceptiveField) -> None:
+def _accumulate(
+    total: Tensor,
+    count: Tensor,
+    pixel_map: Tensor,
+    unit: tuple[int, int],
+    entry: LayerReceptiveField,
+) -> None:
     assert entry.size is not None
     spans = []
     for axis in range(2):
@@ -363,8 +406,12 @@ def _box_scores(maps: Tensor, entry: LayerReceptiveField) -> Tensor:
         start = torch.arange(n, device=maps.device) * entry.stride[axis] - entry.padding[axis]  # type: ignore[index]
         bounds.append((start.clamp(0, extent), (start + entry.size[axis]).clamp(0, extent)))
     (r0, r1), (c0, c1) = bounds
-    sums = (integral[:, r1][:, :, c1] - integral[:, r0][:, :, c1]
-            - integral[:, r1][:, :, c0] + integral[:, r0][:, :, c0])
+    sums = (
+        integral[:, r1][:, :, c1]
+        - integral[:, r0][:, :, c1]
+        - integral[:, r1][:, :, c0]
+        + integral[:, r0][:, :, c0]
+    )
     return sums / float(entry.size[0] * entry.size[1])
 
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from dnnbrain_captum._utils.hooks import watching_modules
 from dnnbrain_captum._utils.layers import LayerSpec, layer_path, resolve_layer
 from dnnbrain_captum.models.aliases import dnnbrain_aliases
+from dnnbrain_captum.receptive_field._analysis import trace_model
 from dnnbrain_captum.receptive_field._geometry import (
     Flat,
-    GeometryTracer,
     Spatial,
+    Tokens,
     UnsupportedOperationError,
     entry_values,
-    input_axis,
 )
 
 __all__ = [
@@ -58,6 +55,10 @@ class LayerReceptiveField:
         (H, W) of the layer's output (None when not spatial).
     box : list of (int, int)
         ``[(h0, h1), (w0, w1)]``: pixels seen by at least one unit (the union of all fields).
+    tokens : (int, int) or None
+        For a token sequence (a vision transformer's ``(N, 1 + H*W, D)``): the token axis
+        and the number of extra tokens before the grid (unit (i, j) is token
+        ``extra + i * W + j``). None for maps with separate H and W axes.
 
     ``size``, ``stride`` and ``padding`` are None for a spatial layer whose fields are not
     evenly spaced (adaptive pooling with uneven windows, merged paths with different jumps);
@@ -72,6 +73,7 @@ class LayerReceptiveField:
     padding: tuple[int, int] | None
     output_size: tuple[int, int] | None
     box: Box
+    tokens: tuple[int, int] | None = None
     _rows: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
     _cols: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
@@ -102,16 +104,21 @@ class LayerReceptiveField:
                 f"layer {name!r} ({self.module_type}) has no spatial grid of units (its "
                 f"output was flattened or globally pooled); together its units see rows "
                 f"[{h0}, {h1}) and columns [{w0}, {w1}). find_region needs a layer with a "
-                "spatial output; use the table entry's `box` for the whole layer")
-        if (not isinstance(unit, (tuple, list)) or len(unit) != 2
-                or any(isinstance(u, bool) or not isinstance(u, int) for u in unit)):
+                "spatial output; use the table entry's `box` for the whole layer"
+            )
+        if (
+            not isinstance(unit, (tuple, list))
+            or len(unit) != 2
+            or any(isinstance(u, bool) or not isinstance(u, int) for u in unit)
+        ):
             raise TypeError(f"unit must be a (row, column) pair of ints, got {unit!r}")
         assert self.output_size is not None
         (n_h, n_w), (i, j) = self.output_size, unit
         if not (0 <= i < n_h and 0 <= j < n_w):
             raise ValueError(
                 f"unit {tuple(unit)} is outside the {n_h}x{n_w} output of layer {name!r}: "
-                f"rows must be in [0, {n_h - 1}] and columns in [0, {n_w - 1}]")
+                f"rows must be in [0, {n_h - 1}] and columns in [0, {n_w - 1}]"
+            )
         return [_interval(self._rows, i), _interval(self._cols, j)]
 
 
@@ -131,8 +138,13 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
     before their children), then the aliases. ``str(table)`` is a readable text table.
     """
 
-    def __init__(self, entries: dict[str, LayerReceptiveField], aliases: dict[str, str],
-                 input_size: tuple[int, int, int], model_name: str) -> None:
+    def __init__(
+        self,
+        entries: dict[str, LayerReceptiveField],
+        aliases: dict[str, str],
+        input_size: tuple[int, int, int],
+        model_name: str,
+    ) -> None:
         self._entries = entries
         self._aliases = {a: p for a, p in aliases.items() if p in entries}
         self.input_size = input_size
@@ -170,11 +182,15 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
             return self[layer]
         except KeyError:
             close = difflib.get_close_matches(layer, list(self), n=5, cutoff=0.5)
-            hint = ", ".join(repr(c) for c in close) if close else ", ".join(
-                repr(c) for c in list(self._entries)[:5])
+            hint = (
+                ", ".join(repr(c) for c in close)
+                if close
+                else ", ".join(repr(c) for c in list(self._entries)[:5])
+            )
             raise ValueError(
                 f"unknown layer {layer!r} in the receptive-field table of {self.model_name}; "
-                f"close names: {hint}") from None
+                f"close names: {hint}"
+            ) from None
 
     def find_region(self, layer: str, unit: Sequence[int]) -> Box:
         """Pixel box ``[(h0, h1), (w0, w1)]`` of unit (row, col) of ``layer``; see
@@ -195,20 +211,23 @@ class ReceptiveFieldTable(Mapping[str, LayerReceptiveField]):
         widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
         lines = [f"receptive fields of {self.model_name} for input {self.input_size}"]
         for r in rows:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
-                         .rstrip())
+            lines.append(
+                "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.to_text()
 
     def __repr__(self) -> str:
-        return (f"ReceptiveFieldTable({self.model_name}, input_size={self.input_size}, "
-                f"{len(self._entries)} layers)")
+        return (
+            f"ReceptiveFieldTable({self.model_name}, input_size={self.input_size}, "
+            f"{len(self._entries)} layers)"
+        )
 
 
 class TheoreticalReceptiveField:
-    """Theoretical receptive field of every layer of a CNN (any architecture).
+    """Theoretical receptive field of every layer of a CNN or vision transformer.
 
     The model's forward pass is run once on a shape-only (``meta``) tensor while every torch
     operation is intercepted, so the analysis follows the real computation graph: branches
@@ -216,7 +235,11 @@ class TheoreticalReceptiveField:
     operations written in ``forward``, dilation, ``ceil_mode``, asymmetric kernels, strides
     and padding, grouped and depthwise convolutions, explicit ``F.pad`` (zero, reflect,
     replicate), crops by slicing, adaptive and global pooling, ``Linear`` layers, flatten,
-    reshapes and permutes (channel-last blocks such as ConvNeXt's), and pass-through
+    reshapes and permutes (channel-last blocks such as ConvNeXt's and Swin's), token
+    sequences (a ViT's patch grid flattened after its class token), attention (ViT's global
+    ``nn.MultiheadAttention``, Swin's windowed and shifted-window attention, MaxViT's block
+    and grid attention), transposed convolutions, ``F.interpolate``/``nn.Upsample``,
+    ``pixel_shuffle``/``pixel_unshuffle``, ``torch.roll``/``flip``, and pass-through
     operations (activations, normalisation, dropout). No arithmetic is done and the model's
     parameters are never read or changed. Speed: the ResNet-50 table at 224 x 224 takes
     0.04-0.06 s on one CPU core (measured on a loaded 2-core VM and a 16-core server; one
@@ -260,10 +283,24 @@ class TheoreticalReceptiveField:
     * A module called several times in one pass (ResNet blocks reuse one ``relu``) has one
       row per call: ``"layer1.0.relu"`` is the first call (the output the package's other
       classes use for that layer), ``"layer1.0.relu:1"`` the second, and so on.
-    * Operations that resample or rearrange the grid (``F.interpolate``, transposed
-      convolutions, ``torch.roll``, ``flip``, ``pixel_shuffle``, in-place assignment) and
-      any operation without a rule raise :class:`UnsupportedOperationError` (a
-      ``NotImplementedError``) naming the operation and the module that called it.
+    * **Resampling** (transposed convolutions, interpolation in every mode, pixel
+      shuffles) gives every output unit the exact set of input units it reads (for
+      interpolation, the non-zero weights of PyTorch's own operator); such layers have
+      exact regions but no affine ``size``/``stride``/``padding`` (None).
+    * **Attention** (Vaswani et al. 2017; Liu et al. 2021; Tu et al. 2022): a unit after an
+      attention module sees the union of what the units it attends to saw. Global attention
+      (``nn.MultiheadAttention`` without masks): the whole image, with the affine form
+      ``stride == (0, 0)``. Swin: the unit's window; after a shifted window only the part of
+      it in the same region of the rolled map (torchvision masks the rest with a logit of
+      -100, a weight below e**-100 that is counted as zero). MaxViT: the block's window, or
+      the units sharing its position in the grid's cells. Token layers (``entry.tokens``)
+      report the patch grid; the class token is not a unit.
+    * An operation without a rule (``grid_sample``, ``unfold``, in-place assignment into a
+      map, attention with masks) raises :class:`UnsupportedOperationError` (a
+      ``NotImplementedError``) naming the operation and the module that called it; so does
+      a forward pass that reads tensor values (value-dependent control flow cannot run on
+      shape-only tensors). An ``input_size`` whose channel count the first convolution
+      does not accept raises ``ValueError`` naming both.
 
     References
     ----------
@@ -286,14 +323,20 @@ class TheoreticalReceptiveField:
     def __init__(self, model: nn.Module, input_size: Sequence[int]) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
-                or any(isinstance(v, bool) or not isinstance(v, int) for v in input_size)):
+        if (
+            not isinstance(input_size, (tuple, list))
+            or len(input_size) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in input_size)
+        ):
             raise TypeError(f"input_size must be a (C, H, W) tuple of 3 ints, got {input_size!r}")
         if any(v < 1 for v in input_size):
             raise ValueError(f"input_size={tuple(input_size)!r}: C, H and W must be >= 1")
         self.model = model
-        self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]),
-                                                 int(input_size[2]))
+        self.input_size: tuple[int, int, int] = (
+            int(input_size[0]),
+            int(input_size[1]),
+            int(input_size[2]),
+        )
         self._table: ReceptiveFieldTable | None = None
 
     def compute(self, until: LayerSpec = None) -> ReceptiveFieldTable:
@@ -314,11 +357,13 @@ class TheoreticalReceptiveField:
         Raises
         ------
         UnsupportedOperationError
-            For an operation whose effect on the spatial grid the analysis cannot follow.
+            For an operation whose effect on the spatial grid the analysis cannot follow,
+            or a forward pass that reads tensor values; the message names the module.
+        ValueError
+            When ``input_size`` has a channel count the first convolution does not accept.
         Exception
-            Whatever the forward pass raises on shape-only tensors (for example a
-            ``RuntimeError`` for control flow that reads tensor values, or a shape mismatch
-            at this input size); a note names the module where it happened.
+            Whatever else the forward pass raises on shape-only tensors (a shape mismatch at
+            this input size); a note names the module where it happened.
         """
         stop = None if until is None else resolve_layer(self.model, until)
         table = _analyse(self.model, self.input_size, stop)
@@ -373,110 +418,61 @@ class TheoreticalReceptiveField:
         if path not in self.table:
             raise ValueError(
                 f"layer {path!r} ({type(module).__name__}) did not run in the forward pass of "
-                f"{type(self.model).__name__} at input size {self.input_size}")
+                f"{type(self.model).__name__} at input size {self.input_size}"
+            )
         return path
 
     def __repr__(self) -> str:
-        return (f"TheoreticalReceptiveField({type(self.model).__name__}, "
-                f"input_size={self.input_size})")
+        return (
+            f"TheoreticalReceptiveField({type(self.model).__name__}, input_size={self.input_size})"
+        )
 
 
-def _first_tensor(obj: Any) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(obj, dict):
-        return _first_tensor(list(obj.values()))
-    return None
-
-
-class _Stop(Exception):
-    """Ends the analysis once the requested layer has run."""
-
-
-def _analyse(model: nn.Module, input_size: tuple[int, int, int],
-             stop: nn.Module | None = None) -> ReceptiveFieldTable:
-    stack: list[tuple[str, nn.Module]] = []
-
-    def where() -> str:
-        for path, module in reversed(stack):
-            if path:
-                return f"module {path!r} ({type(module).__name__})"
-        return f"the forward method of {type(model).__name__}"
-
-    tracer = GeometryTracer(where)
-    order: dict[str, int] = {}
-    calls: dict[str, list[tuple[int, str, Any]]] = {}
-    counter = [0]
-
-    def before(path: str, module: nn.Module) -> None:
-        stack.append((path, module))
-        counter[0] += 1
-        calls.setdefault(path, []).append((counter[0], type(module).__name__, None))
-        order.setdefault(path, counter[0])
-
-    def after(path: str, module: nn.Module, output: Any) -> None:
-        stack.pop()
-        if module is stop:
-            finish(path, output)
-            raise _Stop
-        finish(path, output)
-
-    def finish(path: str, output: Any) -> None:
-        tensor = _first_tensor(output)
-        state = tracer.state(tensor) if tensor is not None else None
-        records = calls[path]
-        for k in range(len(records) - 1, -1, -1):
-            if records[k][2] is None:
-                records[k] = (records[k][0], records[k][1], state if state is not None else 0)
-                break
-
-    c, h, w = input_size
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
-                 torch.get_default_dtype())
-    x = torch.empty((2, c, h, w), device="meta", dtype=dtype)
-    tracer.set_state(x, Spatial((2, 3), (input_axis(h), input_axis(w))))
-    with torch.no_grad(), watching_modules(model, before, after):
-        try:
-            with tracer:
-                model(x)
-        except _Stop:
-            pass
-        except UnsupportedOperationError:
-            raise
-        except Exception as err:
-            if hasattr(err, "add_note"):  # Python >= 3.11; the error keeps its type
-                err.add_note(
-                    f"TheoreticalReceptiveField ran the forward pass of {type(model).__name__} "
-                    f"on shape-only (meta) tensors of size {input_size}; it failed in "
-                    f"{where()}")
-            raise
+def _analyse(
+    model: nn.Module, input_size: tuple[int, int, int], stop: nn.Module | None = None
+) -> ReceptiveFieldTable:
+    trace = trace_model(model, input_size, stop)
     entries: dict[str, LayerReceptiveField] = {}
     rows = []
-    for path, records in calls.items():
+    for path, records in trace.calls.items():
         if not path:
             continue
         for k, (start, type_name, state) in enumerate(records):
-            if not isinstance(state, (Spatial, Flat)):
+            if not isinstance(state, (Spatial, Tokens, Flat)):
                 continue
             rows.append((start, f"{path}:{k}" if k else path, type_name, state))
     for _, name, type_name, state in sorted(rows, key=lambda r: r[0]):
         entries[name] = _entry(name, type_name, state)
-    return ReceptiveFieldTable(entries, dnnbrain_aliases(model), input_size,
-                               type(model).__name__)
+    return ReceptiveFieldTable(entries, dnnbrain_aliases(model), input_size, type(model).__name__)
 
 
-def _entry(name: str, type_name: str, state: Spatial | Flat) -> LayerReceptiveField:
+def _entry(name: str, type_name: str, state: Spatial | Tokens | Flat) -> LayerReceptiveField:
     if isinstance(state, Flat):
         (h0, h1), (w0, w1) = state.box
-        return LayerReceptiveField(name, type_name, False, (h1 - h0, w1 - w0), None, None, None,
-                                   [state.box[0], state.box[1]])
+        return LayerReceptiveField(
+            name,
+            type_name,
+            False,
+            (h1 - h0, w1 - w0),
+            None,
+            None,
+            None,
+            [state.box[0], state.box[1]],
+        )
     size, stride, padding = entry_values(state)
     rows, cols = state.axes
-    box = state.box()
-    return LayerReceptiveField(name, type_name, True, size, stride, padding, (rows.n, cols.n),
-                               [box[0], box[1]], (rows.lo, rows.hi), (cols.lo, cols.hi))
+    box = state.grid_box() if isinstance(state, Tokens) else state.box()
+    tokens = (state.dim, len(state.prefix)) if isinstance(state, Tokens) else None
+    return LayerReceptiveField(
+        name,
+        type_name,
+        True,
+        size,
+        stride,
+        padding,
+        (rows.n, cols.n),
+        [box[0], box[1]],
+        tokens=tokens,
+        _rows=(rows.lo, rows.hi),
+        _cols=(cols.lo, cols.hi),
+    )

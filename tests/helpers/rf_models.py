@@ -73,7 +73,7 @@ class GatedNet(nn.Module):
 
 
 class InterpolatingNet(nn.Module):
-    """A convolution followed by ``F.interpolate``: the grid is resampled (unsupported)."""
+    """A convolution followed by ``nn.Upsample`` (nearest, x2): the grid is resampled."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +85,7 @@ class InterpolatingNet(nn.Module):
 
 
 class RollingNet(nn.Module):
-    """A convolution followed by ``torch.roll`` written in ``forward`` (unsupported)."""
+    """A convolution followed by ``torch.roll`` written in ``forward``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +129,37 @@ def square_images(n: int, height: int, width: int, side: int, seed: int = 0) -> 
         left = int(torch.randint(side, width - 2 * side + 1, (1,), generator=generator))
         images[k, :, top:top + side, left:left + side] = 1.0
     return images
+
+
+class TinyUNet(nn.Module):
+    """A small U-Net: strided and pooled encoder, a decoder that upsamples with a transposed
+    convolution, bilinear and nearest interpolation and ``pixel_shuffle``, skip
+    concatenations, a ``pixel_unshuffle`` and a ``torch.roll``/``flip`` on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.enc2 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.bottom = nn.Conv2d(8, 8, 3, padding=1)
+        self.up1 = nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1)
+        self.dec1 = nn.Conv2d(16, 8, 3, padding=1)
+        self.up2 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.dec2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = F.relu(self.enc1(x))
+        e2 = F.relu(self.enc2(e1))
+        b = F.relu(self.bottom(self.pool(e2)))
+        d1 = F.relu(self.dec1(torch.cat([self.up1(b), e2], dim=1)))
+        d2 = F.relu(self.dec2(torch.cat([self.up2(d1), e1], dim=1)))
+        s = self.shuffle(d2)  # 2 channels at twice the size
+        s = F.interpolate(torch.flip(s, dims=[-1]), size=(x.shape[-2], x.shape[-1]))
+        u = self.unshuffle(torch.roll(s, shifts=(1, -2), dims=(2, 3)))
+        return self.head(u)
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -206,6 +237,12 @@ def linearised(model: nn.Module, dtype: torch.dtype = torch.float64
     return copy_, removed
 
 
+def _support(grad: Tensor, threshold: float) -> Tensor:
+    """Pixels whose gradient magnitude exceeds ``threshold`` times the largest one."""
+    magnitude = grad.abs().sum(0)
+    return magnitude > threshold * magnitude.max() if threshold else magnitude > 0
+
+
 def _bbox(mask: Tensor) -> list[tuple[int, int]]:
     mask = mask.cpu()
     rows = torch.nonzero(mask.any(1)).flatten()
@@ -223,23 +260,27 @@ def probe_units(n_h: int, n_w: int) -> list[tuple[int, int]]:
 
 
 def gradient_support(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                     dtype: torch.dtype = torch.float64, device: Any = "cpu"
-                     ) -> dict[str, list[tuple[Any, Any, Any]]]:
+                     dtype: torch.dtype = torch.float64, device: Any = "cpu",
+                     threshold: float = 0.0) -> dict[str, list[tuple[Any, Any, Any]]]:
     """Probe every (spatial or flat) table entry of a linearised copy of ``model``.
 
     Returns ``{key: [(unit or None, probed box, box from the table), ...]}``; entries
-    inside removed squeeze-and-excitation gates are not probed (they are gone).
+    inside removed squeeze-and-excitation gates are not probed (they are gone). A pixel is in
+    the support when its gradient is non-zero, or, with ``threshold`` > 0, larger than
+    ``threshold`` times the largest gradient of that unit (Swin's shifted-window masks give
+    the masked tokens a softmax weight below e**-100 ~ 4e-44 rather than exactly zero).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many tiny convolutions: threads only add overhead
     try:
-        return _gradient_support(model, input_size, table, dtype, device)
+        return _gradient_support(model, input_size, table, dtype, device, threshold)
     finally:
         torch.set_num_threads(threads)
 
 
 def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                      dtype: torch.dtype, device: Any) -> dict[str, list[tuple[Any, Any, Any]]]:
+                      dtype: torch.dtype, device: Any, threshold: float
+                      ) -> dict[str, list[tuple[Any, Any, Any]]]:
     lin, removed = linearised(model, dtype)
     lin = lin.to(device)
     outputs: dict[str, Tensor] = {}
@@ -281,10 +322,17 @@ def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table:
         out = outputs[key]
         if not entry.spatial:
             (grad,) = torch.autograd.grad(out[0].sum(), x, retain_graph=True)
-            results[key] = [(None, _bbox(grad[0].abs().sum(0) > 0), entry.box)]
+            results[key] = [(None, _bbox(_support(grad[0], threshold)), entry.box)]
             continue
         n_h, n_w = entry.output_size
-        if tuple(out.shape[-2:]) == (n_h, n_w):
+        if entry.tokens is not None:
+            axis, extra = entry.tokens
+            assert axis == 1, key
+
+            def pick(b: int, i: int, j: int, out: Tensor = out, extra: int = extra,
+                     n_w: int = n_w) -> Tensor:
+                return out[b, extra + i * n_w + j]
+        elif tuple(out.shape[-2:]) == (n_h, n_w):
             def pick(b: int, i: int, j: int, out: Tensor = out) -> Tensor:
                 return out[b, ..., i, j]
         elif out.dim() == 4 and tuple(out.shape[1:3]) == (n_h, n_w):
@@ -295,7 +343,8 @@ def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table:
         units = probe_units(n_h, n_w)
         total = sum(pick(b, i, j).sum() for b, (i, j) in enumerate(units))
         (grad,) = torch.autograd.grad(total, x, retain_graph=True)
-        results[key] = [((i, j), _bbox(grad[b].abs().sum(0) > 0), table.find_region(key, (i, j)))
+        results[key] = [((i, j), _bbox(_support(grad[b], threshold)),
+                         table.find_region(key, (i, j)))
                         for b, (i, j) in enumerate(units)]
     return results
 
@@ -307,12 +356,14 @@ def formula_box(entry: Any, unit: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def disagreements(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                  dtype: torch.dtype = torch.float64, device: Any = "cpu") -> list[str]:
+                  dtype: torch.dtype = torch.float64, device: Any = "cpu",
+                  threshold: float = 0.0) -> list[str]:
     """Every probed unit whose gradient-support box differs from the table's box, and every
     interior unit (formula box inside the image) whose box differs from the formula."""
     problems = []
     _, height, width = input_size
-    for key, rows in gradient_support(model, input_size, table, dtype, device).items():
+    for key, rows in gradient_support(model, input_size, table, dtype, device,
+                                      threshold).items():
         entry = table[key]
         for unit, probed, box in rows:
             if probed != box:

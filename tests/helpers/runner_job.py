@@ -7,6 +7,9 @@ METHOD is "saliency" or "occlusion". ``--die-after K`` makes the process exit ab
 exactly K chunks are complete and the chunk in flight is lost. ``--folder`` runs over image
 files instead of the digits tensor. ``--fake-hosts`` makes each rank report its own host name
 (as if the ranks ran on different machines: chunk files instead of writes in place).
+``--kill-at POINT`` kills the process with SIGKILL at POINT (``rows:K``: halfway through writing
+chunk K's rows; ``assemble``: before result.npy is renamed into place; ``manifest``: after that,
+before the final manifest). ``--sleep S`` sleeps S seconds in every ``attribute`` call.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
+import time
 
 import torch
 
@@ -47,7 +52,11 @@ def main() -> None:
     parser.add_argument("--die-after", type=int, default=None)
     parser.add_argument("--folder", default=None)
     parser.add_argument("--fake-hosts", action="store_true")
+    parser.add_argument("--kill-at", default=None)
+    parser.add_argument("--sleep", type=float, default=0.0)
     args = parser.parse_args()
+    if args.kill_at is not None:
+        _install_kill(args.kill_at)
     if args.fake_hosts:
         rank = os.environ.get("RANK", "0")
         socket.gethostname = lambda: f"machine{rank}"
@@ -64,6 +73,14 @@ def main() -> None:
             return original(self, *a, **k)
 
         type(attribution).attribute = dying  # class name (the run's identity) unchanged
+    if args.sleep:
+        slow_original = type(attribution).attribute
+
+        def slow(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            time.sleep(args.sleep)
+            return slow_original(self, *a, **k)
+
+        type(attribution).attribute = slow
     if args.folder:
         data = ImageFolderDataset(args.folder, transform=preprocessing_for("digits"))
         targets = 3
@@ -77,6 +94,32 @@ def main() -> None:
         "rank": summary.rank, "world": summary.world_size, "computed": summary.computed,
         "reused": summary.reused,
     }) + "\n")
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_kill(point: str) -> None:
+    from dnnbrain_captum.runner import _finish, _storage
+
+    if point.startswith("rows:"):
+        chunk_rows = {"start": None}
+        original = _storage.Partial.write
+
+        def half_written(self, start, rows):  # noqa: ANN001, ANN202
+            if chunk_rows["start"] is None:
+                chunk_rows["start"] = int(point.split(":")[1]) * len(rows)
+            if start == chunk_rows["start"]:
+                original(self, start, rows[: len(rows) // 2])
+                _kill()
+            return original(self, start, rows)
+
+        _storage.Partial.write = half_written
+    elif point == "assemble":
+        _finish.sha256_file = lambda *a: _kill()  # type: ignore[assignment]
+    elif point == "manifest":
+        _finish._final_manifest = lambda *a, **k: _kill()  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

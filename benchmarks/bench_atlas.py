@@ -1,0 +1,173 @@
+"""The unit atlas: its stimulus pass against a bare forward pass, and the whole atlas against the
+same pieces computed one channel at a time with the public classes.
+
+    python benchmarks/bench_atlas.py [--baseline-channels 8] [--repeats 3] [--k 9]
+
+Stimuli: all 1,797 scikit-learn digits (the 359 held-out and the 1,438 training images of
+``digits_images``), the bundled digits CNN, layer conv5 (64 channels), one thread.
+
+1. **Top-K pass.** ``bare``: ``model.features[:11]`` (the network up to conv5, nothing after it)
+   on consecutive batches of 64 under ``torch.no_grad``, outputs dropped. ``atlas pass``: what
+   ``build_atlas`` runs first: ``run_over(ChannelActivations(model, [conv5]))`` into a fresh
+   folder (hooks, early exit, every channel's mean, chunks written to disk, manifest), then
+   ``read_results`` and the top-K / bottom-K of every channel (``rank_stimuli``). Best of
+   ``--repeats`` interleaved pairs; ratio = best atlas / best bare.
+2. **Whole atlas vs one channel at a time.** ``atlas``: ``build_atlas(model, ["conv5"], all
+   digits, K=9)`` with its defaults (3 syntheses of 64 steps, 8×8 occlusion windows, stride 4),
+   pages and pictures included. ``one channel at a time``: for each channel, what a user writes
+   with the public classes: a pass over every digit to the layer keeping that channel's mean
+   (a truncated ``features[:11]`` — cheaper than a hooked full model), its top-9 and bottom-9,
+   then ``UpsamplingActivationMapping``, ``OccluderDiscrepancyMapping`` (same windows),
+   ``EmpiricalReceptiveField`` (upsampling engine) on the top 9, ``SynthesisImage`` from 3
+   random starts (64 steps), ``MinimalParcelImage`` on the top stimulus, and the theoretical
+   field; no pictures, no pages. It is timed on ``--baseline-channels`` channels and scaled to
+   64 (each channel's work is independent of the others; ``--baseline-channels 64`` times all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dnnbrain_captum import (  # noqa: E402
+    EmpiricalReceptiveField,
+    MinimalParcelImage,
+    OccluderDiscrepancyMapping,
+    SynthesisImage,
+    TheoreticalReceptiveField,
+    UpsamplingActivationMapping,
+    digits_cnn,
+    digits_images,
+    random_images,
+    read_results,
+    run_over,
+)
+from dnnbrain_captum.atlas import ChannelActivations, build_atlas, rank_stimuli  # noqa: E402
+
+BATCH = 64
+
+
+def all_digits() -> torch.Tensor:
+    test, _ = digits_images("test")
+    train, _ = digits_images("train")
+    return torch.cat([test, train])
+
+
+class Clock:
+    """Wall and CPU seconds (this process, user + system) of a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def bare_pass(model: torch.nn.Module, images: torch.Tensor) -> Clock:
+    with Clock() as clock, torch.no_grad():
+        for i in range(0, len(images), BATCH):
+            model.features[:11](images[i : i + BATCH])
+    return clock
+
+
+def atlas_pass(model: torch.nn.Module, images: torch.Tensor, k: int) -> Clock:
+    with tempfile.TemporaryDirectory() as folder:
+        with Clock() as clock:
+            run_over(
+                ChannelActivations(model, [model.features[10]]),
+                images,
+                out=folder,
+                batch_size=BATCH,
+            )
+            rank_stimuli(read_results(folder), k)
+        return clock
+
+
+def one_channel(model: torch.nn.Module, images: torch.Tensor, channel: int, k: int) -> None:
+    """Every piece of the atlas for one channel, with the public classes."""
+    with torch.no_grad():
+        means = torch.cat(
+            [
+                model.features[:11](images[i : i + BATCH])[:, channel].mean((1, 2))
+                for i in range(0, len(images), BATCH)
+            ]
+        )
+    order = torch.argsort(means, descending=True, stable=True)
+    top, _bottom = images[order[:k]], images[order[-k:]]
+    UpsamplingActivationMapping(model, "conv5").attribute(
+        top, target=channel, interpolate_mode="bilinear"
+    )
+    OccluderDiscrepancyMapping(model, "conv5").attribute(
+        top, target=channel, sliding_window_shapes=(8, 8), strides=(4, 4)
+    )
+    EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv5")).attribute(
+        top, target=channel, interpolate_mode="bilinear"
+    )
+    TheoreticalReceptiveField(model, (3, 32, 32)).compute(until=model.features[10])
+    SynthesisImage(model, "conv5").attribute(
+        random_images(3, 32, seed=channel), target=channel, n_iter=64
+    )
+    MinimalParcelImage(model, "conv5").attribute(top[:1], target=channel)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline-channels", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, default=9)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = digits_cnn()
+    images = all_digits()
+    print(f"{len(images)} digits, conv5, K={args.k}, 1 thread, torch {torch.__version__}")
+
+    bare, passes = [], []
+    for r in range(args.repeats):
+        pair = [
+            ("bare", lambda: bare_pass(model, images)),
+            ("atlas", lambda: atlas_pass(model, images, args.k)),
+        ]
+        for name, run in pair if r % 2 == 0 else pair[::-1]:
+            (bare if name == "bare" else passes).append(run())
+    wall = (min(c.wall for c in bare), min(c.wall for c in passes))
+    cpu = (min(c.cpu for c in bare), min(c.cpu for c in passes))
+    print(f"\n| top-K pass, best of {args.repeats} | wall s | CPU s | vs bare (wall, CPU) |")
+    print("|---|---|---|---|")
+    print(f"| bare forward to conv5 | {wall[0]:.3f} | {cpu[0]:.3f} | 1.00×, 1.00× |")
+    print(
+        f"| atlas pass (run_over + top/bottom-K) | {wall[1]:.3f} | {cpu[1]:.3f} | "
+        f"{wall[1] / wall[0]:.2f}×, {cpu[1] / cpu[0]:.2f}× |"
+    )
+
+    with tempfile.TemporaryDirectory() as folder, Clock() as whole:
+        build_atlas(model, ["conv5"], images, Path(folder) / "atlas", top_k=args.k)
+    n = args.baseline_channels
+    with Clock() as some:
+        for channel in range(n):
+            one_channel(model, images, channel, args.k)
+    scale = 64 / n
+    print("\n| conv5, 64 channels, K = 9 | wall s | CPU s | slower than the atlas (wall, CPU) |")
+    print("|---|---|---|---|")
+    print(
+        f"| atlas (build_atlas, pages included) | {whole.wall:.1f} | {whole.cpu:.1f} | "
+        "1.00×, 1.00× |"
+    )
+    print(
+        f"| one channel at a time, public classes ({n} timed, ×{scale:g}) | "
+        f"{some.wall * scale:.1f} | {some.cpu * scale:.1f} | "
+        f"{some.wall * scale / whole.wall:.2f}×, {some.cpu * scale / whole.cpu:.2f}× |"
+    )
+
+
+if __name__ == "__main__":
+    main()

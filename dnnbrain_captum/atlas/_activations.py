@@ -1,0 +1,163 @@
+"""The atlas's streaming pass: every channel of every requested layer, for every stimulus, in one
+early-exit forward pass per batch; and the top-K / bottom-K selection from its result."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dnnbrain_captum._utils.hooks import LayerCapture, _StopForward, run_to_layer
+from dnnbrain_captum._utils.layers import layer_path
+from dnnbrain_captum._utils.targets import check_reduction, reduce_per_example
+
+__all__ = ["ChannelActivations", "on_model_device", "rank_stimuli"]
+
+
+def on_model_device(model: nn.Module, images: Tensor) -> Tensor:
+    """``images`` on the device of the model's first parameter (unchanged without parameters)."""
+    first = next(iter(model.parameters()), None)
+    return images if first is None else images.to(first.device)
+
+
+class _Ordered(LayerCapture):
+    """A capture that notes the order in which the captured layers ran; the pass stops once
+    all ``total`` of them have run."""
+
+    def __init__(self, module: nn.Module, order: list[nn.Module], total: int) -> None:
+        super().__init__(module)
+        self.order, self.total = order, total
+
+    def _record(self, value: Any) -> Any:
+        if self.value is None:
+            self.order.append(self.module)
+            self.stop = len(self.order) == self.total
+        return super()._record(value)
+
+
+class ChannelActivations:
+    """``attribute(x)`` = every channel's activation at several layers: (N, C_1 + ... + C_L).
+
+    One forward pass per batch with a capture on each layer; the pass stops once the layer
+    that runs last has run (nothing downstream of it is computed). Column block ``l`` holds the
+    ``C_l`` channels of ``layers[l]``, each channel's map reduced to one number per image by
+    ``reduction`` (DNNBrain's channel mean by default). The object is what
+    :func:`dnnbrain_captum.run_over` streams over a stimulus set for the atlas.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (left as it was: the hooks are removed after every pass).
+    layers : sequence of nn.Module
+        Layers whose outputs are (N, C, H, W) tensors.
+    reduction : {"mean", "max", "sum"}
+        How a channel map becomes one number.
+
+    Examples
+    --------
+    >>> from dnnbrain_captum import digits_cnn, digits_images
+    >>> model = digits_cnn()
+    >>> images, _ = digits_images(n=4)
+    >>> pass_ = ChannelActivations(model, [model.features[6], model.features[10]])
+    >>> pass_.probe(images)
+    [(48, 8, 8), (64, 8, 8)]
+    >>> tuple(pass_.attribute(images).shape)
+    (4, 112)
+    """
+
+    def __init__(
+        self, model: nn.Module, layers: Sequence[nn.Module], reduction: str = "mean"
+    ) -> None:
+        if not layers:
+            raise ValueError("layers is empty: give at least one layer")
+        self.forward_func = model
+        self.layers = list(layers)
+        self.paths = [layer_path(model, layer) for layer in self.layers]
+        self.reduction = check_reduction(reduction)
+        self.last: nn.Module | None = None  # the layer that runs last (found by probe)
+        self.widths: list[int] = []
+
+    def probe(self, example: Tensor) -> list[tuple[int, ...]]:
+        """Run one image through the model; return each layer's output shape (C, H, W).
+
+        Also finds the layer that runs last (where later passes stop) and the channel
+        counts (:attr:`widths`).
+
+        Raises
+        ------
+        ValueError
+            If a layer does not run, returns several tensors, or has no (C, H, W) output.
+        """
+        order: list[nn.Module] = []
+        captures = [_Ordered(layer, order, len(self.layers)) for layer in self.layers]
+        with torch.no_grad(), contextlib.suppress(_StopForward):
+            example = on_model_device(self.forward_func, example[:1])
+            run_to_layer(self.forward_func, None, (example,), taps=captures)
+        shapes = []
+        for path, capture in zip(self.paths, captures, strict=True):
+            value = capture.value
+            if value is None:
+                raise ValueError(f"layer {path!r} did not run during the forward pass")
+            if not isinstance(value, Tensor) or value.dim() != 4:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"layer {path!r} gives {shape}; the atlas needs layers with (N, C, H, W) "
+                    "outputs (channels on a spatial grid)"
+                )
+            shapes.append(tuple(value.shape[1:]))
+        self.last = order[-1]
+        self.widths = [s[0] for s in shapes]
+        return shapes
+
+    def attribute(self, inputs: Tensor, target: Any = None) -> Tensor:
+        """Every channel's reduced activation: Tensor (N, sum of the layers' channels)."""
+        inputs = on_model_device(self.forward_func, inputs)
+        if self.last is None:
+            self.probe(inputs)
+        taps = [LayerCapture(layer) for layer in self.layers if layer is not self.last]
+        with torch.no_grad():
+            last = run_to_layer(self.forward_func, self.last, (inputs,), taps=taps)
+        values = iter(t.value for t in taps)
+        columns = []
+        for layer in self.layers:
+            output = last if layer is self.last else next(values)
+            n, c = output.shape[:2]
+            flat = reduce_per_example(output.reshape(n * c, -1), self.reduction)
+            columns.append(flat.view(n, c))
+        return torch.cat(columns, dim=1)
+
+
+def rank_stimuli(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k and bottom-k stimuli of every column.
+
+    Parameters
+    ----------
+    values : ndarray of shape (N, C)
+        One activation per stimulus and channel.
+    k : int
+        How many, ``1 <= k <= N``.
+
+    Returns
+    -------
+    top, bottom : ndarray of shape (C, k), int64
+        Stimulus indices, highest activation first (``top``) and lowest first (``bottom``);
+        equal activations are ordered by index (the first stimulus wins).
+
+    Examples
+    --------
+    >>> top, bottom = rank_stimuli(np.array([[1.0], [3.0], [3.0], [0.0]]), 2)
+    >>> top.tolist(), bottom.tolist()
+    ([[1, 2]], [[3, 0]])
+    """
+    n = values.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"top_k must be between 1 and the number of stimuli ({n}), got {k}")
+    if np.isnan(values).any():
+        raise ValueError("the channel activations hold NaN (an unreadable stimulus?)")
+    top = np.argsort(-values, axis=0, kind="stable")[:k].T
+    bottom = np.argsort(values, axis=0, kind="stable")[:k].T
+    return np.ascontiguousarray(top), np.ascontiguousarray(bottom)

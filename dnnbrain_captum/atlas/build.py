@@ -1,0 +1,351 @@
+"""``build_atlas``: every selected channel of some layers, characterised over a stimulus set."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from dnnbrain_captum._utils.validation import positive_int
+from dnnbrain_captum.atlas._activations import rank_stimuli
+from dnnbrain_captum.atlas._files import AtlasFolder, Ranks
+from dnnbrain_captum.atlas._pieces import (
+    EmpiricalPerChannel,
+    MinimalImages,
+    Picked,
+    Stacked,
+    base_dataset,
+)
+from dnnbrain_captum.atlas._plans import LayerPlan, plan_layers
+from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
+from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
+from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
+from dnnbrain_captum.receptive_field.empirical import EmpiricalReceptiveField
+from dnnbrain_captum.runner import read_results, run_over
+
+__all__ = ["AtlasSummary", "build_atlas"]
+
+#: Synthesis settings of the atlas unless overridden (``synthesis=``): the default preset, fewer
+#: steps (a thumbnail per channel, not a poster).
+SYNTHESIS_DEFAULTS: dict[str, Any] = {"n_iter": 64}
+
+
+@dataclass
+class AtlasSummary:
+    """What :func:`build_atlas` produced (seen from one process).
+
+    Attributes
+    ----------
+    out : Path
+        The atlas folder; ``out / "index.html"`` is its first page.
+    n_stimuli : int
+    channels : dict of str to list of int
+        The selected channels of each layer.
+    seconds : float
+        Wall time of the call.
+    rank, world_size : int
+    """
+
+    out: Path
+    n_stimuli: int
+    channels: dict[str, list[int]]
+    seconds: float
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def index(self) -> Path:
+        """The atlas's first page."""
+        return self.out / "index.html"
+
+
+def build_atlas(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str] | nn.Module | str,
+    stimuli: Tensor | Any,
+    out: str | os.PathLike[str],
+    *,
+    channels: str | Sequence[int] | Mapping[str, Any] | None = None,
+    top_k: int = 9,
+    ids: Sequence[Any] | None = None,
+    reduction: str = "mean",
+    n_syntheses: int = 3,
+    synthesis: Mapping[str, Any] | None = None,
+    occlusion: Mapping[str, Any] | None = None,
+    minimal: Mapping[str, Any] | None = None,
+    interpolate_mode: str = "bilinear",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> AtlasSummary:
+    """Characterise every selected channel of ``layers`` over ``stimuli``; write a static site.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (left as it was).
+    layers : layer or sequence of layers
+        Modules, dotted paths or DNNBrain aliases; outputs must be (N, C, H, W).
+    stimuli : Tensor (N, C, H, W), Dataset or DataLoader
+        Model-ready images (as for :func:`dnnbrain_captum.run_over`).
+    out : path
+        The atlas folder (created; an existing one is resumed if it holds the same atlas).
+    channels : str, sequence of int or mapping, optional
+        Channels of every layer (``"0-7,12"`` or a list), or ``{layer name: channels}``;
+        default all.
+    top_k : int
+        Stimuli kept per channel at the top (and at the bottom).
+    ids : sequence, optional
+        Stimulus ids (default: the data set's ``ids``, else "0", "1", ...).
+    reduction : {"mean", "max", "sum"}
+        How a channel map becomes one activation (DNNBrain: mean).
+    n_syntheses : int
+        Syntheses per channel (``SynthesisImage``, different random starts).
+    synthesis, occlusion, minimal : mapping, optional
+        Keyword arguments of ``SynthesisImage.attribute`` (default ``n_iter=64``; with
+        ``diversity=λ`` each channel's syntheses run as one batch of their own),
+        ``OccluderDiscrepancyMapping.attribute`` (default: windows a quarter of the image wide,
+        strides half a window) and ``MinimalParcelImage.attribute``.
+    interpolate_mode : str
+        Of the upsampled activation maps (and of the empirical receptive field).
+    mean, std : sequence of float, optional
+        The model's input normalisation, for the syntheses and to display images.
+    batch_size : int
+        Items per batch and per runner chunk.
+    seed : int
+        Seeds the syntheses' starts and the runner's chunks.
+    overwrite : bool
+        Replace an atlas built with other settings in ``out`` (only its own files go).
+    show_progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    AtlasSummary
+
+    Notes
+    -----
+    Layout of ``out``: ``index.html``, ``<layer>/<channel>.html`` and their pictures,
+    ``stimuli/<index>.png``, ``atlas.json`` (every number of the pages), ``runs/`` (the
+    runner folders of every piece, read with :func:`dnnbrain_captum.read_results`),
+    ``atlas-manifest.json`` (the settings) and ``atlas-files.txt`` (every file the atlas
+    wrote; nothing else in ``out`` is ever replaced or removed). Under ``torchrun`` every rank
+    calls this function with the same arguments: the stimuli pass is split over stimuli, every
+    piece over channels, and rank 0 writes the site; the result equals one process's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from dnnbrain_captum import digits_cnn, digits_images
+    >>> images, _ = digits_images(n=12)
+    >>> summary = build_atlas(digits_cnn(), ["conv5"], images, tempfile.mkdtemp(),
+    ...                       channels="0-1", top_k=3, n_syntheses=1, synthesis={"n_iter": 2})
+    >>> summary.index.is_file(), summary.channels
+    (True, {'conv5': [0, 1]})
+    """
+    started = time.perf_counter()
+    top_k = positive_int(top_k, "top_k")
+    n_syntheses = positive_int(n_syntheses, "n_syntheses")
+    batch_size = positive_int(batch_size, "batch_size")
+    data = base_dataset(stimuli)
+    n = len(data)
+    if n == 0:
+        raise ValueError("stimuli is empty")
+    example = Picked(data, [0])[0][None]
+    plans, activations = plan_layers(model, layers, example, channels, reduction)
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
+    settings = _settings(
+        tuple(example.shape[-2:]),
+        top_k,
+        reduction,
+        n_syntheses,
+        synthesis,
+        occlusion,
+        minimal,
+        interpolate_mode,
+        mean,
+        std,
+        batch_size,
+        seed,
+    )
+    layers_json = [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans]
+    request = {"model": type(model).__name__, "n_stimuli": n, "layers": layers_json, **settings}
+    request = json.loads(json.dumps(request, default=str))
+    folder = AtlasFolder(Path(out))
+    ranks = Ranks()
+    with ranks.session():
+        _claim(folder, ranks, request, overwrite)
+        common = {
+            "batch_size": batch_size,
+            "seed": seed,
+            "show_progress": show_progress,
+            "overwrite": overwrite,
+        }
+        run_over(
+            activations,
+            stimuli,
+            out=folder.run_folder("activations", ranks.rank == 0),
+            ids=ids,
+            **common,
+        )
+        values = np.asarray(read_results(folder.out / "runs" / "activations"))
+        for plan in plans:
+            columns = values[:, plan.offset + np.asarray(plan.channels)]
+            plan.top, plan.bottom = rank_stimuli(columns, top_k)
+            _run_pieces(model, plan, data, folder, ranks.rank == 0, settings, common)
+        if ranks.rank == 0:
+            from dnnbrain_captum.atlas._site import write_site
+
+            write_site(
+                model,
+                plans,
+                activations.last,
+                data,
+                values,
+                folder,
+                settings,
+                mean,
+                std,
+                show_progress,
+            )
+            folder.seal()
+    return AtlasSummary(
+        folder.out,
+        n,
+        {p.name: p.channels for p in plans},
+        time.perf_counter() - started,
+        ranks.rank,
+        ranks.world,
+    )
+
+
+def _settings(
+    size: tuple[int, int],
+    top_k: int,
+    reduction: str,
+    n_syntheses: int,
+    synthesis: Mapping[str, Any] | None,
+    occlusion: Mapping[str, Any] | None,
+    minimal: Mapping[str, Any] | None,
+    interpolate_mode: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Every setting of the atlas, defaults filled in (recorded, compared on a rerun)."""
+    occlusion = dict(occlusion or {})
+    window = occlusion.setdefault(
+        "sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4))
+    )
+    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
+    synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
+    if mean is not None:
+        synthesis.setdefault("mean", list(mean))
+        synthesis.setdefault("std", list(std) if std is not None else None)
+    return {
+        "top_k": top_k,
+        "reduction": reduction,
+        "n_syntheses": n_syntheses,
+        "synthesis": synthesis,
+        "occlusion": occlusion,
+        "minimal": dict(minimal or {}),
+        "interpolate_mode": interpolate_mode,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+
+
+def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> int:
+    """Syntheses per call: whole channels only; with the diversity objective (which couples
+    every example of a call) exactly one channel's ``s`` syntheses, so that they are made
+    diverse among themselves and not against other channels'."""
+    if float(synthesis.get("diversity", 0.0) or 0.0) > 0:
+        return s
+    return s * max(1, batch_size // s)
+
+
+def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
+    """Rank 0 checks and claims the folder; every rank raises if that failed."""
+    error = None
+    if ranks.rank == 0:
+        try:
+            folder.prepare(request, overwrite)
+        except (ValueError, OSError) as err:
+            error = err
+    ranks.agree(error)
+
+
+def _run_pieces(
+    model: nn.Module,
+    plan: LayerPlan,
+    data: Any,
+    folder: AtlasFolder,
+    writer: bool,
+    settings: dict[str, Any],
+    common: dict[str, Any],
+) -> None:
+    """The per-channel runs of one layer: maps, occlusion, empirical RF, syntheses, minimal."""
+    k, s = settings["top_k"], settings["n_syntheses"]
+    layer = plan.module
+    per_top = [c for c in plan.channels for _ in range(k)]
+    top = Picked(data, plan.top.reshape(-1).tolist())
+
+    def run(piece: str, attribution: Any, items: Any, targets: Any, **kwargs: Any) -> None:
+        out = folder.run_folder(f"{plan.folder}/{piece}", writer)
+        run_over(attribution, items, targets=targets, out=out, **{**common, **kwargs})
+
+    run(
+        "maps",
+        UpsamplingActivationMapping(model, layer),
+        top,
+        per_top,
+        interpolate_mode=settings["interpolate_mode"],
+    )
+    run(
+        "occlusion", OccluderDiscrepancyMapping(model, layer), top, per_top, **settings["occlusion"]
+    )
+    engine = UpsamplingActivationMapping(model, layer)
+    run(
+        "empirical_rf",
+        EmpiricalPerChannel(EmpiricalReceptiveField(engine)),
+        Stacked(data, plan.top),
+        list(plan.channels),
+        interpolate_mode=settings["interpolate_mode"],
+    )
+    c, h, w = top[0].shape
+    synthesis = settings["synthesis"]
+    starts = random_images(
+        len(plan.channels) * s,
+        (h, w),
+        c,
+        seed=settings["seed"],
+        mean=synthesis.get("mean"),
+        std=synthesis.get("std"),
+    )
+    per_synthesis = [ch for ch in plan.channels for _ in range(s)]
+    run(
+        "syntheses",
+        SynthesisImage(model, layer),
+        starts,
+        per_synthesis,
+        **{**synthesis, "batch_size": _synthesis_batch(synthesis, s, common["batch_size"])},
+    )
+    run(
+        "minimal",
+        MinimalImages(model, layer),
+        Picked(data, plan.top[:, 0].tolist()),
+        list(plan.channels),
+        **settings["minimal"],
+    )

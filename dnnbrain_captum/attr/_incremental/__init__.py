@@ -1,0 +1,43 @@
+"""Exact incremental inference for occluder discrepancy maps.
+
+An occluder changes only the units whose receptive field overlaps it, so at every layer
+between the image and the target layer only a small patch of the activation differs from the
+clean (unoccluded) activation. This module computes, for a batch of same-size windows, only
+those patches, reading the margin each layer's kernel needs from clean activations cached
+once per image (incremental inference; Nakandala, Kumar & Papakonstantinou, "Incremental and
+approximate inference for faster occlusion-based deep CNN explanations", SIGMOD 2019).
+
+The model is traced with :mod:`torch.fx`; the path from the input to the target layer must be
+made of operations whose spatial footprint is known:
+
+* ``nn.Conv2d`` (any stride, padding incl. ``"same"``, dilation, groups; zero padding mode),
+* ``nn.MaxPool2d`` / ``nn.AvgPool2d`` (padding, dilation, ``ceil_mode``, ``count_include_pad``,
+  ``divisor_override``) and adaptive pools that keep the size,
+* element-wise activations (modules such as ``nn.ReLU``, ``nn.GELU``, ... and their functional
+  or tensor-method forms), ``nn.BatchNorm2d`` in eval mode with running statistics,
+  ``nn.Identity`` and dropout in eval mode, arithmetic with numbers,
+* additions, subtractions, products of such paths and concatenations along channels.
+
+Anything else raises :class:`IncrementalUnsupported` with the reason, and the caller falls
+back to the full recompute. The result equals the full recompute up to floating-point
+rounding (summation order inside the convolutions differs).
+
+Every per-layer patch has the same size for all windows of a batch: the largest affected
+region over all window positions, its start clamped so that it stays inside the map. A layer's
+input region is the producer's clean map (padded with the op's padding value) with the
+producer's patch pasted in. A stride-1 ungrouped convolution whose input patch is clearly
+smaller than its output patch is instead computed as clean output + the convolution of the
+input's change (zero outside the input patch), i.e. a transposed convolution of that change
+with the flipped kernel, whose cost scales with the input patch.
+
+The spatial footprint of each op (``Footprint``: kernel, stride, left padding, dilation) is
+kept here: ``dnnbrain_captum.receptive_field`` derives the same geometry inside its meta-tensor
+tracer but exposes no per-module function; a test checks that the affected units computed here
+match its ``find_region`` boxes.
+"""
+
+from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion
+from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
+from dnnbrain_captum.attr._incremental.output import OutputOcclusion
+
+__all__ = ["IncrementalOcclusion", "IncrementalUnsupported", "OutputOcclusion"]

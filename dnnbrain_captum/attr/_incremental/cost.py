@@ -1,0 +1,71 @@
+"""Cost model of an occlusion sweep: which path, and how many windows per batch.
+
+Two numbers decide, per option, on the input's device:
+
+* arithmetic: the multiply-adds per window of the incremental patches and of the full
+  recompute (``IncrementalOcclusion.macs_per_window``). Patch arithmetic runs at a lower rate
+  than whole maps (gathers of the clean margins, small convolutions), so the incremental path
+  is chosen only when it saves more than :data:`PATCH_PENALTY` times its own arithmetic;
+* memory: the bytes one window needs at once (the largest activation of the full pass; the
+  patches of every operation for the incremental pass). A batch holds as many windows as fit
+  the device's budget: :data:`CPU_BATCH_BYTES` on a CPU (batches that spill out of the
+  caches run slower per window there), an eighth of the free memory on an accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dnnbrain_captum._utils.hooks import run_to_layer
+
+__all__ = ["CPU_BATCH_BYTES", "PATCH_PENALTY", "batch_size", "incremental_pays", "peak_bytes"]
+
+CPU_BATCH_BYTES = 48 * 2**20
+PATCH_PENALTY = 1.4
+MAX_BATCH = 1024
+
+
+def incremental_pays(incremental_macs: int, full_macs: int) -> bool:
+    """Whether the incremental path is expected to be faster than the full recompute."""
+    return PATCH_PENALTY * incremental_macs < full_macs
+
+
+def batch_size(bytes_per_window: int, device: torch.device, windows: int) -> int:
+    """Windows per batch: as many as the device's budget holds (at least 1, at most all)."""
+    budget = CPU_BATCH_BYTES
+    if device.type != "cpu":
+        try:
+            budget = max(budget, torch.cuda.mem_get_info(device)[0] // 8)
+        except (RuntimeError, AssertionError, ValueError):
+            budget = 8 * CPU_BATCH_BYTES
+    return int(max(1, min(windows, MAX_BATCH, budget // max(bytes_per_window, 1))))
+
+
+def patch_bytes(patches: Sequence[tuple[int, int, int]], element_size: int) -> int:
+    """Bytes of one window's patches: (channels, height, width) per operation."""
+    return element_size * sum(c * h * w for c, h, w in patches)
+
+
+def peak_bytes(model: nn.Module, layer: nn.Module | None, image: Tensor) -> int:
+    """Bytes of the largest activation of one image's forward pass (up to ``layer``).
+
+    Measured with temporary forward hooks on the model's leaf modules (removed afterwards).
+    """
+    largest = [image.numel()]
+
+    def record(module: nn.Module, args: object, out: object) -> None:
+        if isinstance(out, Tensor):
+            largest[0] = max(largest[0], out.numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            run_to_layer(model, layer, (image,))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest[0] * image.element_size()

@@ -1,0 +1,319 @@
+"""Operations of the incremental engine: spatial footprint, clean and patch computation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Channels = list[int] | None  # None: every channel
+
+
+class IncrementalUnsupported(Exception):
+    """The incremental path cannot evaluate this model/target; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Per-operation footprint (kernel, stride, left padding, dilation) along one axis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Spatial footprint of a sliding-window operation along one axis.
+
+    Output unit ``o`` reads input positions ``o·stride − padding + t·dilation`` for
+    ``t = 0 … kernel − 1`` (positions outside the input are padding).
+    """
+
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+
+    @property
+    def span(self) -> int:
+        """Input positions between the first and last tap, inclusive."""
+        return self.dilation * (self.kernel - 1) + 1
+
+
+IDENTITY = Footprint()
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            return int(value[0]), int(value[0])
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _footprints(
+    kernel: Any, stride: Any, padding: Any, dilation: Any = 1
+) -> tuple[Footprint, Footprint]:
+    k, s, d = _pair(kernel), _pair(stride if stride not in (None, ()) else kernel), _pair(dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            p = (0, 0)
+        else:  # "same": PyTorch puts the smaller half of the total padding first
+            p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d, strict=True))  # type: ignore[assignment]
+    else:
+        p = _pair(padding)
+    return (Footprint(k[0], s[0], p[0], d[0]), Footprint(k[1], s[1], p[1], d[1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Graph nodes
+# --------------------------------------------------------------------------------------------
+
+
+class _Node:
+    """One operation on the path to the target layer."""
+
+    name: str = ""
+    inputs: tuple[int, ...] = ()
+    footprint: tuple[Footprint, Footprint] | None = None  # sliding-window ops only
+    fill: float = 0.0  # value of padding positions for sliding-window ops
+    merge: bool = False  # several inputs combined element-wise / concatenated
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        """The full output from full inputs (all channels)."""
+        raise NotImplementedError
+
+    def input_channels(self, channels: Channels, shapes: Sequence[torch.Size]) -> list[Channels]:
+        """Channels of each input needed to compute ``channels`` of the output."""
+        return [channels for _ in self.inputs]
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        """The output patch from input regions (selected channels only)."""
+        return self.clean(regions)
+
+    def macs(self, channels: Channels, out_shape: torch.Size, area: int) -> int:
+        """Multiply-adds for ``area`` output positions of ``channels``."""
+        return 0
+
+
+class _Input(_Node):
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        raise AssertionError("the input has no computation")  # pragma: no cover
+
+
+class _Conv(_Node):
+    def __init__(self, module: nn.Conv2d) -> None:
+        if module.padding_mode != "zeros":
+            raise IncrementalUnsupported(
+                f"convolution with padding_mode={module.padding_mode!r} is not supported"
+            )
+        self.module = module
+        self.folded: tuple[Tensor, Tensor | None] | None = None
+        self.footprint = _footprints(
+            module.kernel_size, module.stride, module.padding, module.dilation
+        )
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        if self.folded is None:
+            return self.module.forward(values[0])
+        m = self.module
+        return F.conv2d(values[0], *self.folded, m.stride, m.padding, m.dilation, m.groups)
+
+    @property
+    def weight(self) -> Tensor:
+        """The kernel (with a folded batch norm's scale)."""
+        return self.module.weight if self.folded is None else self.folded[0]
+
+    def fold(self, bn: nn.BatchNorm2d) -> None:
+        """Compute ``bn(conv(x))`` as one convolution (eval batch norm: an affine map)."""
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.weight is not None:
+            scale, shift = scale * bn.weight, shift * bn.weight
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        bias = self.module.bias
+        weight = self.module.weight * scale.view(-1, 1, 1, 1)
+        self.folded = (weight, shift if bias is None else bias * scale + shift)
+
+    def input_channels(self, channels: Channels, shapes: Sequence[torch.Size]) -> list[Channels]:
+        groups = self.module.groups
+        if channels is None or groups == 1:
+            return [None]
+        per_out = self.module.out_channels // groups
+        per_in = self.module.in_channels // groups
+        needed = sorted(
+            {g * per_in + t for g in {c // per_out for c in channels} for t in range(per_in)}
+        )
+        return [needed]
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        module = self.module
+        weight, bias = self.folded or (module.weight, module.bias)
+        groups = module.groups
+        region = regions[0]
+        if channels is not None:
+            index = torch.tensor(channels, dtype=torch.long, device=weight.device)
+            weight = weight.index_select(0, index)
+            bias = None if bias is None else bias.index_select(0, index)
+            if groups > 1:
+                # One group per selected channel, fed with its own group's input channels.
+                needed = self.input_channels(channels, ())[0]
+                assert needed is not None
+                position = {c: k for k, c in enumerate(needed)}
+                per_out = module.out_channels // groups
+                per_in = module.in_channels // groups
+                expand = [
+                    position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)
+                ]
+                region = region.index_select(
+                    1, torch.tensor(expand, dtype=torch.long, device=region.device)
+                )
+                groups = len(channels)
+            else:
+                groups = 1
+        return F.conv2d(region, weight, bias, module.stride, 0, module.dilation, groups)
+
+    def macs(self, channels: Channels, out_shape: torch.Size, area: int) -> int:
+        n_out = self.module.out_channels if channels is None else len(channels)
+        per_in = self.module.in_channels // self.module.groups
+        k = self.module.kernel_size
+        return n_out * per_in * k[0] * k[1] * area
+
+
+class _MaxPool(_Node):
+    fill = -math.inf
+
+    def __init__(self, module: nn.MaxPool2d) -> None:
+        if module.return_indices:
+            raise IncrementalUnsupported("max pooling with return_indices=True is not supported")
+        self.module = module
+        self.footprint = _footprints(
+            module.kernel_size, module.stride, module.padding, module.dilation
+        )
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        return self.module.forward(values[0])
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        m = self.module
+        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
+        return F.max_pool2d(regions[0], m.kernel_size, stride, 0, m.dilation, ceil_mode=False)
+
+
+class _AvgPool(_Node):
+    def __init__(self, module: nn.AvgPool2d) -> None:
+        self.module = module
+        self.footprint = _footprints(module.kernel_size, module.stride, module.padding)
+        self.divisor: Tensor | None = None
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        x = values[0]
+        m = self.module
+        # How many terms each output position divides by (set by the clean pass).
+        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
+        summed = F.avg_pool2d(
+            ones, m.kernel_size, stride, m.padding, m.ceil_mode, True, divisor_override=1
+        )
+        self.divisor = (summed / m.forward(ones)).round()
+        return m.forward(x)
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        raise AssertionError("handled by the engine")  # pragma: no cover
+
+    def sum_patch(self, region: Tensor) -> Tensor:
+        m = self.module
+        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
+        return F.avg_pool2d(region, m.kernel_size, stride, 0, False, True, divisor_override=1)
+
+
+class _Pointwise(_Node):
+    """An element-wise function of one tensor (maybe channel dependent, like batch norm)."""
+
+    def __init__(self, function: Callable[[Tensor, Channels], Tensor]) -> None:
+        self.function = function
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        return self.function(values[0], None)
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        return self.function(regions[0], channels)
+
+
+class _BatchNorm(_Pointwise):
+    """Eval batch norm; folded into the convolution before it where that is its only reader."""
+
+    def __init__(self, module: nn.BatchNorm2d, function: Callable[[Tensor, Channels], Tensor]):
+        super().__init__(function)
+        self.module = module
+
+    def fold_away(self) -> None:
+        self.function = lambda x, channels: x
+
+
+class _SizeKeeping(_Node):
+    """An adaptive pooling to the size of its input: the identity (each bin is one unit).
+
+    The clean pass checks the size; an adaptive pooling that changes it is a global
+    operation and is refused.
+    """
+
+    def __init__(self, module: nn.Module, label: str) -> None:
+        self.module = module
+        self.label = label
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        out = self.module.forward(values[0])
+        if out.shape[-2:] != values[0].shape[-2:]:
+            raise IncrementalUnsupported(f"{self.label} changes the map size (global op)")
+        return out
+
+    def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
+        return regions[0]
+
+
+class _Merge(_Node):
+    """Several same-shape tensors combined element-wise (``+``, ``-``, ``*``, ``/``)."""
+
+    merge = True
+
+    def __init__(self, function: Callable[[list[Tensor]], Tensor]) -> None:
+        self.function = function
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) != 1:
+            raise IncrementalUnsupported(
+                f"{self.name} combines tensors of different shapes {sorted(shapes)} (broadcast)"
+            )
+        return self.function(list(values))
+
+
+class _Cat(_Node):
+    """Concatenation along the channel dimension."""
+
+    merge = True
+
+    def clean(self, values: Sequence[Tensor]) -> Tensor:
+        spatial = {tuple(v.shape[-2:]) for v in values}
+        if len(spatial) != 1:
+            raise IncrementalUnsupported(f"{self.name} concatenates maps of different sizes")
+        return torch.cat(list(values), 1)
+
+    def input_channels(self, channels: Channels, shapes: Sequence[torch.Size]) -> list[Channels]:
+        if channels is None:
+            return [None for _ in self.inputs]
+        out: list[Channels] = []
+        offset = 0
+        for shape in shapes:
+            count = shape[1]
+            out.append([c - offset for c in channels if offset <= c < offset + count])
+            offset += count
+        return out
+
+    def patch(self, regions: Sequence[Tensor | None], channels: Channels) -> Tensor:  # type: ignore[override]
+        return torch.cat([r for r in regions if r is not None], 1)

@@ -1,0 +1,69 @@
+"""Redirected ReLU gradients for activation maximisation (Olah et al. 2017, Lucid).
+
+A unit behind a ReLU that is off for every position of an image passes no gradient back, so an
+optimisation that starts where a channel is silent never moves. While active,
+:func:`redirected_relu` gives every ``nn.ReLU`` of a model this backward rule, per example:
+the ordinary ReLU gradient, unless it is zero everywhere for that example; then the incoming
+gradient passes through, except where it would push an already negative input further down.
+Forward values are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from dnnbrain_captum._utils.hooks import removing
+
+__all__ = ["redirected_relu"]
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """``relu(x)`` whose backward redirects the gradient of examples with no active unit."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        ordinary = grad * (x > 0)
+        redirected = grad * ~((x < 0) & (grad > 0))
+        if grad.dim() < 2:
+            return redirected if not bool(ordinary.any()) else ordinary
+        silent = ~ordinary.flatten(1).any(1)
+        return torch.where(silent.view(-1, *[1] * (grad.dim() - 1)), redirected, ordinary)
+
+
+@contextmanager
+def redirected_relu(model: Any) -> Iterator[None]:
+    """Give every ``nn.ReLU`` module of ``model`` the redirected gradient while active.
+
+    A forward pre-hook keeps the ReLU's input (a clone, so in-place ReLUs work) and a forward
+    hook returns :class:`_RedirectedReLU` of it in place of the ReLU's output (equal values).
+    Hooks are removed on exit, also after an exception. A model that is not an ``nn.Module``,
+    or whose ReLUs are functional, is left as it is.
+    """
+    inputs: dict[int, list[Tensor]] = {}
+
+    def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
+        inputs.setdefault(id(module), []).append(args[0].clone())
+
+    def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        return _RedirectedReLU.apply(inputs[id(module)].pop())
+
+    handles: list[RemovableHandle] = []
+    with removing(handles):
+        if isinstance(model, nn.Module):
+            for module in model.modules():
+                if isinstance(module, nn.ReLU):
+                    handles.append(module.register_forward_pre_hook(keep))
+                    handles.append(module.register_forward_hook(replace))
+        yield
