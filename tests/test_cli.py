@@ -1255,3 +1255,29 @@ def test_upsample_help_says_layer_and_channel_are_required(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "0-BASED channel of --layer, required" in text
     assert "the class index" not in text  # upsample has no class mode
+
+
+def test_help_answers_without_importing_torch() -> None:
+    """--help (main and every subcommand) imports neither torch nor numpy nor matplotlib;
+    benchmarks/bench_cli_help.py measures the time."""
+    code = (
+        "import sys\n"
+        "import dnnbrain_captum.cli as cli\n"
+        "for argv in [['--help'], *([name, '--help'] for name in cli.SUBCOMMANDS)]:\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "usage: dnnbrain-captum saliency" in done.stdout

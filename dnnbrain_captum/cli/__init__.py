@@ -32,8 +32,10 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+# The subcommand modules register their options (torch-free); the parser needs only _args.
+# Everything that imports torch is imported when a command runs, so --help stays fast.
 from dnnbrain_captum.cli import atlas as atlas
 from dnnbrain_captum.cli import demo as demo
 from dnnbrain_captum.cli import images as images
@@ -41,34 +43,47 @@ from dnnbrain_captum.cli import maps as maps
 from dnnbrain_captum.cli import receptive_fields as receptive_fields
 from dnnbrain_captum.cli import saliency as saliency
 from dnnbrain_captum.cli import synthesize as synthesize
-from dnnbrain_captum.cli._common import _QUIET_WARNINGS as _QUIET_WARNINGS
-from dnnbrain_captum.cli._common import PROG as PROG
-from dnnbrain_captum.cli._common import SUBCOMMANDS as SUBCOMMANDS
-from dnnbrain_captum.cli._common import CLIError as CLIError
-from dnnbrain_captum.cli._common import RunContext as RunContext
-from dnnbrain_captum.cli._common import Subcommand as Subcommand
-from dnnbrain_captum.cli._common import _arguments_record as _arguments_record
-from dnnbrain_captum.cli._common import _make_context as _make_context
-from dnnbrain_captum.cli._common import _one_line as _one_line
-from dnnbrain_captum.cli._common import build_parser as build_parser
-from dnnbrain_captum.cli._common import load_model as load_model
-from dnnbrain_captum.cli._outdir import MANIFEST as MANIFEST
-from dnnbrain_captum.cli._outdir import _occupied as _occupied
-from dnnbrain_captum.cli._outdir import _staging as _staging
-from dnnbrain_captum.cli._outdir import write_results_json as write_results_json
-from dnnbrain_captum.cli._stream import STREAMED as STREAMED
-from dnnbrain_captum.cli._stream import StreamJob as StreamJob
-from dnnbrain_captum.cli._stream import _streaming as _streaming
-from dnnbrain_captum.cli._stream_run import _run_streamed as _run_streamed
-from dnnbrain_captum.cli.demo import DemoPanel as DemoPanel
-from dnnbrain_captum.cli.images import mask_options as mask_options
-from dnnbrain_captum.cli.images import minimal_options as minimal_options
-from dnnbrain_captum.cli.maps import occlusion_options as occlusion_options
-from dnnbrain_captum.cli.receptive_fields import empirical_rf_options as empirical_rf_options
-from dnnbrain_captum.cli.receptive_fields import receptive_field_rows as receptive_field_rows
-from dnnbrain_captum.cli.saliency import saliency_arrays as saliency_arrays
-from dnnbrain_captum.cli.synthesize import synthesis_options as synthesis_options
-from dnnbrain_captum.cli.synthesize import synthesis_start as synthesis_start
+from dnnbrain_captum.cli._args import PROG as PROG
+from dnnbrain_captum.cli._args import SUBCOMMANDS as SUBCOMMANDS
+from dnnbrain_captum.cli._args import CLIError as CLIError
+from dnnbrain_captum.cli._args import Subcommand as Subcommand
+from dnnbrain_captum.cli._args import _one_line as _one_line
+from dnnbrain_captum.cli._args import build_parser as build_parser
+
+# names kept importable from dnnbrain_captum.cli, loaded on first use (PEP 562)
+_LAZY = {
+    "_QUIET_WARNINGS": "dnnbrain_captum.cli._common",
+    "RunContext": "dnnbrain_captum.cli._common",
+    "_arguments_record": "dnnbrain_captum.cli._common",
+    "_make_context": "dnnbrain_captum.cli._common",
+    "load_model": "dnnbrain_captum.cli._common",
+    "MANIFEST": "dnnbrain_captum.cli._outdir",
+    "_occupied": "dnnbrain_captum.cli._outdir",
+    "_staging": "dnnbrain_captum.cli._outdir",
+    "write_results_json": "dnnbrain_captum.cli._outdir",
+    "STREAMED": "dnnbrain_captum.cli._stream",
+    "StreamJob": "dnnbrain_captum.cli._stream",
+    "_streaming": "dnnbrain_captum.cli._stream",
+    "_run_streamed": "dnnbrain_captum.cli._stream_run",
+    "DemoPanel": "dnnbrain_captum.cli.demo",
+    "mask_options": "dnnbrain_captum.cli.images",
+    "minimal_options": "dnnbrain_captum.cli.images",
+    "occlusion_options": "dnnbrain_captum.cli.maps",
+    "empirical_rf_options": "dnnbrain_captum.cli.receptive_fields",
+    "receptive_field_rows": "dnnbrain_captum.cli.receptive_fields",
+    "saliency_arrays": "dnnbrain_captum.cli.saliency",
+    "synthesis_options": "dnnbrain_captum.cli.synthesize",
+    "synthesis_start": "dnnbrain_captum.cli.synthesize",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dnnbrain_captum.cli' has no attribute {name!r}")
+
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -77,6 +92,11 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 
 def _run(args: argparse.Namespace) -> None:
+    from dnnbrain_captum.cli._common import _QUIET_WARNINGS, _arguments_record, _make_context
+    from dnnbrain_captum.cli._outdir import MANIFEST, _occupied, _staging, write_results_json
+    from dnnbrain_captum.cli._stream import _streaming
+    from dnnbrain_captum.cli._stream_run import _run_streamed
+
     command = SUBCOMMANDS[args.command]
     if command is atlas.ATLAS:  # writes into --out itself (resumable, no staging)
         atlas.ATLAS.run(args, None)  # type: ignore[arg-type]
@@ -85,8 +105,9 @@ def _run(args: argparse.Namespace) -> None:
         _run_streamed(args, command)
         return
     if getattr(args, "skip_unreadable", False):
-        raise CLIError("--skip-unreadable applies to streamed runs (a folder of images, or "
-                       "--stream)")
+        raise CLIError(
+            "--skip-unreadable applies to streamed runs (a folder of images, or --stream)"
+        )
     out = Path(args.out)
     if _occupied(out) and not args.overwrite:
         raise CLIError(
@@ -149,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         streamed = getattr(args, "_streamed_into", None)
         if streamed is not None:
-            sys.stderr.write(f"{PROG} {args.command}: interrupted; the completed chunks are kept "
-                             f"in {streamed}: rerun the same command to resume\n")
+            sys.stderr.write(
+                f"{PROG} {args.command}: interrupted; the completed chunks are kept "
+                f"in {streamed}: rerun the same command to resume\n"
+            )
             raise SystemExit(130) from None
         sys.stderr.write(f"{PROG} {args.command}: interrupted, nothing written\n")
         raise SystemExit(130) from None
@@ -160,4 +183,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str) -> NoReturn:
     sys.stderr.write(f"{PROG} {command}: error: {_one_line(message)}\n")
     raise SystemExit(2)
-

@@ -11,19 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _common_options,
-    _make_context,
     _positive,
     _reduction_option,
     _register,
 )
 from dnnbrain_captum.cli.demo import DemoPanel
+
+if TYPE_CHECKING:
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _add_atlas(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +99,8 @@ def _run_atlas(args: argparse.Namespace, ctx: RunContext | None = None) -> None:
         _positive(value, name)
     out = Path(args.out)
     context_args = argparse.Namespace(**{**vars(args), "layer": None})
+    from dnnbrain_captum.cli._common import _make_context
+
     ctx = _make_context(context_args, ATLAS, load_images=False)
     data = _stimuli(args, ctx)
     args._streamed_into = out  # an interrupted atlas keeps its finished chunks

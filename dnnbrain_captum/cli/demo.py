@@ -12,19 +12,18 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     SUBCOMMANDS,
     CLIError,
-    RunContext,
     Subcommand,
     _register,
-    _resolve_layer,
 )
+
+if TYPE_CHECKING:
+    from dnnbrain_captum.cli._common import RunContext
 from dnnbrain_captum.cli.saliency import (
     saliency_arrays,
 )
@@ -45,9 +44,7 @@ class DemoPanel:
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace results already in DIR"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     parser.add_argument(
         "--n-images", type=int, default=3, metavar="N", help="number of sample digits (1-8)"
@@ -67,7 +64,10 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 
 def _demo_channel(ctx: RunContext, layer: str) -> int:
     """The channel of ``layer`` most active, on average, on the sample digits."""
+    import torch
+
     from dnnbrain_captum._utils.hooks import run_to_layer
+    from dnnbrain_captum.cli._common import _resolve_layer
 
     assert ctx.images is not None
     with torch.no_grad():
@@ -80,6 +80,9 @@ PanelSpec = tuple[str, str, str, Callable[[], list[str]]]
 
 def _demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
     """(title, explanation, equivalent command, make-figures) for every available algorithm."""
+    import torch
+
+    from dnnbrain_captum.cli._common import _resolve_layer
     from dnnbrain_captum.visualization import (
         activation_map_figure,
         occlusion_figure,
@@ -204,6 +207,8 @@ def _available(module: str) -> bool:
 
 def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[PanelSpec]:
     """Panels of the receptive-field, synthesis, masked and minimal-image algorithms."""
+    import torch
+
     from dnnbrain_captum.visualization import receptive_field_figure
 
     assert ctx.images is not None and ctx.display is not None
@@ -214,8 +219,9 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
         analysis = TheoreticalReceptiveField(model, (3, *ctx.image_size))
         layers = ("conv1", "conv3", "conv5")
-        regions = [analysis.find_region(name, (4, 4) if name != "conv1" else (16, 16))
-                   for name in layers]
+        regions = [
+            analysis.find_region(name, (4, 4) if name != "conv1" else (16, 16)) for name in layers
+        ]
         labels = [f"{name}: {analysis[name].size[0]} px" for name in layers]
         ctx.save_figure("rf_theoretical.png", receptive_field_figure(display[0], regions, labels))
         return ["rf_theoretical.png"]
@@ -228,12 +234,15 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
             classes = list(range(10))
             result = SynthesisImage(model).attribute(
-                random_images(10, ctx.image_size), target=classes,
+                random_images(10, ctx.image_size),
+                target=classes,
                 n_iter=ctx.record["demo_steps"],
                 return_history=True,
             )
-            titles = [f"class {c}: {v:.0f}" for c, v in
-                      zip(classes, result.activation[:, -1].tolist(), strict=True)]
+            titles = [
+                f"class {c}: {v:.0f}"
+                for c, v in zip(classes, result.activation[:, -1].tolist(), strict=True)
+            ]
             fig = synthesis_grid(result.images.detach().clamp(0, 1), titles, ncols=5)
             ctx.save_figure("synthesis.png", fig)
             return ["synthesis.png"]
@@ -244,8 +253,7 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             "(Fourier parametrisation, random jitter/scale/rotation, "
             f"{ctx.record['demo_steps']} Adam steps); the "
             "title gives the logit reached.",
-            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} "
-            "--out synthesis/",
+            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} --out synthesis/",
             synthesis,
         )
 
@@ -261,13 +269,13 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = MaskedImage(model).attribute(
-                    ctx.images, target=classes, return_masks=True
-                )
+                result = MaskedImage(model).attribute(ctx.images, target=classes, return_masks=True)
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k], result.images[k].clamp(0, 1), result.masks[k, 0],
+                    display[k],
+                    result.images[k].clamp(0, 1),
+                    result.masks[k, 0],
                     ("original", f"masked, class {classes[k]}", "mask"),
                 )
                 names.append(f"mask_{k}.png")
@@ -289,15 +297,23 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             from dnnbrain_captum.attr.minimal import MinimalParcelImage
 
             result = MinimalParcelImage(model).attribute(
-                ctx.images, target=classes, segmentation="slic",
-                segmentation_kwargs={"n_segments": 30}, search_criterion="removal",
+                ctx.images,
+                target=classes,
+                segmentation="slic",
+                segmentation_kwargs={"n_segments": 30},
+                search_criterion="removal",
             )
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k], result.images[k].clamp(0, 1), result.masks[k].float(),
-                    ("original", f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} "
-                     "parcels", "kept pixels"),
+                    display[k],
+                    result.images[k].clamp(0, 1),
+                    result.masks[k].float(),
+                    (
+                        "original",
+                        f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
+                        "kept pixels",
+                    ),
                 )
                 names.append(f"minimal_parcels_{k}.png")
                 ctx.save_figure(names[-1], fig)
@@ -316,14 +332,19 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
 
             result = MinimalComponentImage(model).attribute(
-                ctx.images, target=classes, decomposition="pca", patch_size=4,
+                ctx.images,
+                target=classes,
+                decomposition="pca",
+                patch_size=4,
                 search_criterion="threshold",
             )
             total = int(result.selected.shape[1])
             names = []
             for k in range(n):
                 fig = minimal_image_figure(
-                    display[k], result.images[k].clamp(0, 1), None,
+                    display[k],
+                    result.images[k].clamp(0, 1),
+                    None,
                     ("original", f"{int(result.n_selected[k])} of {total} PCA components"),
                 )
                 names.append(f"minimal_components_{k}.png")
@@ -353,7 +374,8 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             result = measure.attribute(many.to(ctx.device), target=c3)
             theory = measure.theoretical((3, *ctx.image_size)).size
             fig = empirical_rf_figure(
-                result.map, result.size.tolist(),
+                result.map,
+                result.size.tolist(),
                 title=f"conv3 channel {c3}, {many.shape[0]} digits (theoretical {theory[0]} px)",
             )
             ctx.save_figure("rf_empirical.png", fig)
@@ -421,6 +443,7 @@ def _write_index(
 
 
 def _run_demo(args: argparse.Namespace, ctx: RunContext) -> None:
+    import torch
     from tqdm.auto import tqdm
 
     from dnnbrain_captum.models import digits_images

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _channel_option,
     _common_options,
     _has_module,
     _reduction_option,
     _register,
-    _targets_for,
     _unit_option,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _target_with_unit(
     ctx: RunContext, args: argparse.Namespace, batch: Tensor
 ) -> tuple[Any, list[Any]]:
     """The target of a batch (channel, unit or predicted classes) and its per-image record."""
+    from dnnbrain_captum.cli._common import _targets_for
+
     unit = getattr(args, "unit", None)
     if unit is not None:
         if ctx.layer is None:

@@ -4,14 +4,11 @@ activation maps."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _baseline_value,
     _channel_option,
@@ -21,9 +18,11 @@ from dnnbrain_captum.cli._common import (
     _reduction_option,
     _register,
     _stream_options,
-    _targets_for,
     _window,
 )
+
+if TYPE_CHECKING:
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _add_occlusion(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +86,10 @@ def occlusion_options(args: argparse.Namespace, model_name: str) -> dict[str, An
 
 
 def _run_occlusion(args: argparse.Namespace, ctx: RunContext) -> None:
+    import torch
+
     from dnnbrain_captum.attr import OccluderDiscrepancyMapping
+    from dnnbrain_captum.cli._common import _targets_for
     from dnnbrain_captum.visualization import occlusion_figure
 
     assert ctx.images is not None and ctx.display is not None
@@ -145,6 +147,8 @@ def _add_upsample(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_upsample(args: argparse.Namespace, ctx: RunContext) -> None:
+    import torch
+
     from dnnbrain_captum.attr import UpsamplingActivationMapping
     from dnnbrain_captum.visualization import activation_map_figure
 

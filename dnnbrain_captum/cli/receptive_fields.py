@@ -4,15 +4,11 @@ fields."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _baseline_value,
     _channel_option,
@@ -26,6 +22,9 @@ from dnnbrain_captum.cli._common import (
     _unit_option,
     _window,
 )
+
+if TYPE_CHECKING:
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _add_rf(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +61,9 @@ def receptive_field_rows(table: Any) -> list[dict[str, Any]]:
 
 
 def _run_rf(args: argparse.Namespace, ctx: RunContext) -> None:
+    import numpy as np
+    import torch
+
     from dnnbrain_captum.receptive_field import TheoreticalReceptiveField
     from dnnbrain_captum.visualization import receptive_field_figure
 
@@ -82,13 +84,19 @@ def _run_rf(args: argparse.Namespace, ctx: RunContext) -> None:
             f"together see rows {entry.box[0]} and columns {entry.box[1]}"
         )
     assert entry.output_size is not None
-    unit = tuple(args.unit) if args.unit is not None else (
-        entry.output_size[0] // 2, entry.output_size[1] // 2
+    unit = (
+        tuple(args.unit)
+        if args.unit is not None
+        else (entry.output_size[0] // 2, entry.output_size[1] // 2)
     )
     region = analysis.find_region(ctx.layer, unit)
     ctx.save_array("region.npy", np.asarray(region, dtype=np.int64))
-    ctx.record["region"] = {"layer": ctx.layer_name, "unit": list(unit),
-                            "rows": list(region[0]), "columns": list(region[1])}
+    ctx.record["region"] = {
+        "layer": ctx.layer_name,
+        "unit": list(unit),
+        "rows": list(region[0]),
+        "columns": list(region[1]),
+    }
     label = [f"{ctx.layer_name} unit {unit}: rows {region[0]}, cols {region[1]}"]
     if ctx.display is None:
         canvas = torch.full((3, *ctx.image_size), 0.5)
@@ -120,28 +128,68 @@ _register(
 def _add_empirical_rf(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
     _channel_option(parser, layer_required=True)
-    parser.add_argument("--engine", choices=("upsample", "occlusion"), default="upsample",
-                        help="the map measured on each image")
-    parser.add_argument("--alignment", choices=("activation", "map"), default="activation",
-                        help="best unit per image: highest activation (Zhou et al.) or "
-                        "highest mean map over its field (DNNBrain)")
-    parser.add_argument("--size-threshold", type=float, default=0.5,
-                        help="fraction of the mean map's range that defines the size (0.5: "
-                        "full width at half maximum)")
-    parser.add_argument("--interpolate", choices=("nearest", "bilinear", "bicubic", "area"),
-                        default="bicubic", help="upsample engine: interpolation")
-    parser.add_argument("--threshold", type=float, default=None, metavar="Q",
-                        help="upsample engine: floor below the Q-quantile (DNNBrain used 0.5)")
-    parser.add_argument("--window", type=_window, nargs="+", default=None, metavar="PX",
-                        help="occlusion engine: window height [width] (default: 8 for "
-                        "digits, 11 otherwise)")
-    parser.add_argument("--stride", type=_window, nargs="+", default=None, metavar="PX",
-                        help="occlusion engine: step height [width] (default: 2)")
-    parser.add_argument("--baseline", default="0",
-                        help="occlusion engine: occluder value in model space, or 'noise'")
+    parser.add_argument(
+        "--engine",
+        choices=("upsample", "occlusion"),
+        default="upsample",
+        help="the map measured on each image",
+    )
+    parser.add_argument(
+        "--alignment",
+        choices=("activation", "map"),
+        default="activation",
+        help="best unit per image: highest activation (Zhou et al.) or "
+        "highest mean map over its field (DNNBrain)",
+    )
+    parser.add_argument(
+        "--size-threshold",
+        type=float,
+        default=0.5,
+        help="fraction of the mean map's range that defines the size (0.5: "
+        "full width at half maximum)",
+    )
+    parser.add_argument(
+        "--interpolate",
+        choices=("nearest", "bilinear", "bicubic", "area"),
+        default="bicubic",
+        help="upsample engine: interpolation",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="upsample engine: floor below the Q-quantile (DNNBrain used 0.5)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_window,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="occlusion engine: window height [width] (default: 8 for digits, 11 otherwise)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=_window,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="occlusion engine: step height [width] (default: 2)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="0",
+        help="occlusion engine: occluder value in model space, or 'noise'",
+    )
     _reduction_option(parser)
-    parser.add_argument("--perturbations-per-eval", type=int, default=64, metavar="K",
-                        help="occlusion engine: occluded copies per forward pass")
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=64,
+        metavar="K",
+        help="occlusion engine: occluded copies per forward pass",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
 
 

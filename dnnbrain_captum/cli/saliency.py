@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _channel_option,
     _common_options,
@@ -19,8 +15,12 @@ from dnnbrain_captum.cli._common import (
     _reduction_option,
     _register,
     _stream_options,
-    _targets_for,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from dnnbrain_captum.cli._common import RunContext
 
 
 def _add_saliency(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +70,7 @@ def saliency_arrays(
     -------
     Tensor of shape (N, C, H, W)
     """
+    import torch
     from captum.attr import NoiseTunnel
 
     from dnnbrain_captum.attr import GuidedSaliencyImage, VanillaSaliencyImage, smoothgrad_stdev
@@ -98,6 +99,9 @@ def saliency_arrays(
 
 
 def _run_saliency(args: argparse.Namespace, ctx: RunContext) -> None:
+    import torch
+
+    from dnnbrain_captum.cli._common import _targets_for
     from dnnbrain_captum.visualization import saliency_figure
 
     if args.smooth < 0:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
-from dnnbrain_captum.cli._common import (
+from dnnbrain_captum.cli._args import (
     PROG,
     CLIError,
-    RunContext,
     Subcommand,
     _channel_option,
     _common_options,
@@ -19,12 +16,19 @@ from dnnbrain_captum.cli._common import (
     _unit_option,
 )
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dnnbrain_captum.cli._common import RunContext
+
 
 def _add_synthesize(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
     _channel_option(parser, multiple=True)
-    _unit_option(parser, "maximise this 0-based unit (row, column) of each channel instead of "
-                 "the channel's mean")
+    _unit_option(
+        parser,
+        "maximise this 0-based unit (row, column) of each channel instead of the channel's mean",
+    )
     parser.add_argument(
         "--preset",
         choices=("default", "lucent", "dnnbrain", "dnnbrain-guide"),
@@ -34,21 +38,38 @@ def _add_synthesize(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-iter", type=int, default=None, help="optimisation steps")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    parser.add_argument("--param", choices=("pixel", "fft"), default=None,
-                        help="image parametrisation")
-    parser.add_argument("--tv", type=float, default=None, metavar="W",
-                        help="total-variation regulariser weight")
+    parser.add_argument(
+        "--param", choices=("pixel", "fft"), default=None, help="image parametrisation"
+    )
+    parser.add_argument(
+        "--tv", type=float, default=None, metavar="W", help="total-variation regulariser weight"
+    )
     parser.add_argument("--l1", type=float, default=None, metavar="W", help="L1 weight")
     parser.add_argument("--l2", type=float, default=None, metavar="W", help="L2 weight")
-    parser.add_argument("--blur-sigma", type=float, default=None,
-                        help="Gaussian-blur preconditioning sigma in pixels (DNNBrain's GB)")
-    parser.add_argument("--fourier-factor", type=float, default=None,
-                        help="Fourier gradient smoothing factor (DNNBrain's smooth_metric)")
-    parser.add_argument("--no-transforms", action="store_true",
-                        help="no random jitter/scale/rotation during optimisation")
-    parser.add_argument("--init", choices=("grey", "uniform"), default="grey",
-                        help="random start when no IMAGE is given (one image, or one per "
-                        "channel, may be given instead)")
+    parser.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=None,
+        help="Gaussian-blur preconditioning sigma in pixels (DNNBrain's GB)",
+    )
+    parser.add_argument(
+        "--fourier-factor",
+        type=float,
+        default=None,
+        help="Fourier gradient smoothing factor (DNNBrain's smooth_metric)",
+    )
+    parser.add_argument(
+        "--no-transforms",
+        action="store_true",
+        help="no random jitter/scale/rotation during optimisation",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("grey", "uniform"),
+        default="grey",
+        help="random start when no IMAGE is given (one image, or one per "
+        "channel, may be given instead)",
+    )
     _reduction_option(parser)
 
 
@@ -89,7 +110,12 @@ def synthesis_start(args: argparse.Namespace, ctx: RunContext, n: int) -> Tensor
 
     if ctx.images is None:
         return random_images(
-            n, ctx.image_size, kind=args.init, seed=args.seed, mean=ctx.mean, std=ctx.std,
+            n,
+            ctx.image_size,
+            kind=args.init,
+            seed=args.seed,
+            mean=ctx.mean,
+            std=ctx.std,
             device=ctx.device,
         )
     if ctx.images.shape[0] == 1:
@@ -113,8 +139,7 @@ def _run_synthesize(args: argparse.Namespace, ctx: RunContext) -> None:
     if args.unit is not None and ctx.layer is None:
         raise CLIError("--unit needs --layer")
     targets: list[Any] = (
-        [(c, args.unit[0], args.unit[1]) for c in channels] if args.unit is not None
-        else channels
+        [(c, args.unit[0], args.unit[1]) for c in channels] if args.unit is not None else channels
     )
     start = synthesis_start(args, ctx, len(channels))
     options = synthesis_options(args, ctx)
