@@ -3,8 +3,6 @@ every layer, unsupported operations, bad input, the model left untouched."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torchvision.models as tm
@@ -376,11 +374,7 @@ def test_text_table_lists_layers_and_aliases(alexnet_rf: TheoreticalReceptiveFie
     assert str(alexnet_rf.compute()) == text
 
 
-def test_resnet50_is_fast() -> None:
-    model = _meta(tm.resnet50)
-    TheoreticalReceptiveField(model, (3, 224, 224)).compute()
-    start = time.perf_counter()
-    table = TheoreticalReceptiveField(model, (3, 224, 224)).compute()
-    elapsed = time.perf_counter() - start
+def test_resnet50_layer4() -> None:
+    # speed lives in benchmarks/bench_receptive_field.py (no timing assertions in tests)
+    table = TheoreticalReceptiveField(_meta(tm.resnet50), (3, 224, 224)).compute()
     assert table["layer4"].size == (427, 427)
-    assert elapsed < 3.0  # about 0.1 s on one idle core; generous for loaded CI machines
