@@ -335,7 +335,7 @@ def test_baseline_images_branches() -> None:
     ):
         baseline_images(x, torch.ones(3), {})
     with _raises(ValueError, "baselines has 3 examples but the batch has 1"):
-        baseline_images(torch.zeros(1, 1, 2, 2), torch.zeros(3, 1, 1, 1), {})
+        baseline_images(torch.zeros(1, 2, 2, 2), torch.zeros(3, 1, 1, 1), {})
 
 
 # --- hooks.py -----------------------------------------------------------------------------
@@ -530,3 +530,59 @@ def test_check_output_target_forms() -> None:
         check_output_target(spatial, (1, 4, 0))
     with pytest.raises(ValueError, match=r"^target \(1, 0, -1\) lies outside"):
         check_output_target(spatial, (1, 0, -1))
+
+
+def test_index_errors_name_what_was_indexed() -> None:
+    out = torch.zeros(2, 3, 2, 2)
+    s = targets.select_layer_target
+    with _raises(TypeError, "a unit index must be an integer index, got 1.5"):
+        s(out, (0, 1.5, 0))
+    with _raises(TypeError, "a unit index must be an integer index, got 'a'"):
+        s(out, [(0, 0, 0), (0, "a", 0)])
+    with _raises(TypeError, "target must be an integer index, got 1.5"):
+        s(out, 1.5)
+    with _raises(TypeError, "target must be an integer index, got 'b'"):
+        s(out, [0, "b"])
+
+
+def test_select_output_passes_keyword_arguments() -> None:
+    class Keyword(nn.Module):
+        def forward(self, x: Tensor, *, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+            return x * scale, x
+
+    assert SelectOutput(Keyword(), 0)(torch.ones(1), scale=3.0).tolist() == [3.0]
+
+
+def test_more_exact_messages() -> None:
+    out = torch.zeros(2, 3, 2)
+    with _raises(TypeError, "target must be an integer index, got 1.5"):
+        targets.channel_maps(out, 1.5)
+    with _raises(TypeError, "target must be an integer index, got 'a'"):
+        targets.channel_maps(out, [0, "a"])
+    x = torch.zeros(1, 1, 2, 2)
+    with _raises(ValueError, "baselines must be a finite number, got nan"):
+        baseline_images(x, float("nan"), {})
+    with _raises(
+        ValueError, "baselines must hold finite numbers only: 1 of 1 entries; inf at index (0,)"
+    ):
+        baseline_images(x, torch.tensor([float("inf")]), {})
+    with pytest.raises(TypeError, match="^the model returns a float, not one tensor"):
+        check_model_output(1.0)
+
+
+def test_fast_path_keeps_dilation_and_names_target() -> None:
+    conv = nn.Conv2d(2, 3, 3, dilation=2)
+    model = _Hooked(conv).eval()
+    x = torch.rand(2, 2, 7, 7)
+    assert targets._fast_channel_layer(conv, 1, False)
+    with torch.no_grad():
+        got = targets.evaluate_target(model, conv, (x,), 1, "sum")
+        torch.testing.assert_close(got, conv(x)[:, 1].sum((1, 2)))
+    with _raises(TypeError, "target must be an integer index, got 1.5"):
+        targets.evaluate_target(model, conv, (x,), 1.5)
+
+
+def test_output_target_skips_only_what_it_cannot_read() -> None:
+    check_output_target(torch.zeros(2, 1), True)  # a bool is not an index: left to Captum
+    with pytest.raises(ValueError, match="^target class 7 is out of range"):
+        check_output_target(torch.zeros(2, 3), [1.5, 7])
