@@ -165,8 +165,6 @@ CASES += [
             x, target=pick([1, 4, 0, 2], i), preset="dnnbrain-guide", n_iter=3, snapshot_every=2
         ),
         atol=1e-4,
-        layout_xfail="issue 11: plain-pixel synthesis on a channels-last input updates the wrong "
-        "pixels (fused Adam step); fixed by the synthesis dtype/layout work",
     ),
     Case(
         "synthesis-unit-pixel-l1",

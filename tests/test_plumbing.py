@@ -177,8 +177,8 @@ def test_window_and_stride_errors() -> None:
         odm.attribute(x, target=0, strides=0)
     with pytest.raises(ValueError, match=r"strides=\(2, 0\)"):
         odm.attribute(x, target=0, strides=(2, 0))
-    with pytest.raises(TypeError, match="sliding_window_shapes must be an int or an"):
-        odm.attribute(x, target=0, sliding_window_shapes=(3, 3, 3))
+    with pytest.raises(ValueError, match=r"must cover all 3 input channels \(C=3\)"):
+        odm.attribute(x, target=0, sliding_window_shapes=(4, 3, 3))
     with pytest.raises(ValueError, match="perturbations_per_eval must be an int >= 1, got 0"):
         odm.attribute(x, target=0, perturbations_per_eval=0)
     with pytest.raises(ValueError, match="baselines must be a number, a tensor or 'noise'"):
