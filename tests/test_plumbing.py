@@ -178,7 +178,9 @@ def test_window_and_stride_errors() -> None:
     with pytest.raises(ValueError, match=r"strides=\(2, 0\)"):
         odm.attribute(x, target=0, strides=(2, 0))
     with pytest.raises(TypeError, match="sliding_window_shapes must be an int or an"):
-        odm.attribute(x, target=0, sliding_window_shapes=(3, 3, 3))
+        odm.attribute(x, target=0, sliding_window_shapes=(3, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"must cover all 3 input channels"):  # Captum's form
+        odm.attribute(x, target=0, sliding_window_shapes=(2, 3, 3))
     with pytest.raises(ValueError, match="perturbations_per_eval must be an int >= 1, got 0"):
         odm.attribute(x, target=0, perturbations_per_eval=0)
     with pytest.raises(ValueError, match="baselines must be a number, a tensor or 'noise'"):
