@@ -181,6 +181,8 @@ class IncrementalOcclusion:
                 patches[k] = node.sum_patch(regions[0]) / divisor[:, None]
             else:
                 patches[k] = node.patch(regions, plan.channels[k])
+            for i in plan.last_read.get(k, ()):
+                patches.pop(i, None)  # nothing after k reads it: free the memory now
         return patches[self.graph.target]
 
     def _delta_conv(

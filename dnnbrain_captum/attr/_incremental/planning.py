@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -25,6 +25,8 @@ class _Plan:
     # Convolutions computed from the change of their input (see ``_delta_conv``): node →
     # per-position offset (rows, cols) of the transposed convolution's output in the patch.
     delta: dict[int, tuple[Tensor, Tensor]]
+    # node → the inputs whose patches no later node reads (freed after it is computed).
+    last_read: dict[int, list[int]] = field(default_factory=dict)
 
 
 def make_plan(
@@ -60,7 +62,15 @@ def make_plan(
             axes[k][a].start - fp[a].padding - axes[i][a].start + (fp[a].span - 1) for a in range(2)
         )
         edges[k] = [None]
-    return _Plan(stored, select, axes, edges, order, delta)
+    last: dict[int, int] = {}
+    for k in order:
+        for i in nodes[k].inputs:
+            last[i] = k
+    last_read: dict[int, list[int]] = {}
+    for i, k in last.items():
+        if i != graph.target:
+            last_read.setdefault(k, []).append(i)
+    return _Plan(stored, select, axes, edges, order, delta, last_read)
 
 
 def _wanted_channels(
