@@ -88,7 +88,10 @@ def test_map_alignment_and_unit_targets(detector, squares) -> None:
     margin = (KERNEL - SIDE) // 2
     inside = torch.zeros(KERNEL, KERNEL, dtype=torch.bool)
     inside[margin:margin + SIDE, margin:margin + SIDE] = True
-    assert bool((result.map[inside] > 0).all()) and bool((result.map[~inside] == 0).all())
+    # outside the square: zero to float32 rounding (batched and single convolutions may differ
+    # in the last bits; the inside values are ~1, the tolerance 1e-5 of that)
+    assert bool((result.map[inside] > 1e-2).all())
+    assert bool((result.map[~inside].abs() <= 1e-5).all())
     assert result.size.tolist() == [SIDE, SIDE]
 
 

@@ -88,8 +88,10 @@ def test_select_output_gives_the_plain_model_result(run) -> None:
     for wrapped in (SelectOutput(_Tuple(), 0), SelectOutput(_Dict(), "logits")):
         torch.manual_seed(0)
         got = run(wrapped, _x(), [1, 3])
+        # to float32 rounding: the plain model may take the incremental class path and the
+        # wrapper the full recompute (both exact up to rounding)
         for a, b in zip(_flat(got), _flat(expected), strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def _flat(result: Any) -> list[Tensor]:

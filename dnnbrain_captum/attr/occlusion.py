@@ -273,10 +273,13 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 additional_forward_args,
                 reshape_transform=self.reshape_transform,
             )
-            occluded = self._incremental(
+            incremental = self._incremental(
                 method, x, fill, original, target, reduction, additional_forward_args, plan
             )
-            if occluded is None:
+            if incremental is not None:
+                # the engine's own clean value: a window that cannot reach the target gives 0
+                original, occluded = incremental
+            else:
                 if plan.batch is None:
                     windows = x.shape[0] * plan.grid[0] * plan.grid[1]
                     peak = peak_bytes(self.forward_func, self.layer, x[:1])  # type: ignore[arg-type]
@@ -303,8 +306,8 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         reduction: str,
         additional_forward_args: Any,
         plan: _Sweep,
-    ) -> Tensor | None:
-        """Occluded values by incremental inference, or None to use the full recompute.
+    ) -> tuple[Tensor, Tensor] | None:
+        """Clean and occluded values by incremental inference, or None for the full recompute.
 
         Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
         means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
@@ -336,10 +339,14 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         reduction: str,
         additional_forward_args: Any,
         plan: _Sweep,
-    ) -> Tensor:
-        """Occluded values by incremental inference (raises what it cannot do, and why)."""
+    ) -> tuple[Tensor, Tensor]:
+        """Clean and occluded values by incremental inference (raises what it cannot do)."""
         if not isinstance(self.forward_func, nn.Module):
             raise IncrementalUnsupported("the forward function is not an nn.Module")
+        if any(module.training for module in self.forward_func.modules()):
+            raise IncrementalUnsupported(
+                "the model is in training mode (batch statistics change per forward)"
+            )
         if additional_forward_args is not None:
             raise IncrementalUnsupported("additional_forward_args are given")
         if callable(target) and not isinstance(target, Tensor):
@@ -384,7 +391,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
             for chunk in chunks:
                 values.append(chunk)
                 bar.update()
-        return torch.cat(values)
+        return clean, torch.cat(values)
 
     def _occluded_values(
         self,
