@@ -369,7 +369,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         per_image = plan.grid[0] * plan.grid[1]
         sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
         incremental_macs, full_macs = engine.macs_per_window(sweep)
-        if method == "auto" and not incremental_pays(incremental_macs, full_macs):
+        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device):
             raise IncrementalUnsupported(
                 f"the cost model prefers the full recompute ({incremental_macs} against "
                 f"{full_macs} multiply-adds per window)"

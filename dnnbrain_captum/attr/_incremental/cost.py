@@ -28,8 +28,16 @@ PATCH_PENALTY = 1.4
 MAX_BATCH = 1024
 
 
-def incremental_pays(incremental_macs: int, full_macs: int) -> bool:
-    """Whether the incremental path is expected to be faster than the full recompute."""
+def incremental_pays(incremental_macs: int, full_macs: int, device: torch.device) -> bool:
+    """Whether the incremental path is expected to be faster than the full recompute.
+
+    On a CPU the arithmetic decides. On an accelerator the many small patch kernels are bound
+    by launches, not arithmetic: measured on an H200 (benchmarks/README.md, CUDA section) the
+    incremental path was 0.12-0.55x the full recompute for ResNet-18/50, VGG16 class targets
+    and 0.7-0.84x for AlexNet conv3/conv5, so ``auto`` takes the full recompute there.
+    """
+    if device.type != "cpu":
+        return False
     return PATCH_PENALTY * incremental_macs < full_macs
 
 
