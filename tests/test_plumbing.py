@@ -154,7 +154,7 @@ def test_channel_out_of_range() -> None:
         OccluderDiscrepancyMapping(model, "conv5_relu").attribute(x, target=[0, 64])
     with pytest.raises(ValueError, match=r"target channel -1 is out of range"):
         UpsamplingActivationMapping(model, "conv5").attribute(x, target=-1)
-    with pytest.raises(ValueError, match=r"target channel 10 is out of range"):
+    with pytest.raises(ValueError, match=r"target class 10 is out of range: the model output"):
         VanillaSaliencyImage(model).attribute(x, target=10)
     with pytest.raises(ValueError, match=r"target unit \(0, 9, 0\) lies outside"):
         VanillaSaliencyImage(model, "conv3").attribute(x, target=(0, 9, 0))
@@ -177,10 +177,8 @@ def test_window_and_stride_errors() -> None:
         odm.attribute(x, target=0, strides=0)
     with pytest.raises(ValueError, match=r"strides=\(2, 0\)"):
         odm.attribute(x, target=0, strides=(2, 0))
-    with pytest.raises(TypeError, match="sliding_window_shapes must be an int or an"):
-        odm.attribute(x, target=0, sliding_window_shapes=(3, 3, 3, 3))
-    with pytest.raises(ValueError, match=r"must cover all 3 input channels"):  # Captum's form
-        odm.attribute(x, target=0, sliding_window_shapes=(2, 3, 3))
+    with pytest.raises(ValueError, match=r"must cover all 3 input channels \(C=3\)"):
+        odm.attribute(x, target=0, sliding_window_shapes=(4, 3, 3))
     with pytest.raises(ValueError, match="perturbations_per_eval must be an int >= 1, got 0"):
         odm.attribute(x, target=0, perturbations_per_eval=0)
     with pytest.raises(ValueError, match="baselines must be a number, a tensor or 'noise'"):
@@ -238,7 +236,11 @@ def test_linear_on_tokens_selects_dimension_one_like_the_slow_path() -> None:
     x = torch.rand(2, 9, 4)
     with torch.no_grad():
         expected = model(x)[:, 2].mean(1)
-        torch.testing.assert_close(evaluate_target(model, model.fc, (x,), 2), expected)
+        # (N, 9, 6) from a Linear is features-last: refused unless the user says how to read it
+        with pytest.raises(ValueError, match=r"'fc' \(Linear\) has shape \(2, 9, 6\).*reshape"):
+            evaluate_target(model, model.fc, (x,), 2)
+        value = evaluate_target(model, model.fc, (x,), 2, reshape_transform=lambda out: out)
+        torch.testing.assert_close(value, expected)
 
 
 def test_forward_hooks_on_the_target_layer_are_respected() -> None:
