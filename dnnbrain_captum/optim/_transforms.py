@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from dnnbrain_captum._utils.validation import finite
 
 __all__ = [
+    "resolve_transforms",
     "Jitter",
     "Pad",
     "RandomRotation",
@@ -182,3 +183,26 @@ def standard_transforms(image_size: tuple[int, int] | int) -> list[Transform]:
         RandomRotation([float(a) for a in range(-10, 11)]),
         Jitter(pixels(4)),
     ]
+
+
+def resolve_transforms(
+    transforms: str | Sequence[Transform] | None, size: tuple[int, int]
+) -> list[Transform]:
+    """The transforms of ``SynthesisImage``: "standard", "none"/None or the user's callables."""
+    if transforms is None:
+        return []
+    if isinstance(transforms, str):
+        if transforms == "standard":
+            return standard_transforms(size)
+        if transforms == "none":
+            return []
+        raise ValueError(
+            f"transforms must be 'standard', 'none' or a sequence of transforms, got {transforms!r}"
+        )
+    items = list(transforms)
+    for item in items:
+        if not callable(item):
+            raise TypeError(
+                f"every transform must be callable as t(images, generator), got {item!r}"
+            )
+    return items

@@ -37,7 +37,7 @@ from dnnbrain_captum.optim._objectives import (
 )
 from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange, random_images
 from dnnbrain_captum.optim._relu import redirected_relu
-from dnnbrain_captum.optim._transforms import Transform, standard_transforms
+from dnnbrain_captum.optim._transforms import Transform, resolve_transforms
 
 __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
 
@@ -129,28 +129,6 @@ def _adam_kernel(tensor: Tensor) -> dict[str, bool]:
     if tensor.device.type == "cpu" or (tensor.is_cuda and tensor.dtype != torch.float64):
         return {"fused": True}
     return {}
-
-
-def _resolve_transforms(
-    transforms: str | Sequence[Transform] | None, size: tuple[int, int]
-) -> list[Transform]:
-    if transforms is None:
-        return []
-    if isinstance(transforms, str):
-        if transforms == "standard":
-            return standard_transforms(size)
-        if transforms == "none":
-            return []
-        raise ValueError(
-            f"transforms must be 'standard', 'none' or a sequence of transforms, got {transforms!r}"
-        )
-    items = list(transforms)
-    for item in items:
-        if not callable(item):
-            raise TypeError(
-                f"every transform must be callable as t(images, generator), got {item!r}"
-            )
-    return items
 
 
 @captum_keyword_aliases
@@ -436,7 +414,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         size = (x.shape[-2], x.shape[-1])
-        steps = _resolve_transforms(transforms, size)
+        steps = resolve_transforms(transforms, size)
         # Low-precision models: the parameters, FFTs and colour mixing stay in float32 (CPU
         # has no half kernels for them); only the forward pass runs in the model's dtype.
         work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
