@@ -15,12 +15,14 @@ from dnnbrain_captum.io import (
     ImageFolderDataset,
     Preprocess,
     UnreadableImageError,
+    check_images,
     find_images,
     load_image,
     preprocessing_for,
     read_image_list,
 )
 from dnnbrain_captum.models import digits_cnn
+from tests.helpers.bad_images import UNREADABLE
 
 
 def _save(path: Path, array: np.ndarray) -> Path:
@@ -74,6 +76,35 @@ def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(UnreadableImageError, match="truncated.png"):
         load_image(truncated)
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_check_images_names_each_unreadable_file_and_reads_nothing_else(
+    kind: str, tmp_path: Path
+) -> None:
+    good = _save(tmp_path / "good.png", np.full((8, 8, 3), 7, np.uint8))
+    bad = tmp_path / "bad.png"
+    UNREADABLE[kind](bad)
+    missing = tmp_path / "missing.png"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    errors = check_images([good, bad, missing])
+    assert [e.path for e in errors] == [str(bad), str(missing)]
+    assert all(isinstance(e, UnreadableImageError) for e in errors)
+    assert str(errors[1]) == f"cannot read image {missing}: no such file"
+    with pytest.raises(UnreadableImageError) as info:  # load_image says the same
+        load_image(bad)
+    assert str(errors[0]) == str(info.value)
+    if kind == "decompression bomb":
+        assert "decompression bomb" in str(errors[0])
+    assert check_images([good]) == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_io_public_names_import_from_dnnbrain_captum_io() -> None:
+    import dnnbrain_captum.io as io_module
+
+    for name in io_module.__all__:
+        assert getattr(io_module, name) is not None, name
 
 
 def test_find_images_files_folders_order_and_errors(tmp_path: Path) -> None:
