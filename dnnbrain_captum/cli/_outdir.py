@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from dnnbrain_captum.runner._storage import sha256_file
 
 MANIFEST = "results.json"
 RESULTS_FORMAT = "dnnbrain_captum.cli"
-_TMP_PREFIX = ".dnnbrain-captum-tmp-"
+_TMP_PREFIX = _lock.STAGING_PREFIX
 
 
 def _ours_by_name(name: str) -> bool:
@@ -161,7 +160,7 @@ def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
     with _locked_out(out):
         previous = previous_files(out) if overwrite else set()
         try:
-            staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out))
+            staging = _lock.staging_folder(out)  # named in the lock file first
         except OSError as err:
             raise CLIError(f"output folder {out} is not writable: {_one_line(err)}") from None
         try:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -35,7 +34,6 @@ from dnnbrain_captum.cli._common import (
     _one_line,
 )
 from dnnbrain_captum.cli._outdir import (
-    _TMP_PREFIX,
     MANIFEST,
     _locked_out,
     _occupied,
@@ -55,6 +53,7 @@ from dnnbrain_captum.cli._stream import (
     _Stimuli,
     _stimuli,
 )
+from dnnbrain_captum.runner import _lock
 
 
 def _is_rank0() -> bool:
@@ -92,6 +91,8 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
     _check_streamed_out(args, out)
     ctx = _make_context(args, command, load_images=False)
     data = _stimuli(args, ctx)
+    if not args.skip_unreadable:
+        _refuse_unreadable(data)  # before anything is written
     ctx.sources, ctx.names = data.sources, data.names
     job = STREAMED[command.name](args, ctx)
     started = time.perf_counter()
@@ -101,7 +102,7 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
         summary, targets, notes = _run_jobs(args, ctx, data, job, out)
         if not _is_rank0():
             return
-        staging = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out))
+        staging = _lock.staging_folder(out)  # named in the lock file first
         try:
             ctx.out = staging
             drawn = _draw(args, ctx, data, job, targets, summary, out)
@@ -116,6 +117,19 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
             shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
         _report(args, data, summary, drawn, notes, out)
+
+
+def _refuse_unreadable(data: _Stimuli) -> None:
+    """One line naming the first unreadable image file (and how many more), decoding each once."""
+    from dnnbrain_captum.io import check_images
+
+    bad = check_images(data.files.paths) if data.files is not None else []
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
+        raise CLIError(
+            f"{_one_line(bad[0])}{more}; nothing was written: fix or remove it, or add "
+            "--skip-unreadable"
+        )
 
 
 def _run_jobs(

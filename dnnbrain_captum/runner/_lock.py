@@ -7,6 +7,13 @@ file is created exclusively instead, and a lock whose holder is a process of thi
 longer runs is taken over. The file holds its holder (process id, host, start time) as JSON, so a
 refused run can name it. A second run of the folder fails fast; one process may take the lock
 again (the command line holds it around its own ``run_over`` calls).
+
+Staging folders (:func:`staging_folder`, the command line's private folders inside ``DIR``)
+are named ``.dnnbrain-captum-tmp-<random>`` and their names are written into the lock file
+*before* they are created. A run killed while holding one leaves its lock file behind; the next
+holder of the lock reads the dead holder's list and removes exactly those folders (plain names
+with that prefix, real folders directly in ``DIR``). Nothing is ever removed by a name pattern:
+a folder named like ours that no lock file lists is left alone.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import errno
 import json
 import logging
 import os
+import secrets
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -29,8 +38,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".dnnbrain-run.lock"
+STAGING_PREFIX = ".dnnbrain-captum-tmp-"
 logger = logging.getLogger("dnnbrain_captum.runner")
-_HELD: dict[str, list[Any]] = {}  # resolved folder -> [fd, count] held by this process
+_HELD: dict[str, list[Any]] = {}  # resolved folder -> [fd, count, holder info] of this process
 
 
 class FolderBusyError(RuntimeError):
@@ -52,16 +62,44 @@ def _busy(folder: Path, path: Path) -> FolderBusyError:
     )
 
 
-def _write_holder(fd: int) -> None:
-    info = {
+def _holder() -> dict[str, Any]:
+    return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv[:3]),
+        "staging": [],
     }
+
+
+def _write_holder(fd: int, info: dict[str, Any]) -> None:
     data = json.dumps(info).encode("utf-8")
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0) if hasattr(os, "pwrite") else os.write(fd, data)
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _remove_dead_staging(folder: Path, dead: dict[str, Any] | None) -> None:
+    """Remove the staging folders that a dead holder's lock file lists (see the module)."""
+    names = dead.get("staging") if dead is not None else None
+    for name in names if isinstance(names, list) else []:
+        if (
+            not isinstance(name, str)
+            or not name.startswith(STAGING_PREFIX)
+            or any(c in name for c in "/\\\0")
+        ):
+            continue
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            logger.info("removing %s, left by a killed run", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(path: Path) -> bool:
@@ -101,20 +139,24 @@ def _flock(folder: Path, path: Path) -> int | None:
         os.close(fd)
 
 
-def _exclusive_file(folder: Path, path: Path) -> int:
+def _exclusive_file(folder: Path, path: Path) -> tuple[int, dict[str, Any] | None]:
+    """The descriptor of the exclusively created lock file, and the stale holder it replaced."""
+    dead = None
     for _ in range(3):
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), dead
         except FileExistsError:
             if _alive(path):
                 raise _busy(folder, path) from None
             logger.warning("taking over the stale lock %s of %s", path, _holder_text(path))
+            dead = _read_holder(path)
             path.unlink(missing_ok=True)
     raise _busy(folder, path)
 
 
 def acquire(folder: Path) -> None:
-    """Lock ``folder`` (created if needed) for this process.
+    """Lock ``folder`` (created if needed) for this process; staging folders a killed holder
+    left are removed (see the module).
 
     Raises
     ------
@@ -128,14 +170,38 @@ def acquire(folder: Path) -> None:
         return
     path = folder / LOCK
     fd = _flock(folder, path) if fcntl is not None else None
+    dead = None
     if fd is None:
-        fd = _exclusive_file(folder, path)
+        fd, dead = _exclusive_file(folder, path)
     elif os.fstat(fd).st_size:
         logger.info(
             "took over the lock %s left by %s (no longer running)", path, _holder_text(path)
         )
-    _write_holder(fd)
-    _HELD[key] = [fd, 1]
+        dead = _read_holder(path)
+    info = _holder()
+    _write_holder(fd, info)
+    _HELD[key] = [fd, 1, info]
+    _remove_dead_staging(folder, dead)
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new private folder inside ``folder`` (whose lock this process holds), its name
+    recorded in the lock file before it is created.
+
+    Raises
+    ------
+    RuntimeError
+        This process does not hold the lock of ``folder``.
+    """
+    entry = _HELD.get(str(folder.resolve()))
+    if entry is None:
+        raise RuntimeError(f"staging_folder needs the lock of {folder}")
+    name = STAGING_PREFIX + secrets.token_hex(8)
+    entry[2]["staging"].append(name)
+    _write_holder(entry[0], entry[2])
+    path = folder / name
+    path.mkdir()
+    return path
 
 
 def release(folder: Path) -> None:
