@@ -3,9 +3,11 @@ chunk files kept), the final manifest written, the run's temporary files removed
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,17 @@ def _keep_chunks(
     (out / DONE_LOG).unlink(missing_ok=True)
 
 
+def _version(name: str) -> str | None:
+    """A package's version without importing it (importing Captum costs seconds)."""
+    module = sys.modules.get(name)
+    if module is not None and hasattr(module, "__version__"):
+        return str(module.__version__)
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _final_manifest(
     plan: Plan,
     done: dict[int, dict[str, Any]],
@@ -132,8 +145,6 @@ def _final_manifest(
     ranks: dict[int, int],
     result_sha: str | None,
 ) -> None:
-    import captum
-
     import dnnbrain_captum
 
     fill = fill_value(dtype)
@@ -162,7 +173,7 @@ def _final_manifest(
             "software": {
                 "dnnbrain_captum": dnnbrain_captum.__version__,
                 "torch": torch.__version__,
-                "captum": captum.__version__,
+                "captum": _version("captum"),
                 "numpy": np.__version__,
             },
         }

@@ -2,14 +2,20 @@
 
     python tests/helpers/runner_job.py OUT METHOD N BATCH [--die-after K] [--folder DIR]
 
-METHOD is "saliency" or "occlusion". ``--die-after K`` makes the process exit abruptly
-(``os._exit``, no cleanup, like a kill) when ``attribute`` is called for the (K+1)-th time, so
-exactly K chunks are complete and the chunk in flight is lost. ``--folder`` runs over image
-files instead of the digits tensor. ``--fake-hosts`` makes each rank report its own host name
-(as if the ranks ran on different machines: chunk files instead of writes in place).
-``--kill-at POINT`` kills the process with SIGKILL at POINT (``rows:K``: halfway through writing
-chunk K's rows; ``assemble``: before result.npy is renamed into place; ``manifest``: after that,
-before the final manifest). ``--sleep S`` sleeps S seconds in every ``attribute`` call.
+METHOD is "saliency", "occlusion" (the digits model) or "tiny" (a 1x1 convolution of fixed
+4x4 images, :mod:`tests.helpers.runner_tiny`: no Captum imported, fast to start; needs the
+repository on PYTHONPATH).
+
+``--die-after K`` makes the process exit abruptly (``os._exit``, no cleanup, like a kill) when
+``attribute`` is called for the (K+1)-th time, so exactly K chunks are complete and the chunk in
+flight is lost. ``--folder`` runs over image files instead of the digits tensor.
+``--fake-hosts`` makes each rank report its own host name (as if the ranks ran on different
+machines: chunk files instead of writes in place). ``--kill-at POINT`` kills the process with
+SIGKILL at POINT (``rows:K``: halfway through writing chunk K's rows; ``assemble``: before
+result.npy is renamed into place; ``manifest``: after that, before the final manifest).
+``--sleep S`` sleeps S seconds in every ``attribute`` call. ``--start-together DIR`` writes
+``DIR/ready-PID`` once imported, then waits for ``DIR/go`` (so that two jobs call ``run_over``
+at the same moment).
 """
 
 from __future__ import annotations
@@ -21,26 +27,51 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from dnnbrain_captum import (
-    OccluderDiscrepancyMapping,
-    VanillaSaliencyImage,
-    digits_cnn,
-    digits_images,
-    run_over,
-)
-from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
+from dnnbrain_captum.runner import run_over
 
 OCCLUSION_KWARGS = {"sliding_window_shapes": (8, 8), "strides": (4, 4)}
 
 
 def make(method: str):  # noqa: ANN201 - test helper
+    if method == "tiny":
+        from tests.helpers.runner_tiny import TinyAttribution
+
+        return TinyAttribution(), {}
+    from dnnbrain_captum import OccluderDiscrepancyMapping, VanillaSaliencyImage, digits_cnn
+
     model = digits_cnn()
     if method == "saliency":
         return VanillaSaliencyImage(model, "conv5"), {}
     return OccluderDiscrepancyMapping(model, "conv5"), dict(OCCLUSION_KWARGS)
+
+
+def _data(args: argparse.Namespace):  # noqa: ANN202 - test helper
+    """(data, targets, on_error) of the job."""
+    if args.folder:
+        from dnnbrain_captum.io import ImageFolderDataset, preprocessing_for
+
+        return ImageFolderDataset(args.folder, transform=preprocessing_for("digits")), 3, "skip"
+    if args.method == "tiny":
+        from tests.helpers.runner_tiny import tiny_data
+
+        return tiny_data(args.n), None, "raise"
+    from dnnbrain_captum import digits_images
+
+    images, labels = digits_images(n=args.n)
+    return images, labels, "raise"
+
+
+def _start_together(folder: str) -> None:
+    Path(folder, f"ready-{os.getpid()}").write_text("")
+    deadline = time.monotonic() + 120
+    while not Path(folder, "go").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("no go after 120 s")
+        time.sleep(0.005)
 
 
 def main() -> None:
@@ -54,6 +85,7 @@ def main() -> None:
     parser.add_argument("--fake-hosts", action="store_true")
     parser.add_argument("--kill-at", default=None)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--start-together", default=None)
     args = parser.parse_args()
     if args.kill_at is not None:
         _install_kill(args.kill_at)
@@ -81,19 +113,30 @@ def main() -> None:
             return slow_original(self, *a, **k)
 
         type(attribution).attribute = slow
-    if args.folder:
-        data = ImageFolderDataset(args.folder, transform=preprocessing_for("digits"))
-        targets = 3
-        on_error = "skip"
-    else:
-        images, labels = digits_images(n=args.n)
-        data, targets, on_error = images, labels, "raise"
-    summary = run_over(attribution, data, targets=targets, out=args.out, batch_size=args.batch,
-                       on_error=on_error, **kwargs)
-    sys.stdout.write("SUMMARY " + json.dumps({
-        "rank": summary.rank, "world": summary.world_size, "computed": summary.computed,
-        "reused": summary.reused,
-    }) + "\n")
+    data, targets, on_error = _data(args)
+    if args.start_together:
+        _start_together(args.start_together)
+    summary = run_over(
+        attribution,
+        data,
+        targets=targets,
+        out=args.out,
+        batch_size=args.batch,
+        on_error=on_error,
+        **kwargs,
+    )
+    sys.stdout.write(
+        "SUMMARY "
+        + json.dumps(
+            {
+                "rank": summary.rank,
+                "world": summary.world_size,
+                "computed": summary.computed,
+                "reused": summary.reused,
+            }
+        )
+        + "\n"
+    )
 
 
 def _kill() -> None:
