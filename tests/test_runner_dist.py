@@ -1,5 +1,9 @@
 """run_over across processes: torchrun with 2 ranks on loopback equals one process; a killed run
-resumes to the uninterrupted result."""
+resumes to the uninterrupted result.
+
+The default suite runs the jobs on a tiny attribution (a 1x1 convolution, no Captum imported:
+each process starts in about the time of ``import torch``); the ``slow`` variants run the digits
+model's occlusion and saliency."""
 
 from __future__ import annotations
 
@@ -41,39 +45,30 @@ def _summaries(stdout: str) -> list[dict[str, int]]:
     return [json.loads(line[8:]) for line in stdout.splitlines() if line.startswith("SUMMARY ")]
 
 
-def _single_process(method: str, n: int, batch: int, out: Path) -> np.ndarray:
-    """The reference: the same run in this process, with one thread like the workers."""
+def _inputs(method: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if method == "tiny":
+        from tests.helpers.runner_tiny import tiny_data
+
+        return tiny_data(n), None
     from dnnbrain_captum import digits_images
 
+    return digits_images(n=n)
+
+
+def _single_process(method: str, n: int, batch: int, out: Path) -> np.ndarray:
+    """The reference: the same run in this process, with one thread like the workers."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         attribution, kwargs = make(method)
-        images, labels = digits_images(n=n)
+        images, labels = _inputs(method, n)
         run_over(attribution, images, targets=labels, out=out, batch_size=batch, **kwargs)
     finally:
         torch.set_num_threads(threads)
     return np.asarray(read_results(out))
 
 
-@pytest.mark.parametrize("hosts", ["one", "two"])
-def test_torchrun_two_ranks_equals_single_process(hosts: str, tmp_path: Path) -> None:
-    """One host: both ranks write rows in place into one result file; "two" hosts (faked): each
-    rank writes chunk files, which rank 0 copies into result.npy."""
-    method = "occlusion"
-    n, batch = 22, 4  # 6 chunks, the last one short; rank 0 gets 3 chunks (12), rank 1 3 (10)
-    out = tmp_path / "dist"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-         str(JOB), str(out), method, str(n), str(batch)]
-        + (["--fake-hosts"] if hosts == "two" else []),
-        capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summaries = sorted(_summaries(done.stdout), key=lambda s: s["rank"])
-    assert [(s["rank"], s["world"], s["computed"]) for s in summaries] == [(0, 2, 12), (1, 2, 10)]
-
+def _check_distributed(out: Path, n: int, item_shape: tuple[int, ...], single: Path) -> None:
     manifest = read_manifest(out)
     chunks = manifest["chunks"]
     assert manifest["world_size"] == 2 and manifest["status"] == "complete"
@@ -81,20 +76,47 @@ def test_torchrun_two_ranks_equals_single_process(hosts: str, tmp_path: Path) ->
     covered = sorted(i for c in chunks for i in range(c["start"], c["stop"]))
     assert covered == list(range(n))  # every item exactly once
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "result.npy"]
-
     distributed = np.asarray(read_results(out))
-    single = _single_process(method, n, batch, tmp_path / "single")
-    assert distributed.shape == (n, 7, 7)
-    assert np.array_equal(distributed, single)
+    assert distributed.shape == (n, *item_shape)
+    assert np.array_equal(distributed, np.asarray(read_results(single)))
     # the same run: the single-process manifest's request is identical
-    assert read_manifest(tmp_path / "single")["request"] == manifest["request"]
+    assert read_manifest(single)["request"] == manifest["request"]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "method, item_shape",
+    [("tiny", (3, 4, 4)), pytest.param("occlusion", (7, 7), marks=pytest.mark.slow)],
+)
+def test_torchrun_two_ranks_equals_single_process(
+    method: str, item_shape: tuple[int, ...], tmp_path: Path
+) -> None:
+    """One torchrun job, two runs: ranks on one host write rows in place into one result file;
+    then, as if on two hosts (host names faked), each rank writes chunk files, which rank 0
+    copies into result.npy."""
+    n, batch = 22, 4  # 6 chunks, the last one short; rank 0 gets 3 chunks (12), rank 1 3 (10)
+    one, two = tmp_path / "one_host", tmp_path / "two_hosts"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+         str(JOB), str(one), method, str(n), str(batch), "--then-fake-hosts", str(two)],
+        capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summaries = sorted(_summaries(done.stdout), key=lambda s: s["rank"])
+    assert [(s["rank"], s["world"], s["computed"]) for s in summaries] == [
+        (0, 2, 12), (0, 2, 12), (1, 2, 10), (1, 2, 10)
+    ]
+    _single_process(method, n, batch, tmp_path / "single")
+    for out in (one, two):
+        _check_distributed(out, n, item_shape, tmp_path / "single")
+
+
+@pytest.mark.parametrize("method", ["tiny", pytest.param("saliency", marks=pytest.mark.slow)])
+def test_killed_run_resumes_to_the_uninterrupted_result(method: str, tmp_path: Path) -> None:
     n, batch = 20, 4  # 5 chunks
     out = tmp_path / "killed"
     done = subprocess.run(
-        [sys.executable, str(JOB), str(out), "saliency", str(n), str(batch), "--die-after", "2"],
+        [sys.executable, str(JOB), str(out), method, str(n), str(batch), "--die-after", "2"],
         capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
     )
     assert done.returncode == 3, done.stderr[-3000:]  # died abruptly inside the third chunk
@@ -108,17 +130,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not complete \(2 of 5 chunks done\)"):
         read_results(out)
 
-    from dnnbrain_captum import digits_images
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        attribution, kwargs = make("saliency")
-        images, labels = digits_images(n=n)
+        attribution, kwargs = make(method)
+        images, labels = _inputs(method, n)
         summary = run_over(attribution, images, targets=labels, out=out, batch_size=batch)
     finally:
         torch.set_num_threads(threads)
     assert (summary.reused, summary.computed) == (8, 12)
-    uninterrupted = _single_process("saliency", n, batch, tmp_path / "whole")
+    uninterrupted = _single_process(method, n, batch, tmp_path / "whole")
     assert np.array_equal(np.asarray(read_results(out)), uninterrupted)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "result.npy"]

@@ -13,9 +13,10 @@ flight is lost. ``--folder`` runs over image files instead of the digits tensor.
 machines: chunk files instead of writes in place). ``--kill-at POINT`` kills the process with
 SIGKILL at POINT (``rows:K``: halfway through writing chunk K's rows; ``assemble``: before
 result.npy is renamed into place; ``manifest``: after that, before the final manifest).
-``--sleep S`` sleeps S seconds in every ``attribute`` call. ``--start-together DIR`` writes
-``DIR/ready-PID`` once imported, then waits for ``DIR/go`` (so that two jobs call ``run_over``
-at the same moment).
+``--sleep S`` sleeps S seconds in every ``attribute`` call. ``--then-fake-hosts OUT2``
+(under torchrun) runs again into OUT2 as with ``--fake-hosts``, both runs in one process group
+that the job creates. ``--start-together DIR`` writes ``DIR/ready-PID`` once imported, then
+waits for ``DIR/go`` (so that two jobs call ``run_over`` at the same moment).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--kill-at", default=None)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--start-together", default=None)
+    parser.add_argument("--then-fake-hosts", default=None)
     args = parser.parse_args()
     if args.kill_at is not None:
         _install_kill(args.kill_at)
@@ -116,27 +118,27 @@ def main() -> None:
     data, targets, on_error = _data(args)
     if args.start_together:
         _start_together(args.start_together)
+    if args.then_fake_hosts:  # the job's own group: both runs below use it, neither ends it
+        torch.distributed.init_process_group(backend="gloo")
+    _run(attribution, data, targets, args.out, args.batch, on_error, kwargs)
+    if args.then_fake_hosts:  # a second run, as if each rank were on its own machine
+        rank = os.environ.get("RANK", "0")
+        socket.gethostname = lambda: f"machine{rank}"
+        _run(attribution, data, targets, args.then_fake_hosts, args.batch, on_error, kwargs)
+        torch.distributed.destroy_process_group()
+
+
+def _run(attribution, data, targets, out, batch, on_error, kwargs) -> None:  # noqa: ANN001
     summary = run_over(
-        attribution,
-        data,
-        targets=targets,
-        out=args.out,
-        batch_size=args.batch,
-        on_error=on_error,
-        **kwargs,
+        attribution, data, targets=targets, out=out, batch_size=batch, on_error=on_error, **kwargs
     )
-    sys.stdout.write(
-        "SUMMARY "
-        + json.dumps(
-            {
-                "rank": summary.rank,
-                "world": summary.world_size,
-                "computed": summary.computed,
-                "reused": summary.reused,
-            }
-        )
-        + "\n"
-    )
+    result = {
+        "rank": summary.rank,
+        "world": summary.world_size,
+        "computed": summary.computed,
+        "reused": summary.reused,
+    }
+    sys.stdout.write(f"SUMMARY {json.dumps(result)}\n")
 
 
 def _kill() -> None:
