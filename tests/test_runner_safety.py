@@ -15,6 +15,7 @@ import torch
 
 from dnnbrain_captum import VanillaSaliencyImage, digits_cnn, digits_images, read_results, run_over
 from dnnbrain_captum.runner import read_manifest
+from tests.helpers.bad_images import UNREADABLE
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +230,72 @@ def test_lock_names_its_holder_and_a_stale_lock_is_taken_over(
     (out / ".dnnbrain-run.lock").write_text(json.dumps(alive))
     with pytest.raises(FolderBusyError, match=f"process {os.getpid()}"):
         _run(job, out)
+
+
+def _other_file_system(tmp_path: Path) -> Path:
+    """A folder on another file system than ``tmp_path`` when this machine has one (the tmpfs
+    /dev/shm), else beside it (the symlink is then tested within one file system)."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        return Path(tempfile.mkdtemp(dir=shm))
+    return Path(tempfile.mkdtemp(dir=tmp_path))
+
+
+def test_out_symlinked_to_another_file_system(job, tmp_path, expected) -> None:  # noqa: ANN001
+    """Every file is staged inside ``out`` and renamed there: a link to another file system
+    works, a rerun with overwrite=True replaces the run, and the user's file there survives."""
+    import shutil
+
+    target = _other_file_system(tmp_path)
+    try:
+        (target / "notes.txt").write_bytes(b"mine")
+        link = tmp_path / "out"
+        link.symlink_to(target, target_is_directory=True)
+        _run(job, link)
+        assert np.array_equal(read_results(link), expected)
+        saliency, images, labels = job
+        run_over(saliency, images, targets=labels, out=link, batch_size=5, overwrite=True)
+        assert read_manifest(link)["request"]["chunk_size"] == 5  # replaced
+        np.testing.assert_allclose(read_results(link), expected, rtol=1e-5, atol=1e-6)
+        assert sorted(p.name for p in target.iterdir()) == [
+            "manifest.json",
+            "notes.txt",
+            "result.npy",
+        ]
+        assert (target / "notes.txt").read_bytes() == b"mine"
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_unreadable_image_is_one_error_naming_it_and_the_images_survive(
+    kind: str, tmp_path: Path
+) -> None:
+    """A bad header, a decompression bomb or a truncated file among the images: one
+    ItemLoadError (a ValueError, one line) naming the file; on_error="skip" skips it."""
+    from PIL import Image
+
+    from dnnbrain_captum.io import ImageFolderDataset
+    from dnnbrain_captum.runner import ItemLoadError
+    from tests.helpers.runner_tiny import TinyAttribution
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in (0, 2):
+        Image.new("RGB", (4, 4), (60 * k, 0, 0)).save(folder / f"img{k}.png")
+    UNREADABLE[kind](folder / "img1.png")
+    before = _snapshot(folder)
+    data = ImageFolderDataset(folder, transform=lambda x: x[:, :4, :4])
+    with pytest.raises(ItemLoadError) as info:
+        run_over(TinyAttribution(), data, out=tmp_path / "out", batch_size=2)
+    message = str(info.value)
+    assert "\n" not in message and "item 1 (img1.png)" in message
+    assert f"cannot read image {folder / 'img1.png'}" in message
+    if kind == "decompression bomb":
+        assert "decompression bomb" in message
+    summary = run_over(TinyAttribution(), data, out=tmp_path / "out", batch_size=2, on_error="skip")
+    assert [s["id"] for s in summary.skipped] == ["img1.png"]
+    assert np.isnan(read_results(tmp_path / "out")[1]).all()
+    assert _snapshot(folder) == before
