@@ -1070,8 +1070,8 @@ def test_unreadable_weights_file_is_one_line_exit_2(kind: str, tmp_path: Path, c
 
 @pytest.mark.parametrize("kind", sorted(UNREADABLE))
 def test_streamed_unreadable_image_is_one_line_exit_2(kind: str, tmp_path: Path, capsys) -> None:
-    """Streamed runs (a folder) stop at an unreadable image with one line naming it; the
-    run folder keeps its completed chunks for a resume (see docs/cli.md)."""
+    """Streamed runs (a folder) refuse an unreadable image with one line naming it, before
+    anything is written (see docs/cli.md)."""
     folder = tmp_path / "images"
     folder.mkdir()
     Image.new("RGB", (32, 32), "white").save(folder / "a_good.png")
@@ -1080,6 +1080,7 @@ def test_streamed_unreadable_image_is_one_line_exit_2(kind: str, tmp_path: Path,
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "b_bad.png" in lines[0] and "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- repeatable runs

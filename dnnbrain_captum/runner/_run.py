@@ -124,7 +124,9 @@ def run_over(
     on_error : {"raise", "skip"}
         An item that fails to load (unreadable image): stop with an error naming it
         (``"raise"``, completed chunks are kept) or skip it (``"skip"``): its row is filled with
-        NaN (0 for integer results) and it is listed in the manifest's ``skipped``.
+        NaN (0 for integer results) and it is listed in the manifest's ``skipped``. To refuse
+        unreadable files before anything is written, check them first with
+        :func:`dnnbrain_captum.io.check_images`.
     overwrite : bool
         Replace a previous run with different parameters in ``out``: exactly the files its
         manifest owns are removed, nothing else. Without it such a rerun is refused and ``out``
