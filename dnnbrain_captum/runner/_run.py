@@ -237,17 +237,8 @@ def run_over(
         done.update({r["chunk"]: r for rs in gathered for r in rs})
         skipped = _on_rank0(dist, lambda: {"skipped": finish(plan, done, dist.world, ranks)})
         rate = computed / seconds if seconds > 0 else 0.0
-        summary = RunSummary(
-            plan.out,
-            plan.n,
-            computed,
-            reused,
-            skipped["skipped"],
-            seconds,
-            rate,
-            dist.rank,
-            dist.world,
-        )
+        summary = RunSummary(plan.out, plan.n, computed, reused, skipped["skipped"], seconds)
+        summary.items_per_second, summary.rank, summary.world_size = rate, dist.rank, dist.world
         logger.info("run_over %s -> %s: %s", request["attribution"]["class"], plan.out, summary)
         return summary
     finally:
