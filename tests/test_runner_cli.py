@@ -172,3 +172,51 @@ def test_a_forged_lock_file_removes_nothing(recorded: object, tmp_path: Path) ->
         pass
     del before[f"out/{_lock.LOCK}"]  # the lock file itself goes at the end of the run
     assert tree(tmp_path) == before
+
+
+def test_without_flock_a_dead_holders_staging_is_removed_a_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback lock (no ``flock``): a lock file whose process is gone on this machine is
+    taken over and its staging removed; a live holder's lock refuses the run, staging kept."""
+    import socket
+
+    monkeypatch.setattr(_lock, "fcntl", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    staging = out / f"{_lock.STAGING_PREFIX}0123"
+    staging.mkdir()
+    (staging / "fig.png").write_bytes(b"half")
+    holder = {"host": socket.gethostname(), "started": "x", "staging": [staging.name]}
+    (out / _lock.LOCK).write_text(json.dumps({**holder, "pid": os.getpid()}))  # alive
+    with pytest.raises(_lock.FolderBusyError), _lock.locked(out):
+        pass
+    assert (staging / "fig.png").read_bytes() == b"half"
+    (out / _lock.LOCK).write_text(json.dumps({**holder, "pid": 2**22 + 12345}))  # gone
+    with _lock.locked(out):
+        assert not staging.exists()
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_the_next_command_removes_a_dead_commands_staging(
+    streamed: bool, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """End to end: a folder as a killed command left it (its lock file naming its staging
+    folder); the next command there removes that folder, keeps the user's look-alike."""
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / f"{_lock.STAGING_PREFIX}deadbeef"
+    left.mkdir()
+    (left / "000_digit0_label7_saliency.png").write_bytes(b"half")
+    mine = out / f"{_lock.STAGING_PREFIX}mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    dead = {"pid": 2**22 + 12345, "host": "gone", "started": "x", "staging": [left.name]}
+    (out / _lock.LOCK).write_text(json.dumps(dead))
+    mode = ["--stream", "--layer", "conv5", "--channel", 1] if streamed else []
+    assert run(["saliency", "--digits", 1, *mode, "--quiet", "--out", out, "--overwrite"]) == 0
+    assert not left.exists() and (mine / "keep.txt").read_text() == "mine"
+    assert not (out / _lock.LOCK).exists()
+    record = json.loads((out / "results.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted([*record["files"], mine.name])
