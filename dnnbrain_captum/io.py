@@ -35,7 +35,6 @@ from torch import Tensor
 
 from dnnbrain_captum._image_files import (
     IMAGE_EXTENSIONS,
-    PathLike,
     UnreadableImageError,
     _pair_size,
     check_images,
@@ -49,7 +48,6 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
-    "PathLike",
     "Preprocess",
     "UnreadableImageError",
     "check_images",
