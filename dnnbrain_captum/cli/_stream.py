@@ -105,7 +105,20 @@ def _stimuli(args: argparse.Namespace, ctx: RunContext) -> _Stimuli:
         raise CLIError(_one_line(err)) from None
     if len(data) == 0:
         raise CLIError(f"{args.command} needs images: give files or folders, or --digits N")
+    if not getattr(args, "skip_unreadable", False):
+        _refuse_unreadable(data, hasattr(args, "skip_unreadable"))  # before anything is written
     return data
+
+
+def _refuse_unreadable(data: _Stimuli, can_skip: bool) -> None:
+    """One line naming the first unreadable image file (and how many more), decoding each once."""
+    from dnnbrain_captum.io import check_images
+
+    bad = check_images(data.files.paths) if data.files is not None else []
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
+        hint = ", or add --skip-unreadable" if can_skip else ""
+        raise CLIError(f"{_one_line(bad[0])}{more}; nothing was written: fix or remove it{hint}")
 
 
 class _PredictedClass:

@@ -91,8 +91,6 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
     _check_streamed_out(args, out)
     ctx = _make_context(args, command, load_images=False)
     data = _stimuli(args, ctx)
-    if not args.skip_unreadable:
-        _refuse_unreadable(data)  # before anything is written
     ctx.sources, ctx.names = data.sources, data.names
     job = STREAMED[command.name](args, ctx)
     started = time.perf_counter()
@@ -117,19 +115,6 @@ def _run_streamed(args: argparse.Namespace, command: Subcommand) -> None:
             shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
         _report(args, data, summary, drawn, notes, out)
-
-
-def _refuse_unreadable(data: _Stimuli) -> None:
-    """One line naming the first unreadable image file (and how many more), decoding each once."""
-    from dnnbrain_captum.io import check_images
-
-    bad = check_images(data.files.paths) if data.files is not None else []
-    if bad:
-        more = f" (and {len(bad) - 1} more unreadable)" if len(bad) > 1 else ""
-        raise CLIError(
-            f"{_one_line(bad[0])}{more}; nothing was written: fix or remove it, or add "
-            "--skip-unreadable"
-        )
 
 
 def _run_jobs(
