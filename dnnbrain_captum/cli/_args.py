@@ -326,8 +326,9 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
         "streaming (large image sets)",
         textwrap.fill(
             "With a folder among the IMAGE arguments (or --stream) the images are read batch "
-            "by batch and the results are written by dnnbrain_captum.run_over into DIR: "
-            "DIR/result.npy + DIR/manifest.json. Rerunning the same command resumes; a "
+            "by batch and the results are written by dnnbrain_captum.run_over into DIR. The "
+            "files are those of an in-memory run (DIR/result.npy, DIR/results.json, the "
+            "figures) plus DIR/manifest.json, which lets the same command resume; a "
             "different command into the same DIR is refused (see docs/cli.md).",
             78,
         ),
@@ -337,14 +338,14 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="stream the images through the runner (default: on when an IMAGE argument is a "
-        "folder); --no-stream loads every image into memory and writes one NAME.npy",
+        "folder); --no-stream loads every image into memory (same files, no manifest.json)",
     )
     group.add_argument(
         "--max-figures",
         type=int,
         default=STREAM_FIGURES,
         metavar="N",
-        help="streamed runs: draw figures for the first N images only",
+        help=f"draw figures for the first N images only (default: {STREAM_FIGURES})",
     )
     group.add_argument(
         "--skip-unreadable",

@@ -93,7 +93,7 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
     result = MaskedImage(ctx.model, ctx.layer).attribute(
         ctx.images, target=target, show_progress=ctx.progress, **mask_options(args)
     )
-    ctx.save_array("masked.npy", result.images)
+    ctx.save_result(result.images)
     ctx.save_array("masks.npy", result.masks)
     ctx.record["targets"] = used
     ctx.record["activation"] = result.activation.tolist()
@@ -246,7 +246,7 @@ def _run_minimal(args: argparse.Namespace, ctx: RunContext) -> None:
 
         explainer = MinimalParcelImage(ctx.model, ctx.layer)
     result = explainer.attribute(ctx.images, target=target, show_progress=ctx.progress, **options)
-    ctx.save_array("minimal.npy", result.images)
+    ctx.save_result(result.images)
     if components:
         ctx.save_array("selected.npy", result.selected)
         total = [int(result.selected.shape[1])] * result.images.shape[0]
@@ -279,8 +279,9 @@ if _has_module("dnnbrain_captum.attr.masked"):
             help="tight mask around the high-contrast region that still drives a channel",
             description="Masked image (Walker et al. 2019; DNNBrain's MaskedImage): the convex "
             "hull of the image's high-contrast pixels, blurred, then eroded until the target's "
-            "activation falls to --ratio of the hull image's. Writes masked.npy (N, 3, H, W) in "
-            "model space, masks.npy (N, 1, H, W) and one figure per image; activations and "
+            "activation falls to --ratio of the hull image's. Writes result.npy (N, 3, H, W), "
+            "the masked images in model space, masks.npy (N, 1, H, W) and one figure per "
+            "image; activations and "
             "erosion counts go into results.json.",
             example=f"{PROG} mask --digits 4 --layer conv5 --channel 3 --ratio 0.9 --out mask/",
             add_arguments=_add_mask,
@@ -298,9 +299,9 @@ if _has_module("dnnbrain_captum.attr.minimal") and _has_module(
             description="Minimal image: cut each image into superpixels (felzenszwalb, slic, "
             "quickshift; MinimalParcelImage) or image components (pca, ica; "
             "MinimalComponentImage) and keep the fewest that still drive the target (--search). "
-            "Writes minimal.npy (N, 3, H, W) in model space, kept.npy (N, H, W) and parcels.npy "
-            "(N, H, W) for superpixels or selected.npy (N, K) for components, and one figure "
-            "per image.",
+            "Writes result.npy (N, 3, H, W), the minimal images in model space, kept.npy "
+            "(N, H, W) and parcels.npy (N, H, W) for superpixels or selected.npy (N, K) for "
+            "components, and one figure per image.",
             example=f"{PROG} minimal photo.jpg --model alexnet --weights alexnet.pth --layer "
             "conv5 --channel 121 --method slic --segment n_segments=100 --out minimal/",
             add_arguments=_add_minimal,

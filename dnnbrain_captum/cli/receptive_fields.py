@@ -247,7 +247,7 @@ def _run_empirical_rf(args: argparse.Namespace, ctx: RunContext) -> None:
     )
     theory = measure.theoretical((3, *ctx.image_size))
     size = [int(v) for v in result.size.tolist()]
-    ctx.save_array("empirical_rf.npy", result.map)
+    ctx.save_result(result.map, rows="field")
     ctx.save_json(
         "empirical_rf.json",
         {
@@ -271,8 +271,8 @@ if _has_module("dnnbrain_captum.receptive_field.empirical"):
             description="Empirical receptive field (Zhou et al. 2015): each image's upsampled "
             "activation map (--engine upsample) or occlusion map (--engine occlusion) is cut out "
             "over the theoretical field of the image's best unit, and the cut-outs are averaged. "
-            "Writes empirical_rf.npy (R, R), empirical_rf.json (the size estimate in pixels "
-            "next to the theoretical size) and empirical_rf.png.",
+            "Writes result.npy (R, R), the mean map; empirical_rf.json (the size estimate in "
+            "pixels next to the theoretical size) and empirical_rf.png.",
             example=f"{PROG} empirical-rf images/ --model alexnet --weights alexnet.pth "
             "--layer conv5 --channel 121 --engine upsample --threshold 0.5 --out erf/",
             add_arguments=_add_empirical_rf,
