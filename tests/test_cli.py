@@ -255,6 +255,42 @@ def test_mask(tmp_path: Path, model) -> None:
     assert record["warnings"] == []
 
 
+def test_mask_of_a_synthesis_run(tmp_path: Path, model, capsys) -> None:
+    """Walker et al.: synthesise an image per conv3 unit, then mask each for its own unit
+    (``mask --synthesis DIR``), equal to the two library calls."""
+    from dnnbrain_captum.attr.masked import MaskedImage
+    from dnnbrain_captum.optim import SynthesisImage, random_images
+
+    mei = tmp_path / "mei"
+    synth = ["synthesize", "--layer", "conv3", "--channel", "0,5", "--unit", 4, 4]
+    assert run([*synth, "--n-iter", 4, "--seed", 2, "--quiet", "--out", mei]) == 0
+    assert run(["mask", "--synthesis", mei, "--quiet", "--out", tmp_path / "m"]) == 0
+    record = check_manifest(tmp_path / "m", ["result.npy", "masks.npy"], 2)
+    units = [(0, 4, 4), (5, 4, 4)]
+    images = SynthesisImage(model, "conv3").attribute(
+        random_images(2, 32, seed=2), target=units, n_iter=4, seed=2
+    )
+    np.testing.assert_allclose(np.load(mei / "result.npy"), images.numpy(), atol=1e-5)
+    expected = MaskedImage(model, "conv3").attribute(
+        torch.from_numpy(np.load(mei / "result.npy")), target=units, return_masks=True
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "m" / "result.npy"), expected.images.numpy(), atol=1e-6
+    )
+    assert record["targets"] == [[0, 4, 4], [5, 4, 4]] and record["layer"] == "conv3"
+    assert record["n_erosions"] == expected.n_erosions.tolist()
+    assert record["images"] == [f"{mei / 'result.npy'}[{k}]" for k in range(2)]
+    # options that would contradict the synthesis are refused, nothing written
+    for extra in (["--layer", "conv5"], ["--digits", 1], ["--channel", 3], ["--seed", 1]):
+        out = tmp_path / "refused"
+        assert run(["mask", "--synthesis", mei, *extra, "--out", out]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and extra[0] in err[0], err
+        assert not out.exists()
+    assert run(["mask", "--synthesis", tmp_path / "m", "--out", tmp_path / "x"]) == 2
+    assert "holds no synthesize run" in capsys.readouterr().err
+
+
 def test_library_warnings_become_notes(tmp_path: Path, capsys) -> None:
     out = tmp_path / "mask"
     assert run(["mask", "--digits", 1, "--layer", "conv5", "--channel", 43, "--out", out]) == 0

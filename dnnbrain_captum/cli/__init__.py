@@ -115,7 +115,12 @@ def _run(args: argparse.Namespace) -> None:
             f"--out {out} already holds results; pass --overwrite to replace them or choose "
             "another folder"
         )
-    ctx = _make_context(args, command)
+    synthesis = getattr(args, "synthesis", None) is not None  # mask --synthesis DIR
+    if synthesis:
+        from dnnbrain_captum.cli._from_synthesis import prepare_synthesis
+
+        prepare_synthesis(args)
+    ctx = _make_context(args, command, load_images=not synthesis)
     started = time.perf_counter()
     with _staging(out, args.overwrite) as staging:
         ctx.out = staging

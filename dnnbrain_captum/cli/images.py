@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dnnbrain_captum.cli._args import (
@@ -58,7 +59,15 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
         "--ratio",
         type=float,
         default=0.9,
-        help="erode until the activation is at most RATIO x the hull's",
+        help="erode as far as the activation stays at least RATIO x the hull image's",
+    )
+    parser.add_argument(
+        "--synthesis",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="mask the images of a synthesize run in DIR, each for its own target (model, "
+        "layer and preprocessing from DIR/results.json; no IMAGE, --digits, --channel)",
     )
     parser.add_argument("--max-iter", type=int, default=100, help="most erosions tried")
     _reduction_option(parser)
@@ -88,8 +97,15 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
     from dnnbrain_captum.attr.masked import MaskedImage
     from dnnbrain_captum.visualization import minimal_image_figure
 
+    target: Any
+    if args.synthesis is not None:
+        from dnnbrain_captum.cli._from_synthesis import load_synthesis
+
+        target = load_synthesis(args, ctx)
+        used = [list(t) if isinstance(t, tuple) else t for t in target]
     assert ctx.images is not None and ctx.display is not None
-    target, used = _target_with_unit(ctx, args, ctx.images)
+    if args.synthesis is None:
+        target, used = _target_with_unit(ctx, args, ctx.images)
     result = MaskedImage(ctx.model, ctx.layer).attribute(
         ctx.images, target=target, show_progress=ctx.progress, **mask_options(args)
     )
@@ -105,7 +121,11 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
             ctx.display[k],
             shown[k],
             result.masks[k, 0],
-            ("original", f"masked ({int(result.n_erosions[k])} erosions)", "mask"),
+            (
+                "original" if args.synthesis is None else f"synthesis for {used[k]}",
+                f"masked: {float(result.activation[k] / result.baseline[k]):.0%} of hull act.",
+                f"mask ({int(result.n_erosions[k])} erosions)",
+            ),
         )
         ctx.save_figure(ctx.figure_name(k, "mask"), fig)
 
