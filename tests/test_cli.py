@@ -233,9 +233,7 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--n-iter", 2, "--out", out]) == 0
     start = digits_images(n=1)[0].expand(2, -1, -1, -1)
     expected = SynthesisImage(model).attribute(start, target=[3, 4], preset="dnnbrain", n_iter=2)
-    np.testing.assert_allclose(
-        np.load(out / "result.npy"), expected.numpy(), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_mask(tmp_path: Path, model) -> None:
