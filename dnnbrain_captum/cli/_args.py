@@ -191,6 +191,42 @@ def _window(text: str) -> int:
     return value
 
 
+def _occluder_options(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--window``, ``--stride``, ``--baseline``, ``--reduction`` and
+    ``--perturbations-per-eval`` of an occlusion map (``occlusion``; ``empirical-rf`` with
+    ``note="occlusion engine: "``)."""
+    parser.add_argument(
+        "--window",
+        type=_window,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help=f"{note}occluder height [width] in pixels (default: 8 for digits, 11 otherwise)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=_window,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help=f"{note}step height [width] in pixels (default: 2)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="0",
+        help=f"{note}occluder value in model-input space, or 'noise' (uniform noise in the "
+        "image's range, as Zhou et al. 2015)",
+    )
+    _reduction_option(parser)
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=64,
+        metavar="K",
+        help=f"{note}occluded copies per forward pass",
+    )
+
+
 @dataclass
 class Subcommand:
     """One ``dnnbrain-captum`` subcommand."""

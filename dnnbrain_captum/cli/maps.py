@@ -13,12 +13,11 @@ from dnnbrain_captum.cli._args import (
     _baseline_value,
     _channel_option,
     _common_options,
+    _occluder_options,
     _pair_arg,
     _positive,
-    _reduction_option,
     _register,
     _stream_options,
-    _window,
 )
 
 if TYPE_CHECKING:
@@ -28,36 +27,7 @@ if TYPE_CHECKING:
 def _add_occlusion(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
     _channel_option(parser)
-    parser.add_argument(
-        "--window",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occluder height [width] in pixels (default: 8 for digits, 11 otherwise)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="step height [width] in pixels (default: 2)",
-    )
-    parser.add_argument(
-        "--baseline",
-        default="0",
-        help="occluder value in model-input space, or 'noise' (uniform noise in the image's "
-        "range, as Zhou et al. 2015)",
-    )
-    _reduction_option(parser)
-    parser.add_argument(
-        "--perturbations-per-eval",
-        type=int,
-        default=64,
-        metavar="K",
-        help="occluded copies per forward pass",
-    )
+    _occluder_options(parser)
     parser.add_argument(
         "--engine",
         choices=("auto", "incremental", "full"),

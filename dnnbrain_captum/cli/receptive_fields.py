@@ -14,13 +14,12 @@ from dnnbrain_captum.cli._args import (
     _channel_option,
     _common_options,
     _has_module,
+    _occluder_options,
     _one_line,
     _pair_arg,
     _positive,
-    _reduction_option,
     _register,
     _unit_option,
-    _window,
 )
 
 if TYPE_CHECKING:
@@ -161,35 +160,7 @@ def _add_empirical_rf(parser: argparse.ArgumentParser) -> None:
         metavar="Q",
         help="upsample engine: floor below the Q-quantile (DNNBrain used 0.5)",
     )
-    parser.add_argument(
-        "--window",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occlusion engine: window height [width] (default: 8 for digits, 11 otherwise)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occlusion engine: step height [width] (default: 2)",
-    )
-    parser.add_argument(
-        "--baseline",
-        default="0",
-        help="occlusion engine: occluder value in model space, or 'noise'",
-    )
-    _reduction_option(parser)
-    parser.add_argument(
-        "--perturbations-per-eval",
-        type=int,
-        default=64,
-        metavar="K",
-        help="occlusion engine: occluded copies per forward pass",
-    )
+    _occluder_options(parser, note="occlusion engine: ")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
 
 
