@@ -298,12 +298,14 @@ if _has_module("dnnbrain_captum.attr.masked"):
             name="mask",
             help="tight mask around the high-contrast region that still drives a channel",
             description="Masked image (Walker et al. 2019; DNNBrain's MaskedImage): the convex "
-            "hull of the image's high-contrast pixels, blurred, then eroded until the target's "
-            "activation falls to --ratio of the hull image's. Writes result.npy (N, 3, H, W), "
-            "the masked images in model space, masks.npy (N, 1, H, W) and one figure per "
-            "image; activations and "
-            "erosion counts go into results.json.",
-            example=f"{PROG} mask --digits 4 --layer conv5 --channel 3 --ratio 0.9 --out mask/",
+            "hull of the image's high-contrast pixels, blurred, then eroded as far as the "
+            "target keeps --ratio of its activation on the hull image. Writes result.npy "
+            "(N, 3, H, W), the masked images in model space, masks.npy (N, 1, H, W) and one "
+            "figure per image; activations and erosion counts go into results.json. "
+            "--synthesis DIR masks the images of a synthesize run instead, each for the unit "
+            "or channel it was synthesised for.",
+            example=f"{PROG} synthesize --layer conv3 --channel 0,5,9 --unit 4 4 --out mei/ && "
+            f"{PROG} mask --synthesis mei/ --out mei_mask/",
             add_arguments=_add_mask,
             run=_run_mask,
             needs_layer=False,
