@@ -195,22 +195,18 @@ def _occluder_options(parser: argparse.ArgumentParser, note: str = "") -> None:
     """``--window``, ``--stride``, ``--baseline``, ``--reduction`` and
     ``--perturbations-per-eval`` of an occlusion map (``occlusion``; ``empirical-rf`` with
     ``note="occlusion engine: "``)."""
-    parser.add_argument(
-        "--window",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help=f"{note}occluder height [width] in pixels (default: 8 for digits, 11 otherwise)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help=f"{note}step height [width] in pixels (default: 2)",
-    )
+    for flag, what, default in (
+        ("--window", "occluder height [width]", "8 for digits, 11 otherwise"),
+        ("--stride", "step height [width]", "2"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_window,
+            nargs="+",
+            default=None,
+            metavar="PX",
+            help=f"{note}{what} in pixels (default: {default})",
+        )
     parser.add_argument(
         "--baseline",
         default="0",

@@ -21,6 +21,7 @@ PanelSpec = tuple[str, str, str, Callable[[], list[str]]]
 # 2019 synthesise an image per unit, then mask it): the demo's synthesise-then-mask panel.
 MEI_CHANNELS = (0, 5, 9, 14, 20, 33)
 MEI_UNIT = (4, 4)
+MEI_SEED = 2  # the random start images and the transforms; the command says --seed 2
 
 
 def _demo_channel(ctx: RunContext, layer: str) -> int:
@@ -34,6 +35,37 @@ def _demo_channel(ctx: RunContext, layer: str) -> int:
     with torch.no_grad():
         output = run_to_layer(ctx.model, _resolve_layer(ctx.model, layer), (ctx.images,))
     return int(output.mean(dim=(0, 2, 3)).argmax())
+
+
+def _per_image(ctx: RunContext, n: int, stem: str, make: Callable[[int], Any]) -> list[str]:
+    """Save ``make(k)`` as ``STEM_k.png`` for the first ``n`` sample digits."""
+    names = []
+    for k in range(n):
+        name = f"{stem}_{k}.png"
+        ctx.save_figure(name, make(k))
+        names.append(name)
+    return names
+
+
+def _minimal_figures(
+    ctx: RunContext, n: int, stem: str, result: Any, middle: Callable[[int], str], kept: bool = True
+) -> list[str]:
+    """Original, minimal image (titled ``middle(k)``) and, with ``kept``, the kept pixels."""
+    from dnnbrain_captum.visualization import minimal_image_figure
+
+    assert ctx.display is not None
+    display = ctx.display
+    return _per_image(
+        ctx,
+        n,
+        stem,
+        lambda k: minimal_image_figure(
+            display[k],
+            result.images[k].clamp(0, 1),
+            result.masks[k].float() if kept else None,
+            ("original", middle(k), "kept pixels"),
+        ),
+    )
 
 
 def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
@@ -56,63 +88,56 @@ def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
     base = f"{PROG} {{}} --digits {n}"
 
     def per_image(stem: str, make: Callable[[int], Any]) -> list[str]:
-        names = []
-        for k in range(n):
-            name = f"{stem}_{k}.png"
-            ctx.save_figure(name, make(k))
-            names.append(name)
-        return names
+        return _per_image(ctx, n, stem, make)
 
-    def vanilla() -> list[str]:
-        grads = saliency_arrays(model, None, images, classes)
-        return per_image(
-            "saliency_vanilla",
-            lambda k: saliency_figure(grads[k], display[k], title=f"class {classes[k]}"),
-        )
-
-    yield (
-        "Vanilla saliency",
-        "Gradient of the predicted class's logit with respect to each pixel (absolute value, "
-        "summed over colour): the pixels whose change moves the decision most.",
-        base.format("saliency") + " --out saliency/",
-        vanilla,
-    )
-
-    def guided() -> list[str]:
-        grads = saliency_arrays(model, conv5, images, c5, method="guided")
-        return per_image(
-            "saliency_guided",
-            lambda k: saliency_figure(grads[k], display[k], title=f"conv5 channel {c5}"),
-        )
-
-    yield (
-        f"Guided saliency, conv5 channel {c5}",
-        "Guided backpropagation of one conv5 channel's mean activation: only positive "
-        "evidence flows back, giving sharper edges than the vanilla gradient.",
-        base.format("saliency") + f" --method guided --layer conv5 --channel {c5} --out guided/",
-        guided,
-    )
-
-    def smooth() -> list[str]:
-        grads = saliency_arrays(
-            model, None, images, classes, smooth=ctx.record["demo_smooth"], sigma_multiplier=0.1
-        )
-        return per_image(
-            "saliency_smoothgrad",
-            lambda k: saliency_figure(
-                grads[k], display[k], title=f"SmoothGrad, class {classes[k]}"
+    smooth = ctx.record["demo_smooth"]
+    saliency_panels = (  # title, explanation, CLI options, stem, layer, target, title, options
+        (
+            "Vanilla saliency",
+            "Gradient of the predicted class's logit with respect to each pixel (absolute "
+            "value, summed over colour): the pixels whose change moves the decision most.",
+            "",
+            ("saliency_vanilla", None, classes, "class", {}),
+        ),
+        (
+            f"Guided saliency, conv5 channel {c5}",
+            "Guided backpropagation of one conv5 channel's mean activation: only positive "
+            "evidence flows back, giving sharper edges than the vanilla gradient.",
+            f" --method guided --layer conv5 --channel {c5}",
+            ("saliency_guided", conv5, c5, "conv5 channel", {"method": "guided"}),
+        ),
+        (
+            "SmoothGrad",
+            f"The vanilla gradient averaged over {smooth} noisy copies of the image (noise "
+            "std 0.1 x the image's range, DNNBrain's setting), which removes most of the "
+            "speckle.",
+            f" --smooth {smooth} --sigma-multiplier 0.1",
+            (
+                "saliency_smoothgrad",
+                None,
+                classes,
+                "SmoothGrad, class",
+                {"smooth": smooth, "sigma_multiplier": 0.1},
             ),
-        )
-
-    yield (
-        "SmoothGrad",
-        f"The vanilla gradient averaged over {ctx.record['demo_smooth']} noisy copies of the "
-        "image (noise std 0.1 x the "
-        "image's range, DNNBrain's setting), which removes most of the speckle.",
-        base.format("saliency")
-        + f" --smooth {ctx.record['demo_smooth']} --sigma-multiplier 0.1 --out smoothgrad/",
-        smooth,
+        ),
     )
+    for title, explanation, options, spec in saliency_panels:
+        stem = spec[0]
+
+        def saliency(spec: tuple[Any, ...] = spec) -> list[str]:
+            stem, layer, target, label, kwargs = spec
+            grads = saliency_arrays(model, layer, images, target, **kwargs)
+            return per_image(
+                stem,
+                lambda k: saliency_figure(
+                    grads[k],
+                    display[k],
+                    title=f"{label} {target[k] if isinstance(target, list) else target}",
+                ),
+            )
+
+        out = stem.removeprefix("saliency_").replace("vanilla", "saliency")
+        yield (title, explanation, base.format("saliency") + f"{options} --out {out}/", saliency)
 
     def upsample() -> list[str]:
         from dnnbrain_captum.attr import UpsamplingActivationMapping
@@ -215,8 +240,6 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
             synthesis,
         )
 
-    from dnnbrain_captum.visualization import minimal_image_figure
-
     with torch.no_grad():
         classes = model(ctx.images).argmax(dim=1).tolist()
 
@@ -235,21 +258,13 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
                 segmentation_kwargs={"n_segments": 30},
                 search_criterion="removal",
             )
-            names = []
-            for k in range(n):
-                fig = minimal_image_figure(
-                    display[k],
-                    result.images[k].clamp(0, 1),
-                    result.masks[k].float(),
-                    (
-                        "original",
-                        f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
-                        "kept pixels",
-                    ),
-                )
-                names.append(f"minimal_parcels_{k}.png")
-                ctx.save_figure(names[-1], fig)
-            return names
+            return _minimal_figures(
+                ctx,
+                n,
+                "minimal_parcels",
+                result,
+                lambda k: f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
+            )
 
         yield (
             "Minimal image (superpixels)",
@@ -271,17 +286,14 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
                 search_criterion="threshold",
             )
             total = int(result.selected.shape[1])
-            names = []
-            for k in range(n):
-                fig = minimal_image_figure(
-                    display[k],
-                    result.images[k].clamp(0, 1),
-                    None,
-                    ("original", f"{int(result.n_selected[k])} of {total} PCA components"),
-                )
-                names.append(f"minimal_components_{k}.png")
-                ctx.save_figure(names[-1], fig)
-            return names
+            return _minimal_figures(
+                ctx,
+                n,
+                "minimal_components",
+                result,
+                lambda k: f"mean + {int(result.n_selected[k])} of {total} PCA components",
+                kept=False,
+            )
 
         yield (
             "Minimal image (PCA components)",
@@ -344,9 +356,13 @@ def _mei_mask_panel(ctx: RunContext) -> PanelSpec:
         from dnnbrain_captum.visualization import synthesis_grid
 
         units = [(c, *MEI_UNIT) for c in MEI_CHANNELS]
-        start = random_images(len(units), ctx.image_size, seed=2, device=ctx.device)
+        start = random_images(len(units), ctx.image_size, seed=MEI_SEED, device=ctx.device)
         mei = SynthesisImage(ctx.model, "conv3").attribute(
-            start, target=units, n_iter=ctx.record["demo_steps"], return_history=True
+            start,
+            target=units,
+            n_iter=ctx.record["demo_steps"],
+            seed=MEI_SEED,
+            return_history=True,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -379,7 +395,8 @@ def _mei_mask_panel(ctx: RunContext) -> PanelSpec:
         "least 90 % of its activation on the hull image. Bottom row: the synthesis under that "
         "mask, with the share of the hull activation it keeps.",
         f"{PROG} synthesize --layer conv3 --channel {channels} --unit {row} {col} "
-        f"--n-iter {ctx.record['demo_steps']} --out mei/ && {PROG} mask --synthesis mei/ "
+        f"--n-iter {ctx.record['demo_steps']} --seed {MEI_SEED} --out mei/ && "
+        f"{PROG} mask --synthesis mei/ "
         "--out mei_mask/",
         make,
     )
