@@ -415,7 +415,11 @@ def test_demo_index_references_existing_images(demo_out: Path) -> None:
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
     held_out = digits_images()[0].shape[0]
-    assert f"on the {held_out} held-out digits" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert f"on the {held_out} held-out digits" in page
+    # Walker et al.'s pipeline: six conv3 units synthesised, then masked; its command shown
+    assert "Synthesise, then mask" in page and "mask_synthesis.png" in record["files"]
+    assert "mask --synthesis mei/" in page and "--channel 0,5,9,14,20,33 --unit 4 4" in page
 
 
 def test_demo_page_in_a_real_browser(demo_out: Path, tmp_path: Path) -> None:
