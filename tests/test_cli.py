@@ -90,17 +90,17 @@ def test_saliency_layer_channel(tmp_path: Path, digit_folder: Path, model) -> No
     out = tmp_path / "sal"
     args = ["saliency", digit_folder, "--no-stream", "--layer", "conv5", "--channel", 3]
     assert run([*args, "--out", out]) == 0
-    record = check_manifest(out, ["saliency.npy"], 3)
+    record = check_manifest(out, ["result.npy"], 3)
     assert record["images"] == [str(p) for p in find_images(digit_folder)]
     expected = VanillaSaliencyImage(model, "conv5").attribute(loaded(digit_folder), target=3)
-    np.testing.assert_array_equal(np.load(out / "saliency.npy"), expected.numpy())
+    np.testing.assert_array_equal(np.load(out / "result.npy"), expected.numpy())
 
 
 def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path, model) -> None:
     out = tmp_path / "sg"
     args = ["saliency", digit_folder, "--no-stream", "--method", "guided", "--smooth", 3]
     assert run([*args, "--sigma-multiplier", 0.2, "--out", out]) == 0
-    check_manifest(out, ["saliency.npy"], 3)
+    check_manifest(out, ["result.npy"], 3)
     from captum.attr import NoiseTunnel
 
     from dnnbrain_captum import smoothgrad_stdev
@@ -121,7 +121,7 @@ def test_saliency_guided_smoothgrad_on_class(tmp_path: Path, digit_folder: Path,
             )
         )
     np.testing.assert_allclose(
-        np.load(out / "saliency.npy"), torch.cat(expected).numpy(), rtol=1e-6, atol=1e-7
+        np.load(out / "result.npy"), torch.cat(expected).numpy(), rtol=1e-6, atol=1e-7
     )
     assert json.loads((out / "results.json").read_text())["targets"] == classes
 
@@ -141,7 +141,7 @@ def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
         4,
     ]
     assert run([*args, "--stride", 3, "--baseline", 0.5, "--out", out]) == 0
-    check_manifest(out, ["occlusion.npy"], 3)
+    check_manifest(out, ["result.npy"], 3)
     expected = OccluderDiscrepancyMapping(model, "conv4").attribute(
         loaded(digit_folder),
         target=7,
@@ -149,7 +149,7 @@ def test_occlusion(tmp_path: Path, digit_folder: Path, model) -> None:
         strides=(3, 3),
         baselines=0.5,
     )
-    result = np.load(out / "occlusion.npy")
+    result = np.load(out / "result.npy")
     assert result.shape == (3, 9, 10)
     np.testing.assert_allclose(result, expected.numpy(), rtol=1e-6, atol=1e-6)
 
@@ -168,13 +168,13 @@ def test_upsample(tmp_path: Path, digit_folder: Path, model) -> None:
         5,
     ]
     assert run([*args, "--threshold", 0.5, "--interpolate", "bilinear", "--out", out]) == 0
-    check_manifest(out, ["upsample.npy"], 5)
+    check_manifest(out, ["result.npy"], 5)
     digits, _ = digits_images(n=2)
     x = torch.cat([loaded(digit_folder), digits])
     expected = UpsamplingActivationMapping(model, "conv5").attribute(
         x, target=5, interpolate_mode="bilinear", threshold=0.5
     )
-    np.testing.assert_array_equal(np.load(out / "upsample.npy"), expected.numpy())
+    np.testing.assert_array_equal(np.load(out / "result.npy"), expected.numpy())
 
 
 def test_rf_table_and_region(tmp_path: Path, model) -> None:
@@ -212,7 +212,7 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     out = tmp_path / "syn"
     args = ["synthesize", "--layer", "conv5", "--channel", "2,5", "--n-iter", 3]
     assert run([*args, "--tv", 0.01, "--out", out]) == 0
-    check_manifest(out, ["synthesis.npy", "activation.npy"], 1)
+    check_manifest(out, ["result.npy", "activation.npy"], 1)
     expected = SynthesisImage(model, "conv5").attribute(
         random_images(2, 32),
         target=[2, 5],
@@ -221,7 +221,7 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
         return_history=True,
     )
     np.testing.assert_allclose(
-        np.load(out / "synthesis.npy"), expected.images.numpy(), rtol=1e-5, atol=1e-6
+        np.load(out / "result.npy"), expected.images.numpy(), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(
         np.load(out / "activation.npy"), expected.activation.numpy(), rtol=1e-5, atol=1e-6
@@ -233,9 +233,7 @@ def test_synthesize_channels_and_classes(tmp_path: Path, model) -> None:
     assert run([*args, "--n-iter", 2, "--out", out]) == 0
     start = digits_images(n=1)[0].expand(2, -1, -1, -1)
     expected = SynthesisImage(model).attribute(start, target=[3, 4], preset="dnnbrain", n_iter=2)
-    np.testing.assert_allclose(
-        np.load(out / "synthesis.npy"), expected.numpy(), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_mask(tmp_path: Path, model) -> None:
@@ -244,15 +242,51 @@ def test_mask(tmp_path: Path, model) -> None:
     out = tmp_path / "mask"
     args = ["mask", "--digits", 2, "--layer", "conv4", "--channel", 13, "--unit", 2, 3]
     assert run([*args, "--filter-sigma", 0.5, "--out", out]) == 0
-    record = check_manifest(out, ["masked.npy", "masks.npy"], 2)
+    record = check_manifest(out, ["result.npy", "masks.npy"], 2)
     expected = MaskedImage(model, "conv4").attribute(
         digits_images(n=2)[0], target=(13, 2, 3), filter_sigma=0.5, return_masks=True
     )
-    np.testing.assert_allclose(np.load(out / "masked.npy"), expected.images.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.images.numpy(), atol=1e-6)
     np.testing.assert_allclose(np.load(out / "masks.npy"), expected.masks.numpy(), atol=1e-6)
     assert record["n_erosions"] == expected.n_erosions.tolist() == [1, 2]  # keep + border defaults
     assert record["targets"] == [[13, 2, 3], [13, 2, 3]]
     assert record["warnings"] == []
+
+
+def test_mask_of_a_synthesis_run(tmp_path: Path, model, capsys) -> None:
+    """Walker et al.: synthesise an image per conv3 unit, then mask each for its own unit
+    (``mask --synthesis DIR``), equal to the two library calls."""
+    from dnnbrain_captum.attr.masked import MaskedImage
+    from dnnbrain_captum.optim import SynthesisImage, random_images
+
+    mei = tmp_path / "mei"
+    synth = ["synthesize", "--layer", "conv3", "--channel", "0,5", "--unit", 4, 4]
+    assert run([*synth, "--n-iter", 4, "--seed", 2, "--quiet", "--out", mei]) == 0
+    assert run(["mask", "--synthesis", mei, "--quiet", "--out", tmp_path / "m"]) == 0
+    record = check_manifest(tmp_path / "m", ["result.npy", "masks.npy"], 2)
+    units = [(0, 4, 4), (5, 4, 4)]
+    images = SynthesisImage(model, "conv3").attribute(
+        random_images(2, 32, seed=2), target=units, n_iter=4, seed=2
+    )
+    np.testing.assert_allclose(np.load(mei / "result.npy"), images.numpy(), atol=1e-5)
+    expected = MaskedImage(model, "conv3").attribute(
+        torch.from_numpy(np.load(mei / "result.npy")), target=units, return_masks=True
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "m" / "result.npy"), expected.images.numpy(), atol=1e-6
+    )
+    assert record["targets"] == [[0, 4, 4], [5, 4, 4]] and record["layer"] == "conv3"
+    assert record["n_erosions"] == expected.n_erosions.tolist()
+    assert record["images"] == [f"{mei / 'result.npy'}[{k}]" for k in range(2)]
+    # options that would contradict the synthesis are refused, nothing written
+    for extra in (["--layer", "conv5"], ["--digits", 1], ["--channel", 3], ["--seed", 1]):
+        out = tmp_path / "refused"
+        assert run(["mask", "--synthesis", mei, *extra, "--out", out]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and extra[0] in err[0], err
+        assert not out.exists()
+    assert run(["mask", "--synthesis", tmp_path / "m", "--out", tmp_path / "x"]) == 2
+    assert "holds no synthesize run" in capsys.readouterr().err
 
 
 def test_library_warnings_become_notes(tmp_path: Path, capsys) -> None:
@@ -273,7 +307,7 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
     out = tmp_path / "parcels"
     args = ["minimal", "--digits", 2, "--method", "slic", "--segment", "n_segments=12"]
     assert run([*args, "--search", "removal", "--out", out]) == 0
-    record = check_manifest(out, ["minimal.npy", "kept.npy", "parcels.npy"], 2)
+    record = check_manifest(out, ["result.npy", "kept.npy", "parcels.npy"], 2)
     expected = MinimalParcelImage(model).attribute(
         x,
         target=classes,
@@ -281,18 +315,18 @@ def test_minimal_parcels_and_components(tmp_path: Path, model) -> None:
         segmentation_kwargs={"n_segments": 12},
         search_criterion="removal",
     )
-    np.testing.assert_array_equal(np.load(out / "minimal.npy"), expected.images.numpy())
+    np.testing.assert_array_equal(np.load(out / "result.npy"), expected.images.numpy())
     np.testing.assert_array_equal(np.load(out / "kept.npy"), expected.masks.numpy())
     np.testing.assert_array_equal(np.load(out / "parcels.npy"), expected.labels.numpy())
     assert record["n_selected"] == expected.n_selected.tolist()
     out = tmp_path / "components"
     args = ["minimal", "--digits", 2, "--layer", "conv3", "--channel", 4, "--method", "pca"]
     assert run([*args, "--patch-size", 4, "--search", "threshold", "--out", out]) == 0
-    check_manifest(out, ["minimal.npy", "selected.npy"], 2)
+    check_manifest(out, ["result.npy", "selected.npy"], 2)
     expected = MinimalComponentImage(model, "conv3").attribute(
         x, target=4, decomposition="pca", patch_size=4, search_criterion="threshold"
     )
-    np.testing.assert_allclose(np.load(out / "minimal.npy"), expected.images.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.images.numpy(), atol=1e-6)
     np.testing.assert_array_equal(np.load(out / "selected.npy"), expected.selected.numpy())
 
 
@@ -303,11 +337,11 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
     out = tmp_path / "erf"
     args = ["empirical-rf", "--digits", 5, "--layer", "conv3", "--channel", 5]
     assert run([*args, "--batch-size", 2, "--threshold", 0.5, "--out", out]) == 0
-    check_manifest(out, ["empirical_rf.npy", "empirical_rf.json"], 1)
+    check_manifest(out, ["result.npy", "empirical_rf.json"], 1)
     expected = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3")).attribute(
         x, target=5, threshold=0.5
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.map.numpy(), atol=1e-6)
     summary = json.loads((out / "empirical_rf.json").read_text())
     assert summary["size"] == expected.size.tolist()
     assert summary["theoretical_size"] == [18, 18] and summary["n_images"] == 5
@@ -334,7 +368,7 @@ def test_empirical_rf_both_engines(tmp_path: Path, model) -> None:
     expected = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv5")).attribute(
         x[:2], target=1, alignment="map", sliding_window_shapes=(6, 6), strides=(4, 4)
     )
-    np.testing.assert_allclose(np.load(out / "empirical_rf.npy"), expected.map.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.map.numpy(), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +415,11 @@ def test_demo_index_references_existing_images(demo_out: Path) -> None:
     record = json.loads((out / "results.json").read_text())
     assert set(record["files"]) == files_in(out)
     held_out = digits_images()[0].shape[0]
-    assert f"on the {held_out} held-out digits" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert f"on the {held_out} held-out digits" in page
+    # Walker et al.'s pipeline: six conv3 units synthesised, then masked; its command shown
+    assert "Synthesise, then mask" in page and "mask_synthesis.png" in record["files"]
+    assert "mask --synthesis mei/" in page and "--channel 0,5,9,14,20,33 --unit 4 4" in page
 
 
 def test_demo_page_in_a_real_browser(demo_out: Path, tmp_path: Path) -> None:
@@ -440,17 +478,17 @@ def test_overwrite_replaces_previous_results(tmp_path: Path) -> None:
     assert files_in(out) == {
         "mine.txt",
         "results.json",
-        "upsample.npy",
+        "result.npy",
         "000_digit0_label6_upsample.png",
     }
-    assert np.load(out / "upsample.npy").shape == (1, 32, 32)
+    assert np.load(out / "result.npy").shape == (1, 32, 32)
 
 
 def test_out_may_be_an_existing_empty_folder_and_no_figures(tmp_path: Path) -> None:
     out = tmp_path / "empty"
     out.mkdir()
     assert run(["saliency", "--digits", 2, "--no-figures", "--out", out]) == 0
-    assert files_in(out) == {"saliency.npy", "results.json"}
+    assert files_in(out) == {"result.npy", "results.json"}
 
 
 def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
@@ -460,7 +498,7 @@ def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
     assert run([*args, "--weights", weights, "--out", tmp_path / "a"]) == 0
     assert run([*args, "--out", tmp_path / "b"]) == 0
     np.testing.assert_array_equal(
-        np.load(tmp_path / "a" / "upsample.npy"), np.load(tmp_path / "b" / "upsample.npy")
+        np.load(tmp_path / "a" / "result.npy"), np.load(tmp_path / "b" / "result.npy")
     )
     args = ["saliency", "--digits", 1, "--model", "tests.helpers.models:TinyConvNet"]
     assert (
@@ -469,13 +507,13 @@ def test_weights_file_and_factory_model(tmp_path: Path, model) -> None:
         )
         == 0
     )
-    assert np.load(tmp_path / "c" / "saliency.npy").shape == (1, 3, 12, 12)
+    assert np.load(tmp_path / "c" / "result.npy").shape == (1, 3, 12, 12)
 
 
 def test_torchvision_model_by_name(tmp_path: Path) -> None:
     args = ["upsample", "--digits", 1, "--model", "alexnet", "--layer", "conv5"]
     assert run([*args, "--channel", 255, "--out", tmp_path / "tv", "--quiet"]) == 0
-    assert np.load(tmp_path / "tv" / "upsample.npy").shape == (1, 224, 224)
+    assert np.load(tmp_path / "tv" / "result.npy").shape == (1, 224, 224)
 
 
 def test_torchvision_weight_name_uses_the_hub_cache_only(tmp_path: Path, monkeypatch) -> None:
@@ -499,7 +537,7 @@ def test_torchvision_weight_name_uses_the_hub_cache_only(tmp_path: Path, monkeyp
             [0.229, 0.224, 0.225]
         ).view(1, 3, 1, 1)
         expected = UpsamplingActivationMapping(reference, "features.3").attribute(x, target=7)
-        np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-4)
+        np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
@@ -808,7 +846,7 @@ def test_stream_smoothgrad_on_predicted_classes_equals_in_memory(
     in_memory = json.loads((tmp_path / "m" / "results.json").read_text())
     assert read_results(tmp_path / "s" / "predicted_classes").tolist() == in_memory["targets"]
     np.testing.assert_allclose(
-        read_results(tmp_path / "s"), np.load(tmp_path / "m" / "saliency.npy"), rtol=1e-5, atol=1e-7
+        read_results(tmp_path / "s"), np.load(tmp_path / "m" / "result.npy"), rtol=1e-5, atol=1e-7
     )
     assert "predicted_classes" in files_in(tmp_path / "s")
 
@@ -865,7 +903,7 @@ def test_stream_occlusion_and_upsample_with_digits(
     assert run([*args, "--out", tmp_path / "v"]) == 0
     np.testing.assert_allclose(
         read_results(tmp_path / "u"),  # batches of 3 vs one of 4
-        np.load(tmp_path / "v" / "upsample.npy"),
+        np.load(tmp_path / "v" / "result.npy"),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -1098,7 +1136,7 @@ def test_random_weights_are_seeded_said_and_recorded(tmp_path: Path, capsys) -> 
         assert f"resnet18 has random weights (seeded with --seed {seed})" in err
         record = json.loads((out / "results.json").read_text())
         assert record["random_weights_seed"] == seed
-        results.append(np.load(out / "upsample.npy"))
+        results.append(np.load(out / "result.npy"))
     np.testing.assert_array_equal(results[0], results[1])  # the same command, the same numbers
     assert not np.array_equal(results[0], results[2])  # another seed, other weights
     before = torch.random.get_rng_state()
@@ -1146,7 +1184,7 @@ def test_checkpoints_module_prefix_pickled_model_and_factory_from_cwd(
     expected = UpsamplingActivationMapping(model, "conv3").attribute(
         digits_images(n=1)[0], target=1
     )
-    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), atol=1e-6)
     whole = tmp_path / "whole.pt"
     torch.save(model, whole)
     capsys.readouterr()
@@ -1180,7 +1218,7 @@ def test_checkpoints_module_prefix_pickled_model_and_factory_from_cwd(
     )
     assert str(tmp_path) not in sys.path  # put back
     np.testing.assert_allclose(
-        np.load(tmp_path / "factory" / "upsample.npy"), expected.numpy(), atol=1e-6
+        np.load(tmp_path / "factory" / "result.npy"), expected.numpy(), atol=1e-6
     )
 
 
@@ -1245,7 +1283,7 @@ def test_photos_are_cropped_not_squashed(tmp_path: Path) -> None:
     )
     centre = torch.from_numpy(wide[:, 16:48]).permute(2, 0, 1).float().div(255).unsqueeze(0)
     expected = UpsamplingActivationMapping(digits_cnn(), "conv3").attribute(centre, target=1)
-    np.testing.assert_allclose(np.load(out / "upsample.npy"), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), atol=1e-5)
     record = json.loads((out / "results.json").read_text())
     assert record["preprocessing"]["center_crop"] == 32
 

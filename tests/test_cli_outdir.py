@@ -95,9 +95,9 @@ def test_overwrite_replaces_only_unchanged_files_of_ours(tmp_path, capsys) -> No
     assert (out / figures[2]).read_bytes() == b"edited by the user"
     assert (out / "notes.txt").read_text() == "keep"
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([*figures, "notes.txt", "results.json", "upsample.npy"])
+    assert names == sorted([*figures, "notes.txt", "results.json", "result.npy"])
     record = json.loads((out / "results.json").read_text())
-    assert sorted(record["sha256"]) == sorted([*figures[:2], "upsample.npy"])
+    assert sorted(record["sha256"]) == sorted([*figures[:2], "result.npy"])
     # a new result whose name is taken by a file that is not ours: refused, nothing changed
     before = snapshot(out)
     assert run([args[0], "--digits", 3, *args[1:], "--overwrite"]) == 2
@@ -122,10 +122,10 @@ def test_out_symlinked_to_another_file_system(tmp_path) -> None:  # noqa: ANN001
         out = tmp_path / "link"
         out.symlink_to(target, target_is_directory=True)
         assert run([*IN_MEMORY, "--no-figures", "--out", out]) == 0  # a fresh run
-        first = np.load(out / "saliency.npy")
+        first = np.load(out / "result.npy")
         (target / "mine.txt").write_text("keep")
         assert run(["saliency", "--digits", 3, "--quiet", "--out", out, "--overwrite"]) == 0
-        assert np.load(out / "saliency.npy").shape[0] == 3 and first.shape[0] == 2
+        assert np.load(out / "result.npy").shape[0] == 3 and first.shape[0] == 2
         assert (target / "mine.txt").read_text() == "keep"
         assert not [p for p in target.iterdir() if p.name.startswith(".")]
     finally:
@@ -179,3 +179,91 @@ def test_second_run_on_a_locked_folder_fails_fast(tmp_path, capsys) -> None:  # 
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     assert run([*IN_MEMORY, "--out", out]) == 0  # the killed holder's lock is taken over
+
+
+# ----------------------------------------------------------------------------- one layout
+# Issue 14: the output layout differed between image files (``saliency.npy``, one figure per
+# image) and a folder (``result.npy`` + ``manifest.json``, figures for the first 16 only).
+
+LAYOUT_RUNS = {
+    "saliency": ["--layer", "conv5", "--channel", 1],
+    "occlusion": ["--window", 8, "--stride", 4],
+    "upsample": ["--layer", "conv3", "--channel", 2],
+}
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three held-out digits as PNG files in one folder (sorted as the folder is read)."""
+    from PIL import Image
+
+    from dnnbrain_captum.models import digits_images
+
+    folder = tmp_path_factory.mktemp("photos")
+    images, _ = digits_images(n=3)
+    paths = []
+    for k in range(3):
+        array = (images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"p{k}.png")
+        paths.append(folder / f"p{k}.png")
+    return paths
+
+
+def _layout(out: Path) -> tuple[set[str], dict]:
+    record = json.loads((out / "results.json").read_text())
+    return {p.name for p in out.iterdir()}, record
+
+
+@pytest.mark.parametrize("command", sorted(LAYOUT_RUNS))
+def test_files_and_a_folder_give_one_layout(tmp_path, photo_files, command) -> None:  # noqa: ANN001
+    """The same images given as files (in memory), as their folder (streamed) and as files
+    with --stream: the same file names, the same main array ``result.npy`` row for row, the
+    same ``images`` list; a streamed run adds only its resume record ``manifest.json`` (and
+    ``predicted_classes/`` when the targets are the predicted classes)."""
+    args = [command, *LAYOUT_RUNS[command], "--quiet", "--max-figures", 2]
+    assert run([*args, *photo_files, "--out", tmp_path / "files"]) == 0
+    assert run([*args, photo_files[0].parent, "--out", tmp_path / "folder"]) == 0
+    assert run([*args, *photo_files, "--stream", "--out", tmp_path / "streamed"]) == 0
+    names, record = _layout(tmp_path / "files")
+    figures = {f"00{k}_p{k}_{command}.png" for k in range(2)}
+    resume = {"manifest.json"} | ({"predicted_classes"} if command == "occlusion" else set())
+    assert names == {"result.npy", "results.json", *figures}
+    assert record["result"] == "result.npy" and record["mode"] == "memory"
+    expected = np.load(tmp_path / "files" / "result.npy")
+    assert expected.shape[0] == 3
+    for other in ("folder", "streamed"):
+        other_names, other_record = _layout(tmp_path / other)
+        assert other_names == names | resume, other
+        assert other_record["result"] == "result.npy" and other_record["mode"] == "stream"
+        assert other_record["images"] == record["images"]
+        np.testing.assert_allclose(
+            np.load(tmp_path / other / "result.npy"), expected, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_every_in_memory_subcommand_names_its_main_array_result_npy(tmp_path) -> None:  # noqa: ANN001
+    """``result.npy`` (rows named by ``result_rows``) for every subcommand with an array."""
+    runs = {
+        "mask": ["--digits", 2, "--layer", "conv3", "--channel", 1],
+        "synthesize": ["--layer", "conv3", "--channel", "0-1", "--n-iter", 2],
+        "empirical-rf": ["--digits", 2, "--layer", "conv3", "--channel", 1],
+    }
+    rows = {"mask": ("images", 2), "synthesize": ("targets", 2), "empirical-rf": ("field", None)}
+    for command, extra in runs.items():
+        out = tmp_path / command
+        assert run([command, *extra, "--quiet", "--no-figures", "--out", out]) == 0, command
+        record = json.loads((out / "results.json").read_text())
+        assert record["result"] == "result.npy" and "result.npy" in record["files"], command
+        kind, n = rows[command]
+        assert record["result_rows"] == kind
+        if n is not None:
+            assert np.load(out / "result.npy").shape[0] == n, command
+
+
+def test_max_figures_is_honoured_in_memory_too(tmp_path, capsys) -> None:  # noqa: ANN001
+    args = ["upsample", "--digits", 3, "--layer", "conv3", "--channel", 1, "--quiet"]
+    assert run([*args, "--max-figures", 1, "--out", tmp_path / "one"]) == 0
+    assert len(list((tmp_path / "one").glob("*.png"))) == 1
+    assert run([*args, "--max-figures", -1, "--out", tmp_path / "neg"]) == 2
+    _one_error_line(capsys, "--max-figures must be >= 0, got -1")
+    assert not (tmp_path / "neg").exists()

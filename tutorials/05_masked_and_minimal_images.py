@@ -16,8 +16,9 @@
 #
 # Three ways to strip an image down to what drives a channel or a class:
 #
-# * `MaskedImage` — a tight mask around the image's high-contrast region, eroded until the
-#   target falls to 90 % of its value (Walker et al. 2019; DNNBrain's `put_mask`);
+# * `MaskedImage` — a tight mask: the convex hull of the image's high-contrast pixels,
+#   blurred, then eroded as far as the target keeps 90 % of its value on the hull image
+#   (Walker et al. 2019, who masked each unit's synthesised image; DNNBrain's `put_mask`);
 # * `MinimalParcelImage` — the fewest superpixels that keep the target up (Ullman et al. 2016;
 #   DNNBrain's minimal image, with its SLIC/quickshift and "fitting curve" bugs fixed);
 # * `MinimalComponentImage` — the same search over PCA/ICA components of the image (a stub in
@@ -25,7 +26,8 @@
 #
 # All three are batched over images and candidates and stop the forward pass at the layer.
 #
-# **Finding checked below:** a few superpixels — fewer than half of them — keep at least
+# **Findings checked below:** the tight mask of an image synthesised for a conv3 unit covers
+# less than half of the image; a few superpixels — fewer than half of them — keep at least
 # 90 % of each digit's class logit.
 
 # %%
@@ -36,7 +38,8 @@ import torch
 
 from dnnbrain_captum import MaskedImage, MinimalComponentImage, MinimalParcelImage
 from dnnbrain_captum.models import digits_cnn, digits_images
-from dnnbrain_captum.visualization import minimal_image_figure, show
+from dnnbrain_captum.optim import SynthesisImage, random_images
+from dnnbrain_captum.visualization import minimal_image_figure, show, synthesis_grid
 
 FAST = os.environ.get("DNNBRAIN_CAPTUM_FAST") == "1"  # the test suite sets this
 model = digits_cnn()
@@ -44,23 +47,39 @@ images, labels = digits_images(n=2 if FAST else 6)
 classes = model(images).argmax(dim=1)
 
 # %% [markdown]
-# ## Masked image
+# ## Synthesise, then mask (Walker et al. 2019)
 #
-# `return_masks=True` also gives the mask, the activation reached, the activation on the
-# un-eroded hull image (the *baseline*) and the number of erosions. A 0-based unit
-# `(c, i, j)` of a layer can be the target as well.
+# Walker et al. synthesised the image that drives a unit most, then asked which part of it
+# the unit needs. Here: six conv3 units (0-based `(channel, row, column)`, the middle of the
+# 8 × 8 map) get a synthesised image each, and `MaskedImage` masks each image for its own
+# unit. `return_masks=True` also gives the mask, the activation reached, the activation on
+# the un-eroded hull image (the *baseline*) and the number of erosions.
 
 # %%
-masked = MaskedImage(model).attribute(images, target=classes, return_masks=True)
-print("erosions:", masked.n_erosions.tolist())
-print("logit / hull logit:", (masked.activation / masked.baseline).tolist())
-fig = minimal_image_figure(
-    images[0],
-    masked.images[0].clamp(0, 1),
-    masked.masks[0, 0],
-    titles=("original", f"masked image ({int(masked.n_erosions[0])} erosions)", "mask"),
+units = [(c, 4, 4) for c in (0, 5, 9, 14, 20, 33)]
+mei = SynthesisImage(model, "conv3").attribute(
+    random_images(6, 32, seed=2), target=units, n_iter=16 if FAST else 64
 )
-show(fig, "05_masked")
+masked = MaskedImage(model, "conv3").attribute(mei, target=units, return_masks=True)
+area = masked.masks.mean(dim=(1, 2, 3))
+print("erosions:", masked.n_erosions.tolist())
+print("activation / hull activation:", (masked.activation / masked.baseline).tolist())
+print("share of the image under the mask:", area.tolist())
+assert (masked.activation >= 0.9 * masked.baseline).all()  # the stopping rule
+assert (area < 0.5).all()  # the finding: each unit needs less than half of its image
+fig = synthesis_grid(
+    torch.cat([mei, masked.masks.expand(-1, 3, -1, -1), masked.images]).clamp(0, 1),
+    [f"unit ({c}, 4, 4)" for c, _, _ in units]
+    + [f"mask: {a:.0%} of pixels" for a in area.tolist()]
+    + [f"masked: {r:.0%} of hull" for r in (masked.activation / masked.baseline).tolist()],
+    ncols=6,
+    title="synthesised images (top), their tight masks (middle), masked (bottom)",
+)
+show(fig, "05_masked_synthesis")
+
+# %% [markdown]
+# The same call masks any image, e.g. each digit for its predicted class (no layer):
+# `MaskedImage(model).attribute(images, target=classes)`.
 
 # %% [markdown]
 # ## Minimal image from superpixels

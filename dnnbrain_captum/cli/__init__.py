@@ -1,8 +1,10 @@
 """The ``dnnbrain-captum`` command: every algorithm on your images and model, no code needed.
 
 ``dnnbrain-captum SUBCOMMAND [IMAGE ...] [options] --out DIR`` runs one algorithm and writes
-NumPy arrays (``.npy``), PNG figures and ``results.json`` (what ran, on which images, which
-files it wrote) into ``DIR``. ``dnnbrain-captum demo --out DIR`` runs every algorithm on the
+its main array as ``DIR/result.npy`` (one row per image), further arrays under their own
+names, figures ``NNN_STEM_KIND.png`` and ``results.json`` (what ran, on which images, which
+files it wrote): one layout, whether the images are files, folders or ``--digits``, in memory
+or streamed. ``dnnbrain-captum demo --out DIR`` runs every algorithm on the
 bundled digits model and writes ``DIR/index.html``.
 
 Errors (a missing or unreadable image, an unknown model or layer, a channel out of range, an
@@ -13,10 +15,9 @@ into place when everything succeeded.
 
 ``saliency``, ``occlusion`` and ``upsample`` stream a folder of images (or any images with
 ``--stream``) through :func:`dnnbrain_captum.run_over` instead: ``DIR`` becomes a resumable
-runner folder (``result.npy`` + ``manifest.json``, read with
-:func:`dnnbrain_captum.read_results`); rerunning the same command resumes it, a different one
-is refused with one line naming what differs, and figures are drawn for the first
-``--max-figures`` images only (see ``docs/cli.md``).
+runner folder (the same files plus ``manifest.json``, read with
+:func:`dnnbrain_captum.read_results`); rerunning the same command resumes it, and a different
+one is refused with one line naming what differs (see ``docs/cli.md``).
 
 Examples
 --------
@@ -114,7 +115,12 @@ def _run(args: argparse.Namespace) -> None:
             f"--out {out} already holds results; pass --overwrite to replace them or choose "
             "another folder"
         )
-    ctx = _make_context(args, command)
+    synthesis = getattr(args, "synthesis", None) is not None  # mask --synthesis DIR
+    if synthesis:
+        from dnnbrain_captum.cli._from_synthesis import prepare_synthesis
+
+        prepare_synthesis(args)
+    ctx = _make_context(args, command, load_images=not synthesis)
     started = time.perf_counter()
     with _staging(out, args.overwrite) as staging:
         ctx.out = staging
@@ -128,6 +134,7 @@ def _run(args: argparse.Namespace) -> None:
         ctx.record.update(
             {
                 "command": args.command,
+                "mode": "memory",
                 "arguments": _arguments_record(args),
                 "model": args.model,
                 "layer": args.layer,

@@ -191,6 +191,38 @@ def _window(text: str) -> int:
     return value
 
 
+def _occluder_options(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--window``, ``--stride``, ``--baseline``, ``--reduction`` and
+    ``--perturbations-per-eval`` of an occlusion map (``occlusion``; ``empirical-rf`` with
+    ``note="occlusion engine: "``)."""
+    for flag, what, default in (
+        ("--window", "occluder height [width]", "8 for digits, 11 otherwise"),
+        ("--stride", "step height [width]", "2"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_window,
+            nargs="+",
+            default=None,
+            metavar="PX",
+            help=f"{note}{what} in pixels (default: {default})",
+        )
+    parser.add_argument(
+        "--baseline",
+        default="0",
+        help=f"{note}occluder value in model-input space, or 'noise' (uniform noise in the "
+        "image's range, as Zhou et al. 2015)",
+    )
+    _reduction_option(parser)
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=64,
+        metavar="K",
+        help=f"{note}occluded copies per forward pass",
+    )
+
+
 @dataclass
 class Subcommand:
     """One ``dnnbrain-captum`` subcommand."""
@@ -326,8 +358,9 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
         "streaming (large image sets)",
         textwrap.fill(
             "With a folder among the IMAGE arguments (or --stream) the images are read batch "
-            "by batch and the results are written by dnnbrain_captum.run_over into DIR: "
-            "DIR/result.npy + DIR/manifest.json. Rerunning the same command resumes; a "
+            "by batch and the results are written by dnnbrain_captum.run_over into DIR. The "
+            "files are those of an in-memory run (DIR/result.npy, DIR/results.json, the "
+            "figures) plus DIR/manifest.json, which lets the same command resume; a "
             "different command into the same DIR is refused (see docs/cli.md).",
             78,
         ),
@@ -337,14 +370,14 @@ def _stream_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="stream the images through the runner (default: on when an IMAGE argument is a "
-        "folder); --no-stream loads every image into memory and writes one NAME.npy",
+        "folder); --no-stream loads every image into memory (same files, no manifest.json)",
     )
     group.add_argument(
         "--max-figures",
         type=int,
         default=STREAM_FIGURES,
         metavar="N",
-        help="streamed runs: draw figures for the first N images only",
+        help=f"draw figures for the first N images only (default: {STREAM_FIGURES})",
     )
     group.add_argument(
         "--skip-unreadable",

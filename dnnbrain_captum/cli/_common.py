@@ -60,6 +60,9 @@ _QUIET_WARNINGS = (
 )
 
 
+RESULT = "result.npy"  # every subcommand's main array; a streamed run's runner file too
+
+
 @dataclass
 class RunContext:
     """What every subcommand gets: the model, the chosen layer, the images, an output folder."""
@@ -85,6 +88,20 @@ class RunContext:
     geometry: Any = None  # io.Preprocess: resize the shorter side + centre crop (no statistics)
     figure_format: str = "png"
     dpi: int = 100
+    max_figures: int | None = None  # --max-figures (saliency, occlusion, upsample); None: all
+
+    def save_result(self, array: Tensor | np.ndarray, rows: str = "images") -> Path:
+        """Write the run's main array as ``RESULT`` (the same name whatever the subcommand
+        and however the images were given) and say so in ``results.json``."""
+        path = self.save_array(RESULT, array)
+        self.record["result"] = RESULT
+        self.record["result_rows"] = rows
+        return path
+
+    def n_figures(self, n: int) -> int:
+        """How many of ``n`` images get a figure: the first ``--max-figures`` (all without
+        the option); the same in memory and streamed."""
+        return n if self.max_figures is None else max(0, min(n, self.max_figures))
 
     def save_array(self, name: str, array: Tensor | np.ndarray) -> Path:
         """Write ``name`` (``.npy``) into the output folder."""
@@ -247,7 +264,10 @@ def _make_context(
         geometry=geometry,
         figure_format=getattr(args, "format", "png"),
         dpi=_positive(getattr(args, "dpi", 100), "--dpi"),
+        max_figures=getattr(args, "max_figures", None),
     )
+    if ctx.max_figures is not None and ctx.max_figures < 0:
+        raise CLIError(f"--max-figures must be >= 0, got {ctx.max_figures}")
     ctx.record["preprocessing"] = {
         "resize_shorter_side": step.size,
         "center_crop": step.crop,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dnnbrain_captum.cli._args import (
@@ -58,7 +59,15 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
         "--ratio",
         type=float,
         default=0.9,
-        help="erode until the activation is at most RATIO x the hull's",
+        help="erode as far as the activation stays at least RATIO x the hull image's",
+    )
+    parser.add_argument(
+        "--synthesis",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="mask the images of a synthesize run in DIR, each for its own target (model, "
+        "layer and preprocessing from DIR/results.json; no IMAGE, --digits, --channel)",
     )
     parser.add_argument("--max-iter", type=int, default=100, help="most erosions tried")
     _reduction_option(parser)
@@ -88,12 +97,19 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
     from dnnbrain_captum.attr.masked import MaskedImage
     from dnnbrain_captum.visualization import minimal_image_figure
 
+    target: Any
+    if args.synthesis is not None:
+        from dnnbrain_captum.cli._from_synthesis import load_synthesis
+
+        target = load_synthesis(args, ctx)
+        used = [list(t) if isinstance(t, tuple) else t for t in target]
     assert ctx.images is not None and ctx.display is not None
-    target, used = _target_with_unit(ctx, args, ctx.images)
+    if args.synthesis is None:
+        target, used = _target_with_unit(ctx, args, ctx.images)
     result = MaskedImage(ctx.model, ctx.layer).attribute(
         ctx.images, target=target, show_progress=ctx.progress, **mask_options(args)
     )
-    ctx.save_array("masked.npy", result.images)
+    ctx.save_result(result.images)
     ctx.save_array("masks.npy", result.masks)
     ctx.record["targets"] = used
     ctx.record["activation"] = result.activation.tolist()
@@ -105,7 +121,11 @@ def _run_mask(args: argparse.Namespace, ctx: RunContext) -> None:
             ctx.display[k],
             shown[k],
             result.masks[k, 0],
-            ("original", f"masked ({int(result.n_erosions[k])} erosions)", "mask"),
+            (
+                "original" if args.synthesis is None else f"synthesis for {used[k]}",
+                f"masked: {float(result.activation[k] / result.baseline[k]):.0%} of hull act.",
+                f"mask ({int(result.n_erosions[k])} erosions)",
+            ),
         )
         ctx.save_figure(ctx.figure_name(k, "mask"), fig)
 
@@ -246,7 +266,7 @@ def _run_minimal(args: argparse.Namespace, ctx: RunContext) -> None:
 
         explainer = MinimalParcelImage(ctx.model, ctx.layer)
     result = explainer.attribute(ctx.images, target=target, show_progress=ctx.progress, **options)
-    ctx.save_array("minimal.npy", result.images)
+    ctx.save_result(result.images)
     if components:
         ctx.save_array("selected.npy", result.selected)
         total = [int(result.selected.shape[1])] * result.images.shape[0]
@@ -278,11 +298,14 @@ if _has_module("dnnbrain_captum.attr.masked"):
             name="mask",
             help="tight mask around the high-contrast region that still drives a channel",
             description="Masked image (Walker et al. 2019; DNNBrain's MaskedImage): the convex "
-            "hull of the image's high-contrast pixels, blurred, then eroded until the target's "
-            "activation falls to --ratio of the hull image's. Writes masked.npy (N, 3, H, W) in "
-            "model space, masks.npy (N, 1, H, W) and one figure per image; activations and "
-            "erosion counts go into results.json.",
-            example=f"{PROG} mask --digits 4 --layer conv5 --channel 3 --ratio 0.9 --out mask/",
+            "hull of the image's high-contrast pixels, blurred, then eroded as far as the "
+            "target keeps --ratio of its activation on the hull image. Writes result.npy "
+            "(N, 3, H, W), the masked images in model space, masks.npy (N, 1, H, W) and one "
+            "figure per image; activations and erosion counts go into results.json. "
+            "--synthesis DIR masks the images of a synthesize run instead, each for the unit "
+            "or channel it was synthesised for.",
+            example=f"{PROG} synthesize --layer conv3 --channel 0,5,9 --unit 4 4 --out mei/ && "
+            f"{PROG} mask --synthesis mei/ --out mei_mask/",
             add_arguments=_add_mask,
             run=_run_mask,
             needs_layer=False,
@@ -298,9 +321,9 @@ if _has_module("dnnbrain_captum.attr.minimal") and _has_module(
             description="Minimal image: cut each image into superpixels (felzenszwalb, slic, "
             "quickshift; MinimalParcelImage) or image components (pca, ica; "
             "MinimalComponentImage) and keep the fewest that still drive the target (--search). "
-            "Writes minimal.npy (N, 3, H, W) in model space, kept.npy (N, H, W) and parcels.npy "
-            "(N, H, W) for superpixels or selected.npy (N, K) for components, and one figure "
-            "per image.",
+            "Writes result.npy (N, 3, H, W), the minimal images in model space, kept.npy "
+            "(N, H, W) and parcels.npy (N, H, W) for superpixels or selected.npy (N, K) for "
+            "components, and one figure per image.",
             example=f"{PROG} minimal photo.jpg --model alexnet --weights alexnet.pth --layer "
             "conv5 --channel 121 --method slic --segment n_segments=100 --out minimal/",
             add_arguments=_add_minimal,

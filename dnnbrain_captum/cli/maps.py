@@ -13,12 +13,11 @@ from dnnbrain_captum.cli._args import (
     _baseline_value,
     _channel_option,
     _common_options,
+    _occluder_options,
     _pair_arg,
     _positive,
-    _reduction_option,
     _register,
     _stream_options,
-    _window,
 )
 
 if TYPE_CHECKING:
@@ -28,36 +27,7 @@ if TYPE_CHECKING:
 def _add_occlusion(parser: argparse.ArgumentParser) -> None:
     _common_options(parser)
     _channel_option(parser)
-    parser.add_argument(
-        "--window",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occluder height [width] in pixels (default: 8 for digits, 11 otherwise)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="step height [width] in pixels (default: 2)",
-    )
-    parser.add_argument(
-        "--baseline",
-        default="0",
-        help="occluder value in model-input space, or 'noise' (uniform noise in the image's "
-        "range, as Zhou et al. 2015)",
-    )
-    _reduction_option(parser)
-    parser.add_argument(
-        "--perturbations-per-eval",
-        type=int,
-        default=64,
-        metavar="K",
-        help="occluded copies per forward pass",
-    )
+    _occluder_options(parser)
     parser.add_argument(
         "--engine",
         choices=("auto", "incremental", "full"),
@@ -112,10 +82,10 @@ def _run_occlusion(args: argparse.Namespace, ctx: RunContext) -> None:
             ).detach()
         )
     result = torch.cat(parts)
-    ctx.save_array("occlusion.npy", result)
+    ctx.save_result(result)
     ctx.record["targets"] = used
     ctx.record["options"] = {k: v for k, v in options.items() if k != "perturbations_per_eval"}
-    for k in range(result.shape[0]):
+    for k in range(ctx.n_figures(result.shape[0])):
         what = f"channel {used[k]}" if ctx.layer is not None else f"class {used[k]}"
         fig = occlusion_figure(
             result[k], ctx.display[k], window, options["strides"], title=f"occlusion, {what}"
@@ -171,8 +141,8 @@ def _run_upsample(args: argparse.Namespace, ctx: RunContext) -> None:
         for _, batch in ctx.batches(_positive(args.batch_size, "--batch-size"), "upsample")
     ]
     result = torch.cat(parts)
-    ctx.save_array("upsample.npy", result)
-    for k in range(result.shape[0]):
+    ctx.save_result(result)
+    for k in range(ctx.n_figures(result.shape[0])):
         fig = activation_map_figure(
             result[k], ctx.display[k], title=f"{ctx.layer_name} channel {args.channel}"
         )
@@ -184,7 +154,7 @@ _register(
         name="occlusion",
         help="how much a channel or class drops when a window of the image is covered",
         description="Occluder discrepancy map: slide a window over each image and record "
-        "original minus occluded value of the target. Writes occlusion.npy (N, rows, cols) with "
+        "original minus occluded value of the target. Writes result.npy (N, rows, cols) with "
         "rows = floor((H - window) / stride) + 1, and one figure per image.",
         example=f"{PROG} occlusion --digits 4 --layer conv5 --channel 3 --window 8 --stride 2 "
         "--out occlusion/",
@@ -197,7 +167,7 @@ _register(
     Subcommand(
         name="upsample",
         help="a channel's activation map interpolated to the image size",
-        description="Upsampled activation map of one channel of --layer. Writes upsample.npy "
+        description="Upsampled activation map of one channel of --layer. Writes result.npy "
         "(N, H, W) and one figure per image.",
         example=f"{PROG} upsample photos/ --model vgg16 --weights DEFAULT --layer conv8 "
         "--channel 5 --threshold 0.95 --out maps/",

@@ -14,13 +14,12 @@ from dnnbrain_captum.cli._args import (
     _channel_option,
     _common_options,
     _has_module,
+    _occluder_options,
     _one_line,
     _pair_arg,
     _positive,
-    _reduction_option,
     _register,
     _unit_option,
-    _window,
 )
 
 if TYPE_CHECKING:
@@ -161,35 +160,7 @@ def _add_empirical_rf(parser: argparse.ArgumentParser) -> None:
         metavar="Q",
         help="upsample engine: floor below the Q-quantile (DNNBrain used 0.5)",
     )
-    parser.add_argument(
-        "--window",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occlusion engine: window height [width] (default: 8 for digits, 11 otherwise)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=_window,
-        nargs="+",
-        default=None,
-        metavar="PX",
-        help="occlusion engine: step height [width] (default: 2)",
-    )
-    parser.add_argument(
-        "--baseline",
-        default="0",
-        help="occlusion engine: occluder value in model space, or 'noise'",
-    )
-    _reduction_option(parser)
-    parser.add_argument(
-        "--perturbations-per-eval",
-        type=int,
-        default=64,
-        metavar="K",
-        help="occlusion engine: occluded copies per forward pass",
-    )
+    _occluder_options(parser, note="occlusion engine: ")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
 
 
@@ -247,7 +218,7 @@ def _run_empirical_rf(args: argparse.Namespace, ctx: RunContext) -> None:
     )
     theory = measure.theoretical((3, *ctx.image_size))
     size = [int(v) for v in result.size.tolist()]
-    ctx.save_array("empirical_rf.npy", result.map)
+    ctx.save_result(result.map, rows="field")
     ctx.save_json(
         "empirical_rf.json",
         {
@@ -271,8 +242,8 @@ if _has_module("dnnbrain_captum.receptive_field.empirical"):
             description="Empirical receptive field (Zhou et al. 2015): each image's upsampled "
             "activation map (--engine upsample) or occlusion map (--engine occlusion) is cut out "
             "over the theoretical field of the image's best unit, and the cut-outs are averaged. "
-            "Writes empirical_rf.npy (R, R), empirical_rf.json (the size estimate in pixels "
-            "next to the theoretical size) and empirical_rf.png.",
+            "Writes result.npy (R, R), the mean map; empirical_rf.json (the size estimate in "
+            "pixels next to the theoretical size) and empirical_rf.png.",
             example=f"{PROG} empirical-rf images/ --model alexnet --weights alexnet.pth "
             "--layer conv5 --channel 121 --engine upsample --threshold 0.5 --out erf/",
             add_arguments=_add_empirical_rf,

@@ -128,12 +128,12 @@ def _run_saliency(args: argparse.Namespace, ctx: RunContext) -> None:
             ).detach()
         )
     result = torch.cat(parts)
-    ctx.save_array("saliency.npy", result)
+    ctx.save_result(result)
     ctx.record["targets"] = used
     label = "guided" if args.method == "guided" else "vanilla"
     if args.smooth:
         label += f" SmoothGrad x{args.smooth}"
-    for k in range(result.shape[0]):
+    for k in range(ctx.n_figures(result.shape[0])):
         what = f"channel {used[k]}" if ctx.layer is not None else f"class {used[k]}"
         fig = saliency_figure(
             result[k], ctx.display[k], sign="absolute_value", title=f"{label}, {what}"
@@ -146,7 +146,7 @@ _register(
         name="saliency",
         help="gradient (vanilla or guided, optionally SmoothGrad) of a channel or class",
         description="Saliency image: the gradient of a layer's channel (its spatial mean, or "
-        "--reduction) or of a class logit with respect to the image. Writes saliency.npy "
+        "--reduction) or of a class logit with respect to the image. Writes result.npy "
         "(N, 3, H, W), signed unless --abs, and one figure per image. Without --layer the "
         "model output is explained (--channel is then the class; default the predicted one).",
         example=f"{PROG} saliency cat.jpg --model alexnet --weights alexnet.pth "

@@ -146,7 +146,7 @@ def _run_synthesize(args: argparse.Namespace, ctx: RunContext) -> None:
     result = SynthesisImage(ctx.model, ctx.layer).attribute(
         start, target=targets, show_progress=ctx.progress, **options
     )
-    ctx.save_array("synthesis.npy", result.images.detach())
+    ctx.save_result(result.images.detach(), rows="targets")
     ctx.save_array("activation.npy", result.activation.detach())
     ctx.record["targets"] = [list(t) if isinstance(t, tuple) else t for t in targets]
     shown = ctx.to_display(result.images)
@@ -162,7 +162,7 @@ _register(
         help="images that maximise channels (activation maximisation), one per channel",
         description="Activation maximisation: optimise one image per --channel (a list such as "
         "0-7 synthesises a whole grid in one batch) so that the channel's mean (or --unit, or a "
-        "class logit without --layer) is as large as possible. Writes synthesis.npy (K, 3, H, "
+        "class logit without --layer) is as large as possible. Writes result.npy (K, 3, H, "
         "W) in model space, activation.npy (K, n_iter + 1), the target's value along the "
         "optimisation, and synthesis.png.",
         example=f"{PROG} synthesize --layer conv5 --channel 0-7 --n-iter 64 --out synth/",

@@ -166,6 +166,32 @@ def _colorbar(fig: Figure, mappable: Any, ax: Any) -> None:
     fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04)
 
 
+def _span(values: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of a map for its colour scale; a constant map gets a span of 1."""
+    low, high = float(values.min()), float(values.max())
+    return low, (high if high > low else low + 1.0)
+
+
+def _map_panel(
+    fig: Figure,
+    ax: Any,
+    values: np.ndarray,
+    title: str | None,
+    under: np.ndarray | None = None,
+    colorbar: bool = True,
+    **imshow: Any,
+) -> Any:
+    """Draw a 2-D map on ``ax`` (over the image ``under`` when given), title it and give it
+    a colour bar; the plumbing shared by every map figure. Returns the map's artist."""
+    if under is not None:
+        ax.imshow(under)
+    mappable = ax.imshow(values, interpolation="nearest", **imshow)
+    _decorate(ax, title)
+    if colorbar:
+        _colorbar(fig, mappable, ax)
+    return mappable
+
+
 def _new_figure(ncols: int, nrows: int = 1, panel: float = 2.6) -> tuple[Figure, list[Any]]:
     from dnnbrain_captum.visualization._display import DisplayFigure
 

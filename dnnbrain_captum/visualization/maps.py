@@ -11,12 +11,12 @@ from dnnbrain_captum.visualization._core import (
     _SIGN_CMAPS,
     SALIENCY_METHODS,
     ArrayLike,
-    _colorbar,
-    _decorate,
     _map_2d,
+    _map_panel,
     _new_figure,
     _pair,
     _show_image,
+    _span,
     normalize_attribution,
     to_display_image,
 )
@@ -88,18 +88,23 @@ def saliency_figure(
     if picture is not None:
         _show_image(axes[0], picture, "image")
     ax = axes[-1]
-    if picture is None or method == "heat_map":
-        mappable = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=1.0, interpolation="nearest")
-    elif method == "blended_heat_map":
+    if picture is not None and method == "masked_image":
+        _map_panel(fig, ax, picture * np.abs(values)[:, :, None], title, colorbar=False)
+        return fig
+    blended = picture is not None and method == "blended_heat_map"
+    if blended:
         ax.imshow(picture.mean(axis=-1), cmap="gray", vmin=0.0, vmax=1.0)
-        mappable = ax.imshow(
-            values, cmap=cmap, vmin=vmin, vmax=1.0, alpha=alpha_overlay, interpolation="nearest"
-        )
-    else:
-        mappable = ax.imshow(picture * np.abs(values)[:, :, None], interpolation="nearest")
-    _decorate(ax, title)
-    if show_colorbar and method != "masked_image":
-        _colorbar(fig, mappable, ax)
+    _map_panel(
+        fig,
+        ax,
+        values,
+        title,
+        colorbar=show_colorbar and method != "masked_image",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=1.0,
+        **({"alpha": alpha_overlay} if blended else {}),
+    )
     return fig
 
 
@@ -141,20 +146,18 @@ def activation_map_figure(
     fig, axes = _new_figure(2 if picture is not None else 1)
     if picture is not None:
         _show_image(axes[0], picture, "image")
-        axes[1].imshow(picture)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        high = low + 1.0
-    mappable = axes[-1].imshow(
+    low, high = _span(values)
+    _map_panel(
+        fig,
+        axes[-1],
         values,
+        title,
+        under=picture,
         cmap=cmap,
         vmin=low,
         vmax=high,
         alpha=alpha_overlay if picture is not None else 1.0,
-        interpolation="nearest",
     )
-    _decorate(axes[-1], title)
-    _colorbar(fig, mappable, axes[-1])
     return fig
 
 
@@ -210,18 +213,18 @@ def occlusion_figure(
     bound = float(np.abs(values).max()) or 1.0
     fig, axes = _new_figure(2)
     _show_image(axes[0], picture, "image")
-    axes[1].imshow(picture)
-    mappable = axes[1].imshow(
+    _map_panel(
+        fig,
+        axes[1],
         values,
+        title,
+        under=picture,
         cmap=cmap,
         vmin=-bound,
         vmax=bound,
         alpha=alpha_overlay,
         extent=extent,
-        interpolation="nearest",
     )
     axes[1].set_xlim(-0.5, picture.shape[1] - 0.5)
     axes[1].set_ylim(picture.shape[0] - 0.5, -0.5)
-    _decorate(axes[1], title)
-    _colorbar(fig, mappable, axes[1])
     return fig

@@ -11,11 +11,12 @@ from matplotlib.patches import Rectangle
 from dnnbrain_captum.visualization._core import (
     ArrayLike,
     _as_numpy,
-    _colorbar,
     _decorate,
     _map_2d,
+    _map_panel,
     _new_figure,
     _show_image,
+    _span,
     to_display_image,
 )
 
@@ -213,10 +214,7 @@ def empirical_rf_figure(
     values = _map_2d(rf_map, "rf_map")
     fig, axes = _new_figure(1, panel=3.2)
     ax = axes[0]
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        high = low + 1.0
-    mappable = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+    low, high = _span(values)
     if size is not None:
         sh, sw = float(size[0]), float(size[1])
         ch, cw = (values.shape[0] - 1) / 2.0, (values.shape[1] - 1) / 2.0
@@ -232,6 +230,5 @@ def empirical_rf_figure(
             )
         )
         title = f"{title or ''}\nsize {sh:.1f} x {sw:.1f} px".lstrip("\n")
-    _decorate(ax, title)
-    _colorbar(fig, mappable, ax)
+    _map_panel(fig, ax, values, title, cmap=cmap, vmin=low, vmax=high)
     return fig
