@@ -470,6 +470,20 @@ def test_forward_errors_name_the_input_shapes() -> None:
     assert info.value.__notes__[-1].endswith("of shape (1, 4), str)")
 
 
+def test_the_model_gets_copies_of_the_inputs() -> None:
+    def forward(a: Tensor, label: str, extra: Tensor) -> Tensor:
+        assert label == "s" and extra is marker
+        return a.mul_(3)
+
+    x, marker = torch.ones(2, 3), torch.zeros(1)
+    out = hooks.run_to_layer(forward, None, (x, "s"), (marker,))
+    assert torch.equal(x, torch.ones(2, 3)) and x._version == 0
+    assert torch.equal(out, torch.full((2, 3), 3.0))
+    wide = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
+    seen = hooks.run_to_layer(lambda a: a, None, (wide,))
+    assert seen is not wide and seen.stride() == wide.stride()
+
+
 # --- outputs.py ---------------------------------------------------------------------------
 
 

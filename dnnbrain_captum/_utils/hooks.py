@@ -179,6 +179,9 @@ def _call(
         extra = additional_forward_args
     else:
         extra = (additional_forward_args,)
+    # The model gets copies: one that writes in place into its input (``x.mul_(2)``) must not
+    # change the caller's batch, nor the images the occlusion windows are cut from.
+    inputs = [t.clone() if isinstance(t, Tensor) else t for t in inputs]
     with keeping_buffers(forward_func):
         try:
             return forward_func(*inputs, *extra)
