@@ -103,3 +103,31 @@ def test_model_writing_into_its_input_changes_nothing_and_gives_the_out_of_place
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _layouts(x: Tensor) -> dict[str, Tensor]:
+    """Copies of ``x`` (whose two examples are equal) with other memory layouts."""
+    wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1])[..., ::2]
+    wide.copy_(x)
+    return {
+        "channels-last": x.contiguous(memory_format=torch.channels_last),
+        "strided": wide,
+        "expanded": x[:1].expand_as(x),  # both examples alias one buffer
+        "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),
+    }
+
+
+@pytest.mark.parametrize("run", [r for _, r in RUNS], ids=[name for name, _ in RUNS])
+def test_memory_layout_never_changes_the_result(run: Callable[[nn.Module, Tensor], Any]) -> None:
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(5)).repeat(2, 1, 1, 1)
+    model = _Scaled(in_place=True)
+    torch.manual_seed(0)
+    expected = _tensors(run(model, x))
+    for name, other in _layouts(x).items():
+        assert torch.equal(other, x), name
+        kept = other.clone()
+        torch.manual_seed(0)
+        got = _tensors(run(model, other))
+        torch.testing.assert_close(other, kept, rtol=0, atol=0)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
