@@ -384,7 +384,7 @@ def test_layer_capture_and_run_to_layer() -> None:
     model = _TwoArgs()
     x = -torch.ones(1, 2)
     seen = hooks.run_to_layer(model, model.inner, (x,), 3.0, on_input=True)
-    assert seen == (x, 3.0)
+    assert seen[0] is not x and torch.equal(seen[0], x) and seen[1:] == (3.0,)  # a copy of x
     out = hooks.run_to_layer(model, model.inner, (x,), (2.0,))
     assert out.tolist() == [[-2.0, -2.0]]
     assert hooks.run_to_layer(model, None, (x,), None).tolist() == [[0.0, 0.0]]
