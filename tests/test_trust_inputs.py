@@ -51,6 +51,12 @@ RUNS: list[tuple[str, Callable[[nn.Module, Tensor], Any]]] = [
         ),
     ),
     (
+        "occlusion-auto-output",
+        lambda m, x: OccluderDiscrepancyMapping(m).attribute(
+            x, target=1, sliding_window_shapes=4, strides=4, baselines="noise"
+        ),
+    ),
+    (
         "occlusion-auto-layer",
         lambda m, x: OccluderDiscrepancyMapping(m, "conv2").attribute(
             x, target=1, sliding_window_shapes=4, strides=4
@@ -130,4 +136,6 @@ def test_memory_layout_never_changes_the_result(run: Callable[[nn.Module, Tensor
         got = _tensors(run(model, other))
         torch.testing.assert_close(other, kept, rtol=0, atol=0)
         for a, b in zip(got, expected, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            )

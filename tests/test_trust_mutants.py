@@ -231,6 +231,53 @@ def test_evaluate_target_errors_and_unbatched_layer_input() -> None:
         targets.evaluate_target(_Hooked(lin), lin, (torch.rand(2, 4, 3),), 1, "max")
 
 
+class _ToTokens(nn.Module):
+    def forward(self, h: Tensor) -> Tensor:
+        return h.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
+
+
+class _TokenNet(nn.Module):
+    """A 4x4 patch embedding, its tokens, and a Linear on the tokens (a ViT in miniature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, 4, 4, stride=4)
+        self.to_tokens = _ToTokens()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        return self.proj(self.to_tokens(self.embed(x * scale)))
+
+
+def test_layer_output_layouts_inputs_arguments_and_taps() -> None:
+    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        grid = model.embed(x)  # (2, 4, 2, 2)
+        tokens = model.proj(model.to_tokens(grid))  # (2, 4, 3)
+    on_grid = tokens.transpose(1, 2).reshape(2, 3, 2, 2)
+    # the traced layout puts the tokens on their grid; the layer's output, not its input
+    torch.testing.assert_close(targets.layer_output(model, model.proj, (x,)), on_grid)
+    # the input of a layer has its own layout: channels-first here, tokens after it
+    torch.testing.assert_close(
+        targets.layer_output(model, model.to_tokens, (x,), on_input=True), grid
+    )
+    torch.testing.assert_close(targets.layer_output(model, model.to_tokens, (x,)), grid)
+    # extra arguments: no shape-only pass, so a Linear's 3-D output is refused by its type ...
+    with pytest.raises(ValueError, match=r"layer 'proj' \(Linear\) has shape \(2, 4, 3\)"):
+        targets.layer_output(model, model.proj, (x,), 2.0)
+    # ... and they reach the model (a reshape_transform makes the output readable)
+    doubled = targets.layer_output(
+        model, model.proj, (x,), (2.0,), reshape_transform=lambda t: t.transpose(1, 2)
+    )
+    with torch.no_grad():
+        expected = model.proj(model.to_tokens(model.embed(2 * x))).transpose(1, 2)
+    torch.testing.assert_close(doubled, expected)
+    tap = hooks.LayerCapture(model.embed)
+    targets.layer_output(model, model.proj, (x,), taps=[tap])
+    torch.testing.assert_close(tap.value, grid)
+
+
 def test_channel_maps_branches() -> None:
     out = torch.arange(12.0).view(2, 3, 2)
     assert targets.channel_maps(out, 1).tolist() == [[2.0, 3.0], [8.0, 9.0]]

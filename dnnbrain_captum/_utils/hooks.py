@@ -6,7 +6,9 @@ early-exit forward below.
 Every forward pass of the caller's model goes through :func:`run_to_layer`, which runs it
 under :func:`keeping_buffers`: a model in training mode updates its batch-norm statistics (and
 any other buffer) during a forward pass; here it updates copies, and the caller's buffers are
-put back untouched (same tensor objects, same values, same version counters).
+put back untouched (same tensor objects, same values, same version counters). The model is
+given copies of the input tensors (same memory layout), so a model that writes in place into its
+input (``x.mul_(2)``) never changes the caller's batch or the images a method derives from it.
 """
 
 from __future__ import annotations
