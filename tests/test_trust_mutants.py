@@ -647,3 +647,36 @@ def test_output_target_skips_only_what_it_cannot_read() -> None:
     check_output_target(torch.zeros(2, 1), True)  # a bool is not an index: left to Captum
     with pytest.raises(ValueError, match="^target class 7 is out of range"):
         check_output_target(torch.zeros(2, 3), [1.5, 7])
+
+
+@pytest.mark.parametrize(
+    "target,computed", [(1, 1), ([1, 1, 1], 1), ([2, 0, 2], 2), (3, 1)], ids=str
+)
+def test_fast_path_computes_only_the_target_channels(
+    target: object, computed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conv = nn.Conv2d(2, 4, 3)
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.rand(3, 2, 5, 5)
+    with torch.no_grad():
+        full = conv(x)
+    rows = target if isinstance(target, list) else [target] * 3
+    expected = full[torch.arange(3), rows].mean((1, 2))
+    seen: list[int] = []
+    conv2d = nn.functional.conv2d
+
+    def spy(inp: Tensor, weight: Tensor, *args: object) -> Tensor:
+        if inp.device.type != "meta":  # not the shape-only pass that establishes the layout
+            seen.append(weight.shape[0])
+        return conv2d(inp, weight, *args)
+
+    monkeypatch.setattr(nn.functional, "conv2d", spy)
+    with torch.no_grad():
+        got = targets.evaluate_target(model, conv, (x,), target)
+    torch.testing.assert_close(got, expected)
+    assert seen == [computed]  # the layer itself never ran: only the target channels did
+
+
+def test_image_batch_errors_name_the_argument() -> None:
+    with _raises(TypeError, "images must be a floating-point tensor, got torch.int64"):
+        check_image_batch(torch.zeros(1, 1, 2, 2, dtype=torch.long), "images")
