@@ -112,10 +112,8 @@ class LayerCapture:
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
         value = args[0] if len(args) == 1 else args
-        replacement = self._record(value)
-        if replacement is None:
-            return None
-        return (replacement, *args[1:]) if len(args) > 1 else (replacement,)
+        replacement = self._record(value)  # a clone only for a single tensor argument
+        return None if replacement is None else (replacement,)
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return self._record(output)
