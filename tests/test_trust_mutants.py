@@ -231,6 +231,53 @@ def test_evaluate_target_errors_and_unbatched_layer_input() -> None:
         targets.evaluate_target(_Hooked(lin), lin, (torch.rand(2, 4, 3),), 1, "max")
 
 
+class _ToTokens(nn.Module):
+    def forward(self, h: Tensor) -> Tensor:
+        return h.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
+
+
+class _TokenNet(nn.Module):
+    """A 4x4 patch embedding, its tokens, and a Linear on the tokens (a ViT in miniature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, 4, 4, stride=4)
+        self.to_tokens = _ToTokens()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        return self.proj(self.to_tokens(self.embed(x * scale)))
+
+
+def test_layer_output_layouts_inputs_arguments_and_taps() -> None:
+    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        grid = model.embed(x)  # (2, 4, 2, 2)
+        tokens = model.proj(model.to_tokens(grid))  # (2, 4, 3)
+    on_grid = tokens.transpose(1, 2).reshape(2, 3, 2, 2)
+    # the traced layout puts the tokens on their grid; the layer's output, not its input
+    torch.testing.assert_close(targets.layer_output(model, model.proj, (x,)), on_grid)
+    # the input of a layer has its own layout: channels-first here, tokens after it
+    torch.testing.assert_close(
+        targets.layer_output(model, model.to_tokens, (x,), on_input=True), grid
+    )
+    torch.testing.assert_close(targets.layer_output(model, model.to_tokens, (x,)), grid)
+    # extra arguments: no shape-only pass, so a Linear's 3-D output is refused by its type ...
+    with pytest.raises(ValueError, match=r"layer 'proj' \(Linear\) has shape \(2, 4, 3\)"):
+        targets.layer_output(model, model.proj, (x,), 2.0)
+    # ... and they reach the model (a reshape_transform makes the output readable)
+    doubled = targets.layer_output(
+        model, model.proj, (x,), (2.0,), reshape_transform=lambda t: t.transpose(1, 2)
+    )
+    with torch.no_grad():
+        expected = model.proj(model.to_tokens(model.embed(2 * x))).transpose(1, 2)
+    torch.testing.assert_close(doubled, expected)
+    tap = hooks.LayerCapture(model.embed)
+    targets.layer_output(model, model.proj, (x,), taps=[tap])
+    torch.testing.assert_close(tap.value, grid)
+
+
 def test_channel_maps_branches() -> None:
     out = torch.arange(12.0).view(2, 3, 2)
     assert targets.channel_maps(out, 1).tolist() == [[2.0, 3.0], [8.0, 9.0]]
@@ -384,7 +431,7 @@ def test_layer_capture_and_run_to_layer() -> None:
     model = _TwoArgs()
     x = -torch.ones(1, 2)
     seen = hooks.run_to_layer(model, model.inner, (x,), 3.0, on_input=True)
-    assert seen == (x, 3.0)
+    assert seen[0] is not x and torch.equal(seen[0], x) and seen[1:] == (3.0,)  # a copy of x
     out = hooks.run_to_layer(model, model.inner, (x,), (2.0,))
     assert out.tolist() == [[-2.0, -2.0]]
     assert hooks.run_to_layer(model, None, (x,), None).tolist() == [[0.0, 0.0]]
@@ -468,6 +515,20 @@ def test_forward_errors_name_the_input_shapes() -> None:
     with pytest.raises(RuntimeError) as info:
         hooks.run_to_layer(lambda a, b: model(a), None, (torch.ones(1, 4), "s"))
     assert info.value.__notes__[-1].endswith("of shape (1, 4), str)")
+
+
+def test_the_model_gets_copies_of_the_inputs() -> None:
+    def forward(a: Tensor, label: str, extra: Tensor) -> Tensor:
+        assert label == "s" and extra is marker
+        return a.mul_(3)
+
+    x, marker = torch.ones(2, 3), torch.zeros(1)
+    out = hooks.run_to_layer(forward, None, (x, "s"), (marker,))
+    assert torch.equal(x, torch.ones(2, 3)) and x._version == 0
+    assert torch.equal(out, torch.full((2, 3), 3.0))
+    wide = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
+    seen = hooks.run_to_layer(lambda a: a, None, (wide,))
+    assert seen is not wide and seen.stride() == wide.stride()
 
 
 # --- outputs.py ---------------------------------------------------------------------------
@@ -586,3 +647,36 @@ def test_output_target_skips_only_what_it_cannot_read() -> None:
     check_output_target(torch.zeros(2, 1), True)  # a bool is not an index: left to Captum
     with pytest.raises(ValueError, match="^target class 7 is out of range"):
         check_output_target(torch.zeros(2, 3), [1.5, 7])
+
+
+@pytest.mark.parametrize(
+    "target,computed", [(1, 1), ([1, 1, 1], 1), ([2, 0, 2], 2), (3, 1)], ids=str
+)
+def test_fast_path_computes_only_the_target_channels(
+    target: object, computed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conv = nn.Conv2d(2, 4, 3)
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.rand(3, 2, 5, 5)
+    with torch.no_grad():
+        full = conv(x)
+    rows = target if isinstance(target, list) else [target] * 3
+    expected = full[torch.arange(3), rows].mean((1, 2))
+    seen: list[int] = []
+    conv2d = nn.functional.conv2d
+
+    def spy(inp: Tensor, weight: Tensor, *args: object) -> Tensor:
+        if inp.device.type != "meta":  # not the shape-only pass that establishes the layout
+            seen.append(weight.shape[0])
+        return conv2d(inp, weight, *args)
+
+    monkeypatch.setattr(nn.functional, "conv2d", spy)
+    with torch.no_grad():
+        got = targets.evaluate_target(model, conv, (x,), target)
+    torch.testing.assert_close(got, expected)
+    assert seen == [computed]  # the layer itself never ran: only the target channels did
+
+
+def test_image_batch_errors_name_the_argument() -> None:
+    with _raises(TypeError, "images must be a floating-point tensor, got torch.int64"):
+        check_image_batch(torch.zeros(1, 1, 2, 2, dtype=torch.long), "images")

@@ -6,7 +6,9 @@ early-exit forward below.
 Every forward pass of the caller's model goes through :func:`run_to_layer`, which runs it
 under :func:`keeping_buffers`: a model in training mode updates its batch-norm statistics (and
 any other buffer) during a forward pass; here it updates copies, and the caller's buffers are
-put back untouched (same tensor objects, same values, same version counters).
+put back untouched (same tensor objects, same values, same version counters). The model is
+given copies of the input tensors (same memory layout), so a model that writes in place into its
+input (``x.mul_(2)``) never changes the caller's batch or the images a method derives from it.
 """
 
 from __future__ import annotations
@@ -110,10 +112,8 @@ class LayerCapture:
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
         value = args[0] if len(args) == 1 else args
-        replacement = self._record(value)
-        if replacement is None:
-            return None
-        return (replacement, *args[1:]) if len(args) > 1 else (replacement,)
+        replacement = self._record(value)  # a clone only for a single tensor argument
+        return None if replacement is None else (replacement,)
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return self._record(output)
@@ -179,6 +179,9 @@ def _call(
         extra = additional_forward_args
     else:
         extra = (additional_forward_args,)
+    # The model gets copies: one that writes in place into its input (``x.mul_(2)``) must not
+    # change the caller's batch, nor the images the occlusion windows are cut from.
+    inputs = [t.clone() if isinstance(t, Tensor) else t for t in inputs]
     with keeping_buffers(forward_func):
         try:
             return forward_func(*inputs, *extra)
