@@ -326,7 +326,7 @@ for _kind, _names in (
 # Value operations that may return their input itself (no new storage).
 SAME_STORAGE = frozenset(
     "contiguous detach detach_ to float double half bfloat16 type type_as requires_grad_ data "
-    "cpu".split()
+    "cpu positive __pos__".split()
 )
 
 # ``torch.fx`` records Python operators as functions of the ``operator`` module.

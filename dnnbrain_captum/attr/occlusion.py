@@ -296,29 +296,18 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         shape = (n, 1, *plan.grid) if keepdim else (n, *plan.grid)
         return discrepancy.view(shape).to(x.dtype)
 
-    def _incremental(
-        self,
-        method: str,
-        x: Tensor,
-        fill: Tensor,
-        original: Tensor,
-        target: Any,
-        reduction: str,
-        additional_forward_args: Any,
-        plan: _Sweep,
-    ) -> tuple[Tensor, Tensor] | None:
+    def _incremental(self, method: str, *args: Any) -> tuple[Tensor, Tensor] | None:
         """Clean and occluded values by incremental inference, or None for the full recompute.
 
-        Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
-        means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
-        reason under ``method="incremental"``.
+        ``args``: those of :meth:`_incremental_values` after ``method``. Any failure of the
+        fast path, at any stage (analysis, clean pass, occluded pass), means "use the full
+        recompute" under ``method="auto"`` and a ``ValueError`` naming the reason under
+        ``method="incremental"``.
         """
         if method == "full":
             return None
         try:
-            values = self._incremental_values(
-                method, x, fill, original, target, reduction, additional_forward_args, plan
-            )
+            values = self._incremental_values(method, *args)
         except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
             if not isinstance(reason, IncrementalUnsupported):
                 reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")

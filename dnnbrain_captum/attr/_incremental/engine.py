@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import per_example_targets, reduce_per_example
+from dnnbrain_captum.attr._incremental.cache import cached_analysis
 from dnnbrain_captum.attr._incremental.geometry import _Axis, _Edge
 from dnnbrain_captum.attr._incremental.nodes import (
     IncrementalUnsupported,
@@ -45,7 +47,12 @@ class IncrementalOcclusion:
         if graph is None:
             if layer is None:
                 raise ValueError("give the target layer or the graph")
-            graph = analyse(model, layer)
+            graph = cached_analysis(
+                model, ("layer", layer_path(model, layer)), lambda: analyse(model, layer)
+            )
+        for node in graph.nodes:
+            if isinstance(node, _Conv):
+                node.refresh()  # fold a batch norm with the weights and statistics of now
         self.graph = graph
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []

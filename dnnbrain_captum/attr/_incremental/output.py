@@ -19,6 +19,7 @@ Both equal the full forward pass up to floating-point rounding.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dnnbrain_captum._utils.targets import per_example_targets, select_output_target
+from dnnbrain_captum.attr._incremental.cache import cached_analysis
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion, patch_index
 from dnnbrain_captum.attr._incremental.mutation import check_no_hidden_writes
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported, _SizeKeeping
 from dnnbrain_captum.attr._incremental.planning import _Plan
-from dnnbrain_captum.attr._incremental.trace import _convert_node, convert, trace
+from dnnbrain_captum.attr._incremental.trace import _convert_node, _Graph, convert, trace
 
 __all__ = ["OutputOcclusion"]
 
@@ -116,6 +118,46 @@ def _subgraph(
     return fx.GraphModule(model, graph)
 
 
+@dataclass
+class _Cut:
+    """Where the model is cut, and the head that runs after the cut."""
+
+    graph: _Graph
+    head: fx.GraphModule
+    pooled: bool
+    pooled_shape: tuple[int, ...] | None
+    name: str
+
+
+def _analyse(model: nn.Module, image: Tensor) -> _Cut:
+    """The cut of ``model`` for images of the size of ``image`` (see the module doc)."""
+    if model._forward_hooks or model._forward_pre_hooks:
+        raise IncrementalUnsupported("the model itself has forward hooks")
+    traced = trace(model)
+    nodes = list(traced.graph.nodes)
+    check_no_hidden_writes(nodes, model)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise IncrementalUnsupported("the model takes more than the image")
+    recorder = _Shapes(traced)
+    recorder.run(image)
+    shapes = recorder.shapes
+    output = next(n for n in nodes if n.op == "output")
+    for cut in reversed(_spatial_nodes(model, nodes, shapes)):
+        head = _head_nodes(cut, output)
+        if head is not None:
+            break
+    else:
+        raise IncrementalUnsupported("no spatial operation lies on every path to the output")
+    pooled = len(cut.users) == 1 and _is_global_mean(model, next(iter(cut.users)), shapes)
+    start = next(iter(cut.users)) if pooled else cut
+    if pooled:
+        head.discard(start)
+    graph = convert(model, nodes, cut)
+    subgraph = _subgraph(model, nodes, head, start)
+    return _Cut(graph, subgraph, pooled, shapes[start] if pooled else None, cut.name)
+
+
 class OutputOcclusion:
     """Occluded values of a model's output target, by incremental inference up to the cut.
 
@@ -133,31 +175,10 @@ class OutputOcclusion:
     """
 
     def __init__(self, model: nn.Module, image: Tensor) -> None:
-        if model._forward_hooks or model._forward_pre_hooks:
-            raise IncrementalUnsupported("the model itself has forward hooks")
-        traced = trace(model)
-        nodes = list(traced.graph.nodes)
-        check_no_hidden_writes(nodes, model)
-        placeholders = [n for n in nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise IncrementalUnsupported("the model takes more than the image")
-        recorder = _Shapes(traced)
-        recorder.run(image)
-        shapes = recorder.shapes
-        output = next(n for n in nodes if n.op == "output")
-        for cut in reversed(_spatial_nodes(model, nodes, shapes)):
-            head = _head_nodes(cut, output)
-            if head is not None:
-                break
-        else:
-            raise IncrementalUnsupported("no spatial operation lies on every path to the output")
-        self.pooled = len(cut.users) == 1 and _is_global_mean(model, next(iter(cut.users)), shapes)
-        start = next(iter(cut.users)) if self.pooled else cut
-        if self.pooled:
-            head.discard(start)
-            self.pooled_shape = shapes[start]
-        self.head = _subgraph(model, nodes, head, start)
-        self.engine = IncrementalOcclusion(model, graph=convert(model, nodes, cut))
+        question = ("output", tuple(image.shape[1:]), image.dtype)
+        cut = cached_analysis(model, question, lambda: _analyse(model, image))
+        self.pooled, self.pooled_shape, self.head = cut.pooled, cut.pooled_shape, cut.head
+        self.engine = IncrementalOcclusion(model, graph=cut.graph)
         self.cut_name = cut.name
         self._entries: list[Any] = []
         self._images = image
