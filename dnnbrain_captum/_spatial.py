@@ -16,7 +16,8 @@ tensors) and incremental occlusion (:mod:`dnnbrain_captum.attr._incremental`, pe
   whole map, random ones (dropout), multiplicative gates, adaptive pools; modules map to the
   functional they call (:func:`module_op`);
 * **the interval arithmetic** (:class:`Footprint`): ``taps`` (output unit → the input
-  positions it reads) and ``reach`` (input interval → the output units whose window meets it).
+  positions it reads; the receptive-field intervals) and ``reach`` (input interval → the
+  output units whose window span meets it; the incremental engine's patches).
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ class Footprint:
         return starts + torch.arange(self.kernel)[None, :] * self.dilation
 
     def reach(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        """Output units ``[lo', hi')`` whose window meets input positions ``[lo, hi)``.
+        """Output units ``[lo', hi')`` whose window span meets input positions ``[lo, hi)``.
+
+        The span runs from the first to the last tap: with dilation, a superset of the units
+        that read a position of ``[lo, hi)`` (never missing one).
 
         Elementwise over tensors of intervals; not clamped to the output size (the caller
         knows it); an empty input interval gives ``hi' == lo'``.
