@@ -140,3 +140,48 @@ def test_calls_and_modules_read_one_footprint() -> None:
     assert module is not None and module.axes == (Footprint(2, 1, 1, 1), Footprint(4, 2, 0, 1))
     lp = window_of_module(nn.LPPool2d(2, 3))
     assert lp is not None and lp.axes == (Footprint(3, 3, 0, 1),) * 2
+
+
+class CoreOps(nn.Module):
+    """Operations the engine follows only through the core: functional pools, LP pooling,
+    ``maximum`` / ``where`` of two paths, an in-place clamp, a number minus a map."""
+
+    def __init__(self, ceil: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(13)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.lp = nn.LPPool2d(2, 2, ceil_mode=ceil)
+        self.conv3 = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.max_pool2d(self.conv1(x), 3, 1, 1)
+        b = F.avg_pool2d(self.conv2(a), 3, stride=1, padding=1, count_include_pad=False)
+        y = torch.where(a > b, a, 2.0 - b) + torch.maximum(a, b)
+        y = self.conv3(self.lp(y.clamp_(min=0.0) + 0.1))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_the_engine_follows_the_cores_operations() -> None:
+    model = CoreOps().double().eval()
+    x = _images()
+    fill = torch.full((1, 3, 14, 13), 0.5, dtype=F64)
+    for layer, target in ((model.conv3, 2), (None, 0)):
+        expected = brute_force_occlusion(model, layer, x, target, (4, 3), (3, 2), fill)
+        got = OccluderDiscrepancyMapping(model, layer=layer).attribute(
+            x,
+            target=target,
+            sliding_window_shapes=(4, 3),
+            strides=(3, 2),
+            baselines=0.5,
+            method="incremental",
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_partial_lp_pool_windows_are_refused() -> None:
+    model = CoreOps(ceil=True).double().eval()  # 14 x 13 maps: ceil mode adds a partial column
+    odm = OccluderDiscrepancyMapping(model, layer=model.conv3)
+    with pytest.raises(ValueError, match="ceil_mode adds partial windows"):
+        odm.attribute(_images(), target=1, sliding_window_shapes=3, method="incremental")
