@@ -358,10 +358,11 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         per_image = plan.grid[0] * plan.grid[1]
         sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
         incremental_macs, full_macs = engine.macs_per_window(sweep)
-        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device):
+        moved = engine.moved_per_window(sweep)
+        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device, moved):
             raise IncrementalUnsupported(
-                f"the cost model prefers the full recompute ({incremental_macs} against "
-                f"{full_macs} multiply-adds per window)"
+                f"the cost model prefers the full recompute ({incremental_macs} multiply-adds "
+                f"and {moved} moved elements against {full_macs} multiply-adds per window)"
             )
         batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
         if self.layer is None:

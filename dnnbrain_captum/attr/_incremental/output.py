@@ -193,6 +193,12 @@ class OutputOcclusion:
         """Multiply-adds per window up to the cut: (incremental, full)."""
         return self.engine.macs_per_window(plan)
 
+    def moved_per_window(self, plan: _Plan) -> int:
+        """Elements one window moves up to the cut, plus its pasted cut map for the head."""
+        cut = self.engine.clean_values[self.engine.graph.target]
+        pasted = 0 if self.pooled else cut[0].numel()
+        return self.engine.moved_per_window(plan) + pasted
+
     def patch_bytes(self, plan: _Plan) -> int:
         """Bytes of one window's patches, plus its pasted cut map when the head needs one."""
         cut = self.engine.clean_values[self.engine.graph.target]
@@ -251,13 +257,14 @@ class OutputOcclusion:
                 spots = patch_index(plan.axes[engine.graph.target], rows, cols, width, device)
                 b = patch.shape[0]
                 if pooled is not None:
-                    change = patch.sum((2, 3)) - flat[spots].view(b, -1, channels).sum(1)
+                    covered = flat.index_select(0, spots).view(b, -1, channels)
+                    change = patch.sum((2, 3)) - covered.sum(1)
                     start = (pooled + change / (height * width)).view(b, *self.pooled_shape[1:])
                 else:
                     maps = flat.repeat(b, 1)
                     where = spots + torch.arange(b, device=device).repeat_interleave(
                         spots.numel() // b
                     ) * (height * width)
-                    maps[where] = patch.permute(0, 2, 3, 1).reshape(-1, channels)
+                    maps.index_copy_(0, where, patch.permute(0, 2, 3, 1).reshape(-1, channels))
                     start = maps.view(b, height, width, channels).permute(0, 3, 1, 2)
                 yield self._head_values(start, entry)
