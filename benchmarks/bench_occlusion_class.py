@@ -10,8 +10,14 @@ model's batch) and ``captum`` (``captum.attr.Occlusion``, ``sliding_window_shape
 ``strides=(3, w, w)``, ``perturbations_per_eval=16``). With non-overlapping windows Captum's
 attribution at a window's top-left pixel is that window's difference, so all three maps are
 compared before any time is printed. Also printed: the path ``method="auto"`` (the default)
-chooses, and the multiply-adds per window of the incremental and full paths up to the cut
-(the head after it costs the same on both).
+chooses, the multiply-adds per window of the incremental and full paths up to the cut
+(the head after it costs the same on both), the elements the incremental path moves per window
+(``moved_per_window``) and the cost model's predicted speed-up
+``MAC_full / (PATCH_PENALTY · MAC_incr + MOVE_COST · moved)`` next to the measured one (to
+recalibrate ``attr/_incremental/cost.py`` on a quiet machine), and whether ``auto``'s choice
+was at least as fast as both the other path and Captum (5 % tolerance).
+
+``--models`` takes torchvision names and ``digits`` (the bundled digits CNN, 32 px).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from torchvision import models
 
 from dnnbrain_captum import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr._incremental import OutputOcclusion
+from dnnbrain_captum.attr._incremental.cost import MOVE_COST, PATCH_PENALTY
+from dnnbrain_captum.models.digits import DigitsCNN
 
 SIZE, CLASS = 224, 3
 DEFAULT = "resnet18:16,resnet50:32,vgg16:32"
@@ -52,8 +60,9 @@ def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
 
 def compare(name: str, window: int, device: torch.device, repeats: int) -> dict[str, object]:
     torch.manual_seed(0)
-    model = getattr(models, name)().eval().to(device)
-    x = torch.rand(1, 3, SIZE, SIZE, device=device)
+    size = 32 if name == "digits" else SIZE
+    model = (DigitsCNN() if name == "digits" else getattr(models, name)()).eval().to(device)
+    x = torch.rand(1, 3, size, size, device=device)
     ours = OccluderDiscrepancyMapping(model)
     options = dict(target=CLASS, sliding_window_shapes=window, strides=window)
     captum = Occlusion(model)
@@ -90,16 +99,17 @@ def compare(name: str, window: int, device: torch.device, repeats: int) -> dict[
         logger.removeHandler(choice)
         engine = OutputOcclusion(model, x)
         engine.clean_targets(x, CLASS)
-        grid = (SIZE // window, SIZE // window)
-        incremental_macs, full_macs = engine.macs_per_window(
-            engine.sweep_plan((window, window), (window, window), grid)
-        )
+        grid = (size // window, size // window)
+        sweep = engine.sweep_plan((window, window), (window, window), grid)
+        incremental_macs, full_macs = engine.macs_per_window(sweep)
+        moved = engine.moved_per_window(sweep)
     windows = grid[0] * grid[1]
     return {
         "per_window": {k: v / windows for k, v in times.items()},
         "error": error / scale,
         "auto": choice.last,
         "macs": (incremental_macs, full_macs),
+        "moved": moved,
         "windows": windows,
     }
 
@@ -114,16 +124,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
-        f"Class occlusion, random weights, {SIZE}x{SIZE}, baseline 0, non-overlapping windows, "
+        f"Class occlusion, random weights, {SIZE}x{SIZE} (digits 32x32), baseline 0, "
+        "non-overlapping windows, "
         f"device {device}, {torch.get_num_threads()} threads, best of {args.repeats}; "
         "Captum perturbations_per_eval 16, ours chosen by the cost model"
     )
     print(
         "| model | window (windows) | incremental ms/window | full ms/window | "
         "Captum ms/window | incr. vs Captum | incr. vs full | GMAC/window incr. / full "
-        "(ratio) | reached | auto picks | max rel. diff |"
+        "(ratio) | reached | moved/window | predicted incr. vs full | auto picks | auto ok | "
+        "max rel. diff |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 14)
     for item in args.models.split(","):
         name, window = item.split(":")
         r = compare(name, int(window), device, args.repeats)
@@ -131,12 +143,19 @@ def main() -> None:
         inc, full = r["macs"]
         speedup = t["full"] / t["incremental"]
         ratio = full / inc
+        moved = int(r["moved"])  # type: ignore[call-overload]
+        predicted = full / (PATCH_PENALTY * inc + MOVE_COST * moved)
+        chosen = t[str(r["auto"])] if r["auto"] else float("nan")
+        auto_ok = chosen <= 1.05 * min(t["full"], t["incremental"], t["captum"]) or (
+            chosen <= 1.05 * min(t["full"], t["captum"])
+        )
         print(
             f"| {name} | {window} ({r['windows']}) | {t['incremental'] * 1e3:.1f} | "
             f"{t['full'] * 1e3:.1f} | {t['captum'] * 1e3:.1f} | "
             f"{t['captum'] / t['incremental']:.2f}x | {speedup:.2f}x | "
             f"{inc / 1e9:.2f} / {full / 1e9:.2f} ({ratio:.2f}x) | {speedup / ratio:.0%} | "
-            f"{r['auto']} | {r['error']:.1e} |",
+            f"{moved / 1e6:.2f} M | {predicted:.2f}x | {r['auto']} | "
+            f"{'yes' if auto_ok else 'NO'} | {r['error']:.1e} |",
             flush=True,
         )
 

@@ -39,6 +39,26 @@ def _randomized(model: nn.Module, seed: int) -> nn.Module:
     return model.double().eval()
 
 
+def _slim_vgg11_bn(num_classes: int) -> nn.Module:
+    """Torchvision's VGG11-BN with a narrow classifier (16 hidden units instead of 4096).
+
+    The features (every spatial operation) and the head's layout are torchvision's; only the
+    width of the fully connected layers differs, which makes the default test ~10x cheaper
+    (the full-width model is checked by the slow test below). Built on the meta device so that
+    the 120M-parameter classifier is never allocated.
+    """
+    with torch.device("meta"):
+        model = vgg11_bn(num_classes=num_classes)
+    model.features = model.features.to_empty(device="cpu")
+    for m in model.features.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+            m.reset_parameters()
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 16), nn.ReLU(True), nn.Dropout(), nn.Linear(16, num_classes)
+    )
+    return model
+
+
 def _check(
     model: nn.Module,
     x: Tensor,
@@ -87,7 +107,7 @@ def _check(
     ("make", "size", "window", "stride", "cut", "pooled"),
     [
         (resnet18, (40, 36), (12, 10), (14, 13), "layer4_1_relu_1", True),
-        (vgg11_bn, (32, 32), (8, 11), (12, 10), "features_28", False),
+        (_slim_vgg11_bn, (32, 32), (8, 11), (12, 10), "features_28", False),
         (mobilenet_v2, (32, 32), (12, 9), (20, 11), "features_18_2", True),
         (densenet121, (32, 36), (10, 12), (22, 12), "relu", True),
     ],
@@ -109,6 +129,20 @@ def test_torchvision_class_occlusion_equals_brute_force(
     assert (engine.cut_name, engine.pooled) == (cut, pooled)
     baselines = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3), dtype=F64)
     _check(model, x, [2, 5], window, stride, baselines, caplog)
+
+
+@pytest.mark.slow
+def test_full_width_vgg11_bn_class_occlusion_equals_brute_force(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """torchvision's VGG11-BN as it is (4096-wide classifier): ~15 s on a loaded 2-core box."""
+    torch.manual_seed(0)
+    model = _randomized(vgg11_bn(num_classes=7), seed=1)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=F64)
+    engine = OutputOcclusion(model, x[:1])
+    assert (engine.cut_name, engine.pooled) == ("features_28", False)
+    baselines = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=F64)
+    _check(model, x, [2, 5], (8, 11), (12, 10), baselines, caplog)
 
 
 class Gated(nn.Module):

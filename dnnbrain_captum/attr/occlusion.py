@@ -296,29 +296,18 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         shape = (n, 1, *plan.grid) if keepdim else (n, *plan.grid)
         return discrepancy.view(shape).to(x.dtype)
 
-    def _incremental(
-        self,
-        method: str,
-        x: Tensor,
-        fill: Tensor,
-        original: Tensor,
-        target: Any,
-        reduction: str,
-        additional_forward_args: Any,
-        plan: _Sweep,
-    ) -> tuple[Tensor, Tensor] | None:
+    def _incremental(self, method: str, *args: Any) -> tuple[Tensor, Tensor] | None:
         """Clean and occluded values by incremental inference, or None for the full recompute.
 
-        Any failure of the fast path, at any stage (analysis, clean pass, occluded pass),
-        means "use the full recompute" under ``method="auto"`` and a ``ValueError`` naming the
-        reason under ``method="incremental"``.
+        ``args``: those of :meth:`_incremental_values` after ``method``. Any failure of the
+        fast path, at any stage (analysis, clean pass, occluded pass), means "use the full
+        recompute" under ``method="auto"`` and a ``ValueError`` naming the reason under
+        ``method="incremental"``.
         """
         if method == "full":
             return None
         try:
-            values = self._incremental_values(
-                method, x, fill, original, target, reduction, additional_forward_args, plan
-            )
+            values = self._incremental_values(method, *args)
         except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
             if not isinstance(reason, IncrementalUnsupported):
                 reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
@@ -369,10 +358,11 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         per_image = plan.grid[0] * plan.grid[1]
         sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
         incremental_macs, full_macs = engine.macs_per_window(sweep)
-        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device):
+        moved = engine.moved_per_window(sweep)
+        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device, moved):
             raise IncrementalUnsupported(
-                f"the cost model prefers the full recompute ({incremental_macs} against "
-                f"{full_macs} multiply-adds per window)"
+                f"the cost model prefers the full recompute ({incremental_macs} multiply-adds "
+                f"and {moved} moved elements against {full_macs} multiply-adds per window)"
             )
         batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
         if self.layer is None:

@@ -21,18 +21,9 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from dnnbrain_captum._spatial import WINDOW_OPS, kind_of, names_of
 from dnnbrain_captum.receptive_field._resample import RESAMPLE_RULES
-from dnnbrain_captum.receptive_field._rules import (
-    Call,
-    Rule,
-    _adaptive,
-    _avg_pool,
-    _conv,
-    _gate,
-    _lp_pool,
-    _max_pool,
-    _pad,
-)
+from dnnbrain_captum.receptive_field._rules import Call, Rule, _adaptive, _gate, _pad, _window
 from dnnbrain_captum.receptive_field._shape_rules import (
     REDUCTIONS,
     _along_dim,
@@ -79,29 +70,6 @@ __all__ = [
 ]
 
 
-_POINTWISE = """
-relu relu_ relu6 hardtanh hardtanh_ sigmoid sigmoid_ tanh tanh_ gelu silu silu_ hardswish
-hardswish_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_
-softplus mish prelu rrelu rrelu_ logsigmoid softsign tanhshrink threshold threshold_
-hardshrink softshrink glu_ dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout
-feature_alpha_dropout feature_dropout abs abs_ neg neg_ negative exp exp_ log log_ log1p
-sqrt sqrt_ rsqrt rsqrt_ square square_ pow pow_ __pow__ __rpow__ clamp clamp_ clamp_min
-clamp_min_ clamp_max clamp_max_ clip clip_ sign erf sin cos reciprocal reciprocal_
-contiguous clone detach detach_ to float double half bfloat16 type type_as requires_grad_
-data cpu add add_ __add__ __radd__ __iadd__ sub sub_ __sub__ __rsub__ __isub__ subtract
-rsub maximum minimum fmax fmin where masked_fill masked_fill_ lerp lerp_ addcmul addcdiv
-batch_norm instance_norm group_norm layer_norm rms_norm local_response_norm channel_shuffle
-native_channel_shuffle nan_to_num floor ceil round trunc frac __neg__ __abs__ __pos__
-positive sigmoid_ logit exp2 expm1 float_power __and__ __or__ __xor__ eq ne gt lt ge le
-__eq__ __ne__ __gt__ __lt__ __ge__ __le__ logical_not bitwise_not __invert__ isnan isinf
-isfinite heaviside
-""".split()
-
-_GATES = """
-mul mul_ __mul__ __rmul__ __imul__ multiply div div_ __truediv__ __rtruediv__ __itruediv__
-true_divide divide __div__ __rdiv__ floor_divide __floordiv__ __rfloordiv__
-""".split()
-
 _UNSUPPORTED = {
     "grid_sample": "it resamples the spatial grid (grid sampling)",
     "affine_grid": "it resamples the spatial grid",
@@ -114,22 +82,16 @@ _UNSUPPORTED = {
 }
 
 RULES: dict[str, Rule] = {}
-for _name in _POINTWISE:
+for _name in names_of("value", "channel", "norm", "random"):
     RULES[_name] = _same
-for _name in _GATES:
+for _name in names_of("gate"):
     RULES[_name] = _gate
+for _name in names_of("adaptive"):
+    RULES[_name] = _adaptive
 for _name in REDUCTIONS:
     RULES[_name] = _reduce
 RULES.update(
     {
-        "conv2d": _conv,
-        "max_pool2d": _max_pool,
-        "max_pool2d_with_indices": _max_pool,
-        "avg_pool2d": _avg_pool,
-        "lp_pool2d": _lp_pool,
-        "adaptive_avg_pool2d": _adaptive,
-        "adaptive_max_pool2d": _adaptive,
-        "adaptive_max_pool2d_with_indices": _adaptive,
         "pad": _pad,
         "view": _reshape,
         "reshape": _reshape,
@@ -264,7 +226,7 @@ class GeometryTracer(TorchFunctionMode):
                         self.set_state(t, _flat_of(self.state(t)))  # type: ignore[arg-type]
                 table = RULES
         if all(isinstance(s, Flat) for s in states) and name not in ("copy_",):
-            if name in _WINDOW_OPS and any(
+            if (name in _WINDOW_OPS or name in WINDOW_OPS) and any(
                 int(t.shape[-1]) * int(t.shape[-2]) > 1 for t in outputs
             ):
                 raise self.error(
@@ -278,6 +240,8 @@ class GeometryTracer(TorchFunctionMode):
                 result = [None] * len(outputs)
         else:
             rule = table.get(name)
+            if rule is None and table is RULES and kind_of(name) == "window":
+                rule = _window  # registered in the geometry core (maybe after this import)
             if rule is None:
                 raise self.error(name, "this operation has no receptive-field rule")
             call = Call(self, name, margs, mkwargs, out)
@@ -298,12 +262,8 @@ batch_norm instance_norm group_norm layer_norm local_response_norm
 """.split()
 )
 
+# Grid operations other than the core's sliding windows (WINDOW_OPS).
 _WINDOW_OPS = {
-    "conv2d",
-    "max_pool2d",
-    "max_pool2d_with_indices",
-    "avg_pool2d",
-    "lp_pool2d",
     "pad",
     "conv_transpose2d",
     "interpolate",

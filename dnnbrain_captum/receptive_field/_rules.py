@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._spatial import window_of_call
 from dnnbrain_captum.receptive_field._states import (
     Affine,
     Flat,
@@ -21,11 +22,10 @@ from dnnbrain_captum.receptive_field._states import (
     UnsupportedOperationError,
     _box_union,
     _iter_tensors,
-    _pair,
     adaptive,
     reindexed,
-    sliding,
     union,
+    windowed,
 )
 
 if TYPE_CHECKING:
@@ -182,67 +182,15 @@ def _last_two(call: Call, x: Tensor, st: Spatial) -> None:
         raise call.fail("its spatial axes are not the last two dimensions of its input")
 
 
-def _conv(call: Call) -> State:
+def _window(call: Call) -> State:
+    """A registered sliding-window operation (the geometry core's footprint per axis)."""
     x, st = call.spatial_input()
     _last_two(call, x, st)
-    weight = call.args[1]
-    k = (int(weight.shape[-2]), int(weight.shape[-1]))
-    s = _pair(call.arg(3, "stride", 1), 1)
-    d = _pair(call.arg(5, "dilation", 1), 1)
-    padding = call.arg(4, "padding", 0)
-    if isinstance(padding, str):
-        if padding == "valid":
-            p = (0, 0)
-        else:
-            p = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
-    else:
-        p = _pair(padding, 0)
-    return _windowed(call, st, k, s, p, d)
-
-
-def _windowed(
-    call: Call,
-    st: Spatial,
-    k: tuple[int, int],
-    s: tuple[int, int],
-    p: tuple[int, int],
-    d: tuple[int, int],
-) -> Spatial:
+    window = window_of_call(call.name, call.args, call.kwargs)
     out = call.outputs[0]
     n = (int(out.shape[-2]), int(out.shape[-1]))
-    axes = tuple(sliding(st.axes[a], k[a], s[a], p[a], d[a], n[a]) for a in range(2))
+    axes = tuple(windowed(st.axes[a], window.axes[a], n[a]) for a in range(2))
     return Spatial((out.dim() - 2, out.dim() - 1), axes)  # type: ignore[arg-type]
-
-
-def _pool_window(call: Call) -> tuple[Spatial, tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """The input's geometry and a pooling call's kernel, stride (default: the kernel), padding."""
-    x, st = call.spatial_input()
-    _last_two(call, x, st)
-    k = _pair(call.arg(1, "kernel_size"), 1)
-    s = _pair(call.arg(2, "stride"), 0)
-    s = k if s == (0, 0) else s
-    p = _pair(call.arg(3, "padding", 0), 0)
-    return st, k, s, p
-
-
-def _max_pool(call: Call) -> State:
-    st, k, s, p = _pool_window(call)
-    d = _pair(call.arg(4, "dilation", 1), 1)
-    return _windowed(call, st, k, s, p, d)
-
-
-def _avg_pool(call: Call) -> State:
-    st, k, s, p = _pool_window(call)
-    return _windowed(call, st, k, s, p, (1, 1))
-
-
-def _lp_pool(call: Call) -> State:
-    x, st = call.spatial_input()
-    _last_two(call, x, st)
-    k = _pair(call.arg(2, "kernel_size"), 1)
-    s = _pair(call.arg(3, "stride"), 0)
-    s = k if s == (0, 0) else s
-    return _windowed(call, st, k, s, (0, 0), (1, 1))
 
 
 def _adaptive(call: Call) -> State:

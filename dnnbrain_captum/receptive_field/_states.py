@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._spatial import Footprint
+from dnnbrain_captum._spatial import _pair as _pair  # noqa: F401 - read by _resample
+
 __all__ = [
     "Affine",
     "Axis",
@@ -134,13 +137,22 @@ def _gather(axis: Axis, index: Tensor, valid: Tensor, affine: Affine | None) -> 
 
 def sliding(axis: Axis, k: int, s: int, p: int, d: int, n_out: int) -> Axis:
     """Window of ``k`` taps, stride ``s``, left padding ``p``, dilation ``d`` (zero padding)."""
-    index = torch.arange(n_out)[:, None] * s - p + torch.arange(k)[None, :] * d
+    return windowed(axis, Footprint(k, s, p, d), n_out)
+
+
+def windowed(axis: Axis, fp: Footprint, n_out: int) -> Axis:
+    """The geometry after a sliding window with footprint ``fp`` (the geometry core's taps)."""
+    index = fp.taps(n_out)
     valid = (index >= 0) & (index < axis.n)
     a = axis.affine
     affine = (
         None
         if a is None
-        else Affine(a.size + (k - 1) * d * a.jump, a.jump * s, a.padding + p * a.jump)
+        else Affine(
+            a.size + (fp.kernel - 1) * fp.dilation * a.jump,
+            a.jump * fp.stride,
+            a.padding + fp.padding * a.jump,
+        )
     )
     return _gather(axis, index, valid, affine)
 
@@ -262,13 +274,3 @@ def _func_name(func: Any) -> str:
         owner = getattr(func, "__self__", None)
         name = getattr(owner, "__name__", name)
     return str(name)
-
-
-def _pair(value: Any, default: int) -> tuple[int, int]:
-    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
-        return (default, default)
-    if isinstance(value, (list, tuple)):
-        return (
-            (int(value[0]), int(value[-1])) if len(value) <= 2 else (int(value[-2]), int(value[-1]))
-        )
-    return (int(value), int(value))

@@ -7,16 +7,19 @@ those patches, reading the margin each layer's kernel needs from clean activatio
 once per image (incremental inference; Nakandala, Kumar & Papakonstantinou, "Incremental and
 approximate inference for faster occlusion-based deep CNN explanations", SIGMOD 2019).
 
-The model is traced with :mod:`torch.fx`; the path from the input to the target layer must be
-made of operations whose spatial footprint is known:
+The model is traced with :mod:`torch.fx` (once per model and question: ``cache.py``); the
+path from the input to the target layer must be made of operations whose spatial geometry the
+geometry core (:mod:`dnnbrain_captum._spatial`, shared with the receptive-field tracer) knows:
 
-* ``nn.Conv2d`` (any stride, padding incl. ``"same"``, dilation, groups; zero padding mode),
-* ``nn.MaxPool2d`` / ``nn.AvgPool2d`` (padding, dilation, ``ceil_mode``, ``count_include_pad``,
-  ``divisor_override``) and adaptive pools that keep the size,
-* element-wise activations (modules such as ``nn.ReLU``, ``nn.GELU``, ... and their functional
-  or tensor-method forms), ``nn.BatchNorm2d`` in eval mode with running statistics,
-  ``nn.Identity`` and dropout in eval mode, arithmetic with numbers,
-* additions, subtractions, products of such paths and concatenations along channels.
+* its sliding windows, as modules or functional calls: ``nn.Conv2d`` (any stride, padding
+  incl. ``"same"``, dilation, groups; zero padding mode), max / average / power-average
+  pooling (padding, dilation, ``ceil_mode``, ``count_include_pad``, ``divisor_override``) and
+  any operation registered there later; adaptive pools that keep the size,
+* its element-wise operations (activations as modules, functions or tensor methods, in place
+  or not, arithmetic with numbers, comparisons), ``nn.BatchNorm2d`` in eval mode with running
+  statistics, ``nn.Identity`` and dropout in eval mode,
+* element-wise combinations of same-shape paths (``+``, ``-``, ``*``, ``/``, ``maximum``,
+  ``where`` …) and concatenations along channels.
 
 Anything else raises :class:`IncrementalUnsupported` with the reason, and the caller falls
 back to the full recompute. The result equals the full recompute up to floating-point
@@ -30,10 +33,8 @@ smaller than its output patch is instead computed as clean output + the convolut
 input's change (zero outside the input patch), i.e. a transposed convolution of that change
 with the flipped kernel, whose cost scales with the input patch.
 
-The spatial footprint of each op (``Footprint``: kernel, stride, left padding, dilation) is
-kept here: ``dnnbrain_captum.receptive_field`` derives the same geometry inside its meta-tensor
-tracer but exposes no per-module function; a test checks that the affected units computed here
-match its ``find_region`` boxes.
+Each operation's footprint and the interval arithmetic come from the geometry core; a test
+registers a new window there and sees both clients follow it (``tests/test_spatial_core.py``).
 """
 
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion

@@ -2,10 +2,16 @@
 
 Two numbers decide, per option, on the input's device:
 
-* arithmetic: the multiply-adds per window of the incremental patches and of the full
-  recompute (``IncrementalOcclusion.macs_per_window``). Patch arithmetic runs at a lower rate
-  than whole maps (gathers of the clean margins, small convolutions), so the incremental path
-  is chosen only when it saves more than :data:`PATCH_PENALTY` times its own arithmetic;
+* arithmetic and data movement: the multiply-adds per window of the incremental patches and
+  of the full recompute (``macs_per_window``), and the elements the incremental path gathers
+  and writes per window besides (``moved_per_window``: every operation's input region
+  assembled from the clean map and the patch). Patch arithmetic runs at a lower rate than
+  whole maps (:data:`PATCH_PENALTY`), and each moved element costs about :data:`MOVE_COST`
+  multiply-adds (row gathers, pastes, copies): measured on the bundled digits CNN (conv5,
+  32 px, 64 channels on 8×8 maps), where the patches cover most of the map, the gathers took
+  longer than the patch convolutions and the incremental path was slower than the full one
+  although it saves 1.8× the multiply-adds; the incremental path is chosen only when
+  ``PATCH_PENALTY · MAC_incr + MOVE_COST · moved < MAC_full``;
 * memory: the bytes one window needs at once (the largest activation of the full pass; the
   patches of every operation for the incremental pass). A batch holds as many windows as fit
   the device's budget: :data:`CPU_BATCH_BYTES` on a CPU (batches that spill out of the
@@ -21,14 +27,24 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._utils.hooks import run_to_layer
 
-__all__ = ["CPU_BATCH_BYTES", "PATCH_PENALTY", "batch_size", "incremental_pays", "peak_bytes"]
+__all__ = [
+    "CPU_BATCH_BYTES",
+    "MOVE_COST",
+    "PATCH_PENALTY",
+    "batch_size",
+    "incremental_pays",
+    "peak_bytes",
+]
 
 CPU_BATCH_BYTES = 48 * 2**20
 PATCH_PENALTY = 1.4
+MOVE_COST = 128  # multiply-adds per element gathered or written (see the module doc)
 MAX_BATCH = 1024
 
 
-def incremental_pays(incremental_macs: int, full_macs: int, device: torch.device) -> bool:
+def incremental_pays(
+    incremental_macs: int, full_macs: int, device: torch.device, moved: int = 0
+) -> bool:
     """Whether the incremental path is expected to be faster than the full recompute.
 
     On a CPU the arithmetic decides. On an accelerator the many small patch kernels are bound
@@ -38,7 +54,7 @@ def incremental_pays(incremental_macs: int, full_macs: int, device: torch.device
     """
     if device.type != "cpu":
         return False
-    return PATCH_PENALTY * incremental_macs < full_macs
+    return PATCH_PENALTY * incremental_macs + MOVE_COST * moved < full_macs
 
 
 def batch_size(bytes_per_window: int, device: torch.device, windows: int) -> int:

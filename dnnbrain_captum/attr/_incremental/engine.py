@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum._utils.targets import per_example_targets, reduce_per_example
+from dnnbrain_captum.attr._incremental.cache import cached_analysis
 from dnnbrain_captum.attr._incremental.geometry import _Axis, _Edge
 from dnnbrain_captum.attr._incremental.nodes import (
     IncrementalUnsupported,
@@ -45,7 +47,12 @@ class IncrementalOcclusion:
         if graph is None:
             if layer is None:
                 raise ValueError("give the target layer or the graph")
-            graph = analyse(model, layer)
+            graph = cached_analysis(
+                model, ("layer", layer_path(model, layer)), lambda: analyse(model, layer)
+            )
+        for node in graph.nodes:
+            if isinstance(node, _Conv):
+                node.refresh()  # fold a batch norm with the weights and statistics of now
         self.graph = graph
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
@@ -205,9 +212,9 @@ class IncrementalOcclusion:
         i = node.inputs[0]
         device = source.device
         b, c_in, lih, liw = source.shape
-        clean_in = padded[(k, -1)][
-            patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
-        ]
+        clean_in = padded[(k, -1)].index_select(
+            0, patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
+        )
         change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
         if k not in self._flipped:
             self._flipped[k] = node.weight.flip(-1, -2).transpose(0, 1).contiguous()
@@ -216,7 +223,8 @@ class IncrementalOcclusion:
         loh, low = plan.axes[k][0].length, plan.axes[k][1].length
         size = b * loh * low
         index = patch_index(plan.axes[k], rows, cols, self.clean_values[k].shape[-1], device)
-        out = padded[(k, -2)][torch.cat([index, index[:1]])]  # spare row for the overflow
+        # (index_select: rows of a matrix, much faster than advanced indexing on a CPU)
+        out = padded[(k, -2)].index_select(0, torch.cat([index, index[:1]]))  # a spare row
         shift_r, shift_c = plan.delta[k]
         dest_r = torch.arange(gh, device=device) - shift_r.to(device)[rows][:, None]
         dest_c = torch.arange(gw, device=device) - shift_c.to(device)[cols][:, None]
@@ -258,7 +266,7 @@ class IncrementalOcclusion:
             + (left[:, None] + torch.arange(nw, device=device))[:, None, :]
         ).reshape(-1)
         # One spare row at the end receives the patch values that fall outside the region.
-        region = padded[torch.cat([flat, flat[:1]])]
+        region = padded.index_select(0, torch.cat([flat, flat[:1]]))
         place_r = er.place.to(device)[rows][:, None] + torch.arange(lh, device=device)
         place_c = ec.place.to(device)[cols][:, None] + torch.arange(lw, device=device)
         inside = ((place_r >= 0) & (place_r < nh))[:, :, None] & ((place_c >= 0) & (place_c < nw))[
@@ -349,6 +357,31 @@ class IncrementalOcclusion:
             incremental += node.macs(plan.channels[k], shape, ah.length * aw.length)
             full += node.macs(plan.channels[k], shape, shape[-2] * shape[-1])
         return incremental, full
+
+    def moved_per_window(self, plan: _Plan) -> int:
+        """Elements one window gathers and writes besides the arithmetic (the cost model).
+
+        The input region of every operation read with a margin (gathered from the padded clean
+        map, the patch pasted in) and, for a convolution computed from its input's change, the
+        clean values under its input and output patches.
+        """
+        moved = 0
+        for k in plan.order:
+            node = self.graph.nodes[k]
+            for slot, i in enumerate(node.inputs):
+                pair_ = plan.edges[k][slot]
+                sel = plan.select[k][slot]
+                stored = plan.channels[i]
+                count = self.clean_values[i].shape[1] if stored is None else len(stored)
+                count = count if sel is None else int(sel.numel())
+                if pair_ is not None:
+                    moved += pair_[0].need * pair_[1].need * count
+                elif k in plan.delta:
+                    ih, iw = plan.axes[i]
+                    oh, ow = plan.axes[k]
+                    out = self.clean_values[k].shape[1]
+                    moved += ih.length * iw.length * count + oh.length * ow.length * out
+        return moved
 
     def patch_bytes(self, plan: _Plan) -> int:
         """Bytes of one window's patches (every operation's, as the engine holds them)."""

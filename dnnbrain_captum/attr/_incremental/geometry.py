@@ -8,11 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dnnbrain_captum.attr._incremental.nodes import Footprint
-
-
-def _floor_div(a: Tensor, b: int) -> Tensor:
-    return torch.div(a, b, rounding_mode="floor")
+from dnnbrain_captum._spatial import Footprint
 
 
 @dataclass
@@ -36,10 +32,7 @@ def _axis(lo: Tensor, hi: Tensor, size: int) -> _Axis:
 
 def _through(axis: _Axis, fp: Footprint, size: int) -> _Axis:
     """Outputs of a sliding-window op whose window overlaps the input interval."""
-    empty = axis.hi <= axis.lo
-    lo = -_floor_div(-(axis.lo + fp.padding - (fp.span - 1)), fp.stride)
-    hi = _floor_div(axis.hi - 1 + fp.padding, fp.stride) + 1
-    hi = torch.where(empty, lo, hi)
+    lo, hi = fp.reach(axis.lo, axis.hi)
     return _axis(lo, hi, size)
 
 

@@ -20,17 +20,9 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-import torch.nn.functional as F
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.pooling import (
-    _AdaptiveAvgPoolNd,
-    _AdaptiveMaxPoolNd,
-    _AvgPoolNd,
-    _MaxPoolNd,
-)
 
+from dnnbrain_captum._spatial import SAME_STORAGE, kind_of, module_op, op_name
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
 
 __all__ = ["check_no_hidden_writes"]
@@ -51,50 +43,27 @@ _INPLACE_OPERATORS = {
     operator.imatmul,
     operator.setitem,
 }
-# Leaf modules that always return a new tensor (unless they write in place, checked first).
-_FRESH_MODULES: tuple[type[nn.Module], ...] = (
-    _ConvNd,
-    _BatchNorm,
-    _MaxPoolNd,
-    _AvgPoolNd,
-    _AdaptiveAvgPoolNd,
-    _AdaptiveMaxPoolNd,
-    nn.Linear,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Softplus,
-    nn.Softmax,
-)
-# Functions and tensor methods that return a new tensor (out of place).
-_FRESH_FUNCTIONS = {
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.truediv,
-    operator.neg,
-    F.conv2d,
-    F.linear,
-    F.batch_norm,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
+# Kinds of operation (the geometry core's classification) that return a new tensor, unless
+# they write in place (checked first) or may return their input itself (SAME_STORAGE).
+_FRESH_KINDS = {"window", "value", "gate", "norm", "adaptive"}
+_FRESH_NAMES = {
+    "linear",
+    "softmax",
+    "cat",
+    "concat",
+    "concatenate",
+    "batch_norm",
+    "prelu",
+    "local_response_norm",
 }
-_FRESH_METHODS = {"add", "sub", "mul", "div", "relu", "sigmoid", "tanh", "clamp", "abs", "neg"}
+
+
+def _fresh(name: str | None) -> bool:
+    """Whether the operation ``name`` always returns new storage."""
+    in_place = (name or "_").endswith("_") and not (name or "").endswith("__")
+    if name is None or name in SAME_STORAGE or in_place or name.startswith("__i"):
+        return False
+    return name in _FRESH_NAMES or kind_of(name) in _FRESH_KINDS
 
 
 def _name(target: Any) -> str:
@@ -135,11 +104,10 @@ def _may_alias_input(node: fx.Node, model: nn.Module) -> bool:
     if node.op in ("placeholder", "get_attr"):
         return False
     if node.op == "call_module":
-        module = model.get_submodule(str(node.target))
-        return not isinstance(module, _FRESH_MODULES)
-    if node.op == "call_function":
-        return node.target not in _FRESH_FUNCTIONS and _name(node.target) != "cat"
-    return node.op != "call_method" or str(node.target) not in _FRESH_METHODS
+        return not _fresh(module_op(model.get_submodule(str(node.target))))
+    if node.op in ("call_function", "call_method"):
+        return not _fresh(op_name(node.target))
+    return True
 
 
 def _storage_chain(written: fx.Node, model: nn.Module) -> list[fx.Node]:

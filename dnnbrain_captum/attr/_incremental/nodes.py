@@ -2,69 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dnnbrain_captum._spatial import IDENTITY, Footprint, Window, window_of_module
+
+__all__ = ["IDENTITY", "Channels", "Footprint", "IncrementalUnsupported"]
 
 Channels = list[int] | None  # None: every channel
 
 
 class IncrementalUnsupported(Exception):
     """The incremental path cannot evaluate this model/target; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------
-# Per-operation footprint (kernel, stride, left padding, dilation) along one axis
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Footprint:
-    """Spatial footprint of a sliding-window operation along one axis.
-
-    Output unit ``o`` reads input positions ``o·stride − padding + t·dilation`` for
-    ``t = 0 … kernel − 1`` (positions outside the input are padding).
-    """
-
-    kernel: int = 1
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
-
-    @property
-    def span(self) -> int:
-        """Input positions between the first and last tap, inclusive."""
-        return self.dilation * (self.kernel - 1) + 1
-
-
-IDENTITY = Footprint()
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) == 1:
-            return int(value[0]), int(value[0])
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def _footprints(
-    kernel: Any, stride: Any, padding: Any, dilation: Any = 1
-) -> tuple[Footprint, Footprint]:
-    k, s, d = _pair(kernel), _pair(stride if stride not in (None, ()) else kernel), _pair(dilation)
-    if isinstance(padding, str):
-        if padding == "valid":
-            p = (0, 0)
-        else:  # "same": PyTorch puts the smaller half of the total padding first
-            p = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d, strict=True))  # type: ignore[assignment]
-    else:
-        p = _pair(padding)
-    return (Footprint(k[0], s[0], p[0], d[0]), Footprint(k[1], s[1], p[1], d[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,9 +63,10 @@ class _Conv(_Node):
             )
         self.module = module
         self.folded: tuple[Tensor, Tensor | None] | None = None
-        self.footprint = _footprints(
-            module.kernel_size, module.stride, module.padding, module.dilation
-        )
+        self.bn: nn.BatchNorm2d | None = None
+        window = window_of_module(module)
+        assert window is not None
+        self.footprint = window.axes
 
     def clean(self, values: Sequence[Tensor]) -> Tensor:
         if self.folded is None:
@@ -128,6 +81,14 @@ class _Conv(_Node):
 
     def fold(self, bn: nn.BatchNorm2d) -> None:
         """Compute ``bn(conv(x))`` as one convolution (eval batch norm: an affine map)."""
+        self.bn = bn
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the folded kernel from the current weights and statistics."""
+        bn = self.bn
+        if bn is None:
+            return
         assert bn.running_var is not None and bn.running_mean is not None
         scale = torch.rsqrt(bn.running_var + bn.eps)
         shift = -bn.running_mean * scale
@@ -184,51 +145,58 @@ class _Conv(_Node):
         return n_out * per_in * k[0] * k[1] * area
 
 
-class _MaxPool(_Node):
-    fill = -math.inf
+class _Window(_Node):
+    """A sliding-window operation of the geometry core that acts channel by channel."""
 
-    def __init__(self, module: nn.MaxPool2d) -> None:
-        if module.return_indices:
-            raise IncrementalUnsupported("max pooling with return_indices=True is not supported")
-        self.module = module
-        self.footprint = _footprints(
-            module.kernel_size, module.stride, module.padding, module.dilation
-        )
+    def __init__(self, window: Window, clean: Callable[[Tensor], Tensor], label: str) -> None:
+        if window.bound.get("return_indices"):
+            raise IncrementalUnsupported(f"{label} returns indices")
+        if window.op.name == "conv2d":
+            raise IncrementalUnsupported(f"{label}: a functional convolution (weights as inputs)")
+        self.window = window
+        self.footprint = window.axes
+        self.fill = window.fill
+        self.function = clean
+        self.label = label
 
     def clean(self, values: Sequence[Tensor]) -> Tensor:
-        return self.module.forward(values[0])
+        x = values[0]
+        out = self.function(x)
+        if self.window.ceil_mode and not self.window.op.ceil_by_fill:
+            floor = tuple(
+                (n + 2 * f.padding - f.span) // f.stride + 1
+                for n, f in zip(x.shape[-2:], self.footprint, strict=True)
+            )
+            if tuple(out.shape[-2:]) != floor:
+                raise IncrementalUnsupported(f"{self.label}: ceil_mode adds partial windows")
+        return out
 
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
-        m = self.module
-        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
-        return F.max_pool2d(regions[0], m.kernel_size, stride, 0, m.dilation, ceil_mode=False)
+        return self.window.unpadded(regions[0])
 
 
 class _AvgPool(_Node):
-    def __init__(self, module: nn.AvgPool2d) -> None:
-        self.module = module
-        self.footprint = _footprints(module.kernel_size, module.stride, module.padding)
+    def __init__(self, window: Window, clean: Callable[[Tensor], Tensor]) -> None:
+        self.window = window
+        self.function = clean
+        self.footprint = window.axes
         self.divisor: Tensor | None = None
 
     def clean(self, values: Sequence[Tensor]) -> Tensor:
         x = values[0]
-        m = self.module
         # How many terms each output position divides by (set by the clean pass).
         ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
-        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
-        summed = F.avg_pool2d(
-            ones, m.kernel_size, stride, m.padding, m.ceil_mode, True, divisor_override=1
-        )
-        self.divisor = (summed / m.forward(ones)).round()
-        return m.forward(x)
+        bound = dict(self.window.bound, divisor_override=1)
+        summed = F.avg_pool2d(ones, **bound)
+        self.divisor = (summed / self.function(ones)).round()
+        return self.function(x)
 
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
         raise AssertionError("handled by the engine")  # pragma: no cover
 
     def sum_patch(self, region: Tensor) -> Tensor:
-        m = self.module
-        stride = m.stride if m.stride not in (None, ()) else m.kernel_size
-        return F.avg_pool2d(region, m.kernel_size, stride, 0, False, True, divisor_override=1)
+        b = self.window.bound
+        return F.avg_pool2d(region, b["kernel_size"], b["stride"], 0, False, True, 1)
 
 
 class _Pointwise(_Node):

@@ -19,6 +19,7 @@ Both equal the full forward pass up to floating-point rounding.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from dnnbrain_captum._utils.targets import per_example_targets, select_output_target
+from dnnbrain_captum.attr._incremental.cache import cached_analysis
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion, patch_index
 from dnnbrain_captum.attr._incremental.mutation import check_no_hidden_writes
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported, _SizeKeeping
 from dnnbrain_captum.attr._incremental.planning import _Plan
-from dnnbrain_captum.attr._incremental.trace import _convert_node, convert, trace
+from dnnbrain_captum.attr._incremental.trace import _convert_node, _Graph, convert, trace
 
 __all__ = ["OutputOcclusion"]
 
@@ -116,6 +118,46 @@ def _subgraph(
     return fx.GraphModule(model, graph)
 
 
+@dataclass
+class _Cut:
+    """Where the model is cut, and the head that runs after the cut."""
+
+    graph: _Graph
+    head: fx.GraphModule
+    pooled: bool
+    pooled_shape: tuple[int, ...] | None
+    name: str
+
+
+def _analyse(model: nn.Module, image: Tensor) -> _Cut:
+    """The cut of ``model`` for images of the size of ``image`` (see the module doc)."""
+    if model._forward_hooks or model._forward_pre_hooks:
+        raise IncrementalUnsupported("the model itself has forward hooks")
+    traced = trace(model)
+    nodes = list(traced.graph.nodes)
+    check_no_hidden_writes(nodes, model)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise IncrementalUnsupported("the model takes more than the image")
+    recorder = _Shapes(traced)
+    recorder.run(image)
+    shapes = recorder.shapes
+    output = next(n for n in nodes if n.op == "output")
+    for cut in reversed(_spatial_nodes(model, nodes, shapes)):
+        head = _head_nodes(cut, output)
+        if head is not None:
+            break
+    else:
+        raise IncrementalUnsupported("no spatial operation lies on every path to the output")
+    pooled = len(cut.users) == 1 and _is_global_mean(model, next(iter(cut.users)), shapes)
+    start = next(iter(cut.users)) if pooled else cut
+    if pooled:
+        head.discard(start)
+    graph = convert(model, nodes, cut)
+    subgraph = _subgraph(model, nodes, head, start)
+    return _Cut(graph, subgraph, pooled, shapes[start] if pooled else None, cut.name)
+
+
 class OutputOcclusion:
     """Occluded values of a model's output target, by incremental inference up to the cut.
 
@@ -133,31 +175,10 @@ class OutputOcclusion:
     """
 
     def __init__(self, model: nn.Module, image: Tensor) -> None:
-        if model._forward_hooks or model._forward_pre_hooks:
-            raise IncrementalUnsupported("the model itself has forward hooks")
-        traced = trace(model)
-        nodes = list(traced.graph.nodes)
-        check_no_hidden_writes(nodes, model)
-        placeholders = [n for n in nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise IncrementalUnsupported("the model takes more than the image")
-        recorder = _Shapes(traced)
-        recorder.run(image)
-        shapes = recorder.shapes
-        output = next(n for n in nodes if n.op == "output")
-        for cut in reversed(_spatial_nodes(model, nodes, shapes)):
-            head = _head_nodes(cut, output)
-            if head is not None:
-                break
-        else:
-            raise IncrementalUnsupported("no spatial operation lies on every path to the output")
-        self.pooled = len(cut.users) == 1 and _is_global_mean(model, next(iter(cut.users)), shapes)
-        start = next(iter(cut.users)) if self.pooled else cut
-        if self.pooled:
-            head.discard(start)
-            self.pooled_shape = shapes[start]
-        self.head = _subgraph(model, nodes, head, start)
-        self.engine = IncrementalOcclusion(model, graph=convert(model, nodes, cut))
+        question = ("output", tuple(image.shape[1:]), image.dtype)
+        cut = cached_analysis(model, question, lambda: _analyse(model, image))
+        self.pooled, self.pooled_shape, self.head = cut.pooled, cut.pooled_shape, cut.head
+        self.engine = IncrementalOcclusion(model, graph=cut.graph)
         self.cut_name = cut.name
         self._entries: list[Any] = []
         self._images = image
@@ -171,6 +192,12 @@ class OutputOcclusion:
     def macs_per_window(self, plan: _Plan) -> tuple[int, int]:
         """Multiply-adds per window up to the cut: (incremental, full)."""
         return self.engine.macs_per_window(plan)
+
+    def moved_per_window(self, plan: _Plan) -> int:
+        """Elements one window moves up to the cut, plus its pasted cut map for the head."""
+        cut = self.engine.clean_values[self.engine.graph.target]
+        pasted = 0 if self.pooled else cut[0].numel()
+        return self.engine.moved_per_window(plan) + pasted
 
     def patch_bytes(self, plan: _Plan) -> int:
         """Bytes of one window's patches, plus its pasted cut map when the head needs one."""
@@ -230,13 +257,14 @@ class OutputOcclusion:
                 spots = patch_index(plan.axes[engine.graph.target], rows, cols, width, device)
                 b = patch.shape[0]
                 if pooled is not None:
-                    change = patch.sum((2, 3)) - flat[spots].view(b, -1, channels).sum(1)
+                    covered = flat.index_select(0, spots).view(b, -1, channels)
+                    change = patch.sum((2, 3)) - covered.sum(1)
                     start = (pooled + change / (height * width)).view(b, *self.pooled_shape[1:])
                 else:
                     maps = flat.repeat(b, 1)
                     where = spots + torch.arange(b, device=device).repeat_interleave(
                         spots.numel() // b
                     ) * (height * width)
-                    maps[where] = patch.permute(0, 2, 3, 1).reshape(-1, channels)
+                    maps.index_copy_(0, where, patch.permute(0, 2, 3, 1).reshape(-1, channels))
                     start = maps.view(b, height, width, channels).permute(0, 3, 1, 2)
                 yield self._head_values(start, entry)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from dnnbrain_captum._spatial import (
+    kind_of,
+    module_op,
+    op_name,
+    window_of_call,
+    window_of_module,
+)
 from dnnbrain_captum._utils.layers import layer_path
 from dnnbrain_captum.attr._incremental.mutation import check_no_hidden_writes
 from dnnbrain_captum.attr._incremental.nodes import (
@@ -21,110 +27,12 @@ from dnnbrain_captum.attr._incremental.nodes import (
     _Cat,
     _Conv,
     _Input,
-    _MaxPool,
     _Merge,
     _Node,
     _Pointwise,
     _SizeKeeping,
+    _Window,
 )
-
-_POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Softplus,
-    nn.Softsign,
-    nn.Tanhshrink,
-    nn.LogSigmoid,
-    nn.Threshold,
-    nn.Hardshrink,
-    nn.Softshrink,
-    nn.Identity,
-)
-_DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-_POINTWISE_FUNCTIONS: set[Any] = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.selu,
-    F.celu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardtanh,
-    F.hardswish,
-    F.hardsigmoid,
-    F.softplus,
-    F.softsign,
-    F.sigmoid,
-    torch.sigmoid,
-    F.tanh,
-    torch.tanh,
-    torch.clamp,
-    torch.abs,
-    torch.neg,
-    operator.neg,
-}
-# In-place functions and their out-of-place forms.
-_IN_PLACE_FUNCTIONS: dict[Any, Callable[..., Tensor]] = {
-    torch.relu_: torch.relu,
-    torch.sigmoid_: torch.sigmoid,
-    torch.tanh_: torch.tanh,
-    torch.clamp_: torch.clamp,
-    torch.abs_: torch.abs,
-    torch.neg_: torch.neg,
-    F.elu_: F.elu,
-    F.leaky_relu_: F.leaky_relu,
-    F.hardtanh_: F.hardtanh,
-    F.celu_: F.celu,
-}
-_POINTWISE_METHODS = {
-    "relu",
-    "sigmoid",
-    "tanh",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
-    "abs",
-    "neg",
-    "contiguous",
-    "clone",
-}
-_BINARY_FUNCTIONS: dict[Any, Callable[..., Tensor]] = {
-    operator.add: torch.add,
-    operator.iadd: torch.add,
-    torch.add: torch.add,
-    operator.sub: torch.sub,
-    operator.isub: torch.sub,
-    torch.sub: torch.sub,
-    operator.mul: torch.mul,
-    operator.imul: torch.mul,
-    torch.mul: torch.mul,
-    operator.truediv: torch.div,
-    operator.itruediv: torch.div,
-    torch.div: torch.div,
-}
-_BINARY_METHODS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
 
 def _is_number(value: Any) -> bool:
@@ -154,38 +62,73 @@ def _batch_norm(module: nn.BatchNorm2d) -> Callable[[Tensor, Channels], Tensor]:
 
 
 def _convert_module(module: nn.Module, name: str) -> _Node:
-    kind = type(module).__name__
-    if isinstance(module, nn.Conv2d):
-        return _Conv(module)
-    if isinstance(module, nn.MaxPool2d):
-        return _MaxPool(module)
-    if isinstance(module, nn.AvgPool2d):
-        return _AvgPool(module)
-    if isinstance(module, _DROPOUT_MODULES):
+    """The engine's operation for a module, from the geometry core's classification."""
+    label = f"{name} ({type(module).__name__})"
+    window = window_of_module(module)
+    if window is not None:
+        if window.op.name == "conv2d":
+            if module.padding_mode != "zeros":  # type: ignore[union-attr]
+                raise IncrementalUnsupported(
+                    f"convolution with padding_mode={module.padding_mode!r} is not supported"
+                )
+            return _Conv(module)  # type: ignore[arg-type]
+        if window.op.name == "avg_pool2d":
+            return _AvgPool(window, module.forward)
+        return _Window(window, module.forward, label)
+    op = module_op(module)
+    kind = kind_of(op) if op is not None else None
+    if kind == "random":
         if module.training:
-            raise IncrementalUnsupported(f"{name} ({kind}) is in training mode")
+            raise IncrementalUnsupported(f"{label} is in training mode")
         return _Pointwise(lambda x, channels: x)
-    if isinstance(module, nn.BatchNorm2d):
+    if op == "batch_norm":
+        assert isinstance(module, nn.BatchNorm2d)
         if module.training or module.running_mean is None or module.running_var is None:
             raise IncrementalUnsupported(
-                f"{name} ({kind}) uses batch statistics (training mode or no running stats)"
+                f"{label} uses batch statistics (training mode or no running stats)"
             )
         return _BatchNorm(module, _batch_norm(module))
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        return _SizeKeeping(module, f"{name} ({kind})")
-    if type(module) in _POINTWISE_MODULES:
+    if kind == "adaptive":
+        return _SizeKeeping(module, label)
+    if kind in ("value", "identity"):
         return _Pointwise(_module_pointwise(module))
-    raise IncrementalUnsupported(f"{name} ({kind}) has no known spatial footprint")
+    if kind == "norm":
+        raise IncrementalUnsupported(f"{label} normalises with statistics over the whole map")
+    raise IncrementalUnsupported(f"{label} has no known spatial footprint")
+
+
+def _is_in_place(name: str, node: fx.Node) -> bool:
+    """Whether the call writes into its first argument (computed on a copy here)."""
+    return (
+        (name.endswith("_") and not name.endswith("__"))
+        or name.startswith("__i")
+        or node.kwargs.get("inplace") is True
+        or any(a is True for a in node.args[1:])  # a positional ``inplace=True``
+    )
+
+
+def _substitute(args: tuple[Any, ...], values: Sequence[Tensor], copy: bool) -> list[Any]:
+    """``args`` with its graph nodes replaced by ``values`` in order (the first copied)."""
+    out = []
+    taken = 0
+    for a in args:
+        if isinstance(a, fx.Node):
+            value = values[taken]
+            out.append(value.clone() if copy and taken == 0 else value)
+            taken += 1
+        else:
+            out.append(a)
+    return out
 
 
 def _convert_call(node: fx.Node, tensor_args: list[fx.Node]) -> _Node:
     target = node.target
     method = node.op == "call_method"
-    name = str(target).rstrip("_") if method else ""
+    name = op_name(target)
     label = f"{node.name} ({target if method else getattr(target, '__name__', target)})"
     args = node.args
     kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-    if not method and target is torch.cat:
+    if not method and name in ("cat", "concat", "concatenate"):
         tensors = args[0] if args else node.kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
         if (
@@ -198,38 +141,34 @@ def _convert_call(node: fx.Node, tensor_args: list[fx.Node]) -> _Node:
     plain = all(
         isinstance(a, fx.Node) or _is_number(a) or isinstance(a, bool) or a is None for a in args
     ) and all(_is_number(v) or isinstance(v, (bool, str)) or v is None for v in kwargs.values())
-    if not plain:
+    if not plain and not (kind_of(name) == "window" and not method):
         raise IncrementalUnsupported(f"{label} has arguments that are not numbers")
-    binary = _BINARY_METHODS.get(name) if method else _BINARY_FUNCTIONS.get(target)
-    if binary is not None and len(args) == 2:
-        first, second = args
-        if isinstance(first, fx.Node) and isinstance(second, fx.Node):
-            return _Merge(lambda v, f=binary: f(v[0], v[1], **kwargs))
-        if isinstance(first, fx.Node):
-            return _Pointwise(lambda x, c, f=binary: f(x, second, **kwargs))
-        if isinstance(second, fx.Node):
-            return _Pointwise(lambda x, c, f=binary: f(first, x, **kwargs))
-    if (
-        len(tensor_args) == 1
-        and args
-        and args[0] is tensor_args[0]
-        and not any(isinstance(a, fx.Node) for a in args[1:])
-    ):
-        rest = args[1:]
-        copy = any(a is True for a in rest)  # a positional ``inplace=True``
-        if not method and target in _IN_PLACE_FUNCTIONS:  # proven invisible (mutation.py)
-            return _Pointwise(lambda x, c, f=_IN_PLACE_FUNCTIONS[target]: f(x, *rest, **kwargs))
-        if not method and target in _POINTWISE_FUNCTIONS:
-            return _Pointwise(
-                lambda x, c, f=target: f(x.clone() if copy else x, *rest, **kwargs)  # type: ignore[operator]
-            )
-        if method and name in _POINTWISE_METHODS:
-            return _Pointwise(lambda x, c: getattr(x, name)(*rest, **kwargs))
-        if not method and target is F.dropout:
-            training = node.kwargs.get("training", rest[1] if len(rest) > 1 else True)
-            if training is False:
-                return _Pointwise(lambda x, c: x)
-            raise IncrementalUnsupported(f"{label} is active (training=True)")
+    kind = kind_of(name)
+    nodes = [a for a in args if isinstance(a, fx.Node)]
+    if not nodes or (nodes[0] is not args[0] and kind not in ("value", "gate")):
+        raise IncrementalUnsupported(f"{label} has no known spatial footprint")
+    copy = _is_in_place(name, node)
+    if kind == "window" and not method and len(tensor_args) == 1:
+        window = window_of_call(name, args, node.kwargs)
+        rest, keywords = args[1:], dict(node.kwargs)
+
+        def clean(x: Tensor) -> Tensor:
+            return target(x, *rest, **keywords)  # type: ignore[operator]
+
+        return _AvgPool(window, clean) if name == "avg_pool2d" else _Window(window, clean, label)
+    if kind == "random" and not method and name.startswith(("dropout", "alpha", "feature")):
+        training = node.kwargs.get("training", args[2] if len(args) > 2 else True)
+        if training is False:
+            return _Pointwise(lambda x, c: x)
+        raise IncrementalUnsupported(f"{label} is active (training=True)")
+    if kind in ("value", "gate"):
+        if method:
+            call = lambda *a: getattr(a[0], name)(*a[1:], **kwargs)  # noqa: E731
+        else:
+            call = lambda *a: target(*a, **kwargs)  # type: ignore[operator]  # noqa: E731
+        if len(nodes) > 1:
+            return _Merge(lambda v: call(*_substitute(args, v, copy)))  # type: ignore[operator]
+        return _Pointwise(lambda x, c: call(*_substitute(args, [x], copy)))  # type: ignore[operator]
     raise IncrementalUnsupported(f"{label} has no known spatial footprint")
 
 
@@ -357,5 +296,7 @@ def _convert_node(model: nn.Module, node: fx.Node, image: fx.Node) -> tuple[_Nod
             tensor_args = list(node.args[0] if node.args else node.kwargs["tensors"])
         elif isinstance(converted, _Merge):
             tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        elif len(tensor_args) != 1:
+            raise IncrementalUnsupported(f"{node.name} reads tensors outside its arguments")
         return converted, tensor_args
     raise IncrementalUnsupported(f"{node.name} ({node.op} {node.target}) is not supported")
