@@ -46,6 +46,15 @@ def test_every_algorithm_works_on_small_transformers_and_modern_cnns(factory, la
     assert {a: v for a, v in cells.items() if v[0] != "works"} == {}
 
 
+def test_a_torchvision_classifier_row_as_the_sweep_runs_it() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = matrix.run_model("squeezenet1_1")  # random weights, 64 x 64, middle layer
+    assert (record["layer"], record["size"]) == ("features.7.expand3x3", 64)
+    assert {a: c for a, c in record["cells"].items() if c[0] != "works"} == {}
+    assert list(record["cells"]) == list(matrix.ALGORITHMS)
+
+
 def test_the_middle_layer_is_a_block_with_a_grid() -> None:
     assert matrix.middle_layer(tiny_vit(), 32) == "encoder.layers.encoder_layer_0"
     assert matrix.middle_layer(tiny_swin(), 32) == "features.1.1.mlp"
