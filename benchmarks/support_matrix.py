@@ -161,7 +161,26 @@ def run_model(name: str) -> dict[str, Any]:
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     cells = {alg: list(_outcome(run)) for alg, run in _cells(model, layer, x).items()}
     seconds = round(time.perf_counter() - start, 1)
-    return {"model": name, "layer": layer, "size": size, "cells": cells, "seconds": seconds}
+    record = {"model": name, "layer": layer, "size": size, "cells": cells, "seconds": seconds}
+    return {**record, "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The package checkout's commit (``+`` when it has uncommitted changes), or None."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dnnbrain_captum"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}{'+' if dirty else ''}" or None
 
 
 def sweep(out: Path, names: list[str], timeout: float, isolate: bool) -> None:

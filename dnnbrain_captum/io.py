@@ -69,6 +69,8 @@ class Preprocess:
 
     Steps, each optional: resize to ``size`` (int: the shorter side, keeping the aspect ratio;
     ``(h, w)``: exactly), centre crop to ``crop``, then ``(x − mean) / std`` per channel.
+    The resize is antialiased, ``interpolation`` ``"bilinear"`` or ``"bicubic"`` (as the
+    model's torchvision weights resize: Swin, MaxViT and EfficientNet use bicubic).
 
     Examples
     --------
@@ -81,8 +83,13 @@ class Preprocess:
     crop: int | tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(
+                f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}"
+            )
         if isinstance(self.size, int) and not isinstance(self.size, bool) and self.size < 1:
             raise ValueError(f"size must be >= 1, got {self.size}")
         if self.size is not None and not isinstance(self.size, int):
@@ -107,7 +114,7 @@ class Preprocess:
                 x = torch.nn.functional.interpolate(
                     x.unsqueeze(0),
                     size=target,
-                    mode="bilinear",
+                    mode=self.interpolation,
                     align_corners=False,
                     antialias=True,
                 ).squeeze(0)
@@ -156,7 +163,7 @@ def preprocessing_for(model: Any, weights: Any = None) -> Preprocess:
     Examples
     --------
     >>> preprocessing_for("digits")
-    Preprocess(size=32, crop=32, mean=None, std=None)
+    Preprocess(size=32, crop=32, mean=None, std=None, interpolation='bilinear')
     >>> preprocessing_for("alexnet").crop, preprocessing_for("inception_v3").crop
     (224, 299)
     >>> preprocessing_for("inception_v3").size
@@ -176,6 +183,7 @@ def preprocessing_for(model: Any, weights: Any = None) -> Preprocess:
         crop=int(transform.crop_size[0]),
         mean=tuple(float(v) for v in transform.mean),
         std=tuple(float(v) for v in transform.std),
+        interpolation="bicubic" if transform.interpolation.value == "bicubic" else "bilinear",
     )
 
 

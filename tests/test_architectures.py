@@ -245,3 +245,56 @@ def test_guided_saliency_on_a_channels_last_layer_of_a_relu_network() -> None:
         x, neuron_selector=lambda out: out[..., 2].mean((1, 2))
     )
     torch.testing.assert_close(ours, theirs)
+
+
+def any_grid(raw: Tensor) -> Tensor:
+    """ViT tokens (N, 1 + s*s, D) -> (N, D, s, s), for any square patch grid."""
+    side = int(round((raw.shape[1] - 1) ** 0.5))
+    return raw[:, 1:].reshape(raw.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+FULL_SIZE = [
+    # torchvision's builders at full width and depth, random weights, the smallest input each
+    # architecture allows (MaxViT's 7 x 7 partitions need 224).
+    ("vit_b_16", {"image_size": 48}, 48, "encoder.layers.encoder_layer_11", any_grid),
+    ("swin_t", {}, 32, "features.1", nhwc),
+    ("maxvit_t", {}, 224, "blocks.0.layers.1", same),
+    ("convnext_tiny", {}, 32, "features.1.0.block.3", nhwc),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size", "layer", "to_grid"), FULL_SIZE, ids=[c[0] for c in FULL_SIZE]
+)
+def test_full_size_models_upsampling_occlusion_and_saliency_against_oracles(
+    name: str, kwargs: dict, size: int, layer: str, to_grid: Callable[[Tensor], Tensor]
+) -> None:
+    import torchvision.models as tm
+
+    torch.manual_seed(0)
+    model = tm.get_model(name, weights=None, **kwargs).eval()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    half = size // 2
+    with torch.no_grad():
+        grid = to_grid(raw_output(model, layer, x))
+        upsampled = F.interpolate(grid[:, 5:6], size=(size, size), mode="bicubic")[:, 0]
+        occluded = torch.zeros(2, 2)
+        for r in range(2):
+            for c in range(2):
+                covered = x.clone()
+                covered[..., r * half : (r + 1) * half, c * half : (c + 1) * half] = 0.0
+                value = to_grid(raw_output(model, layer, covered))[:, 5].mean()
+                occluded[r, c] = grid[:, 5].mean() - value
+    maps = UpsamplingActivationMapping(model, layer).attribute(x, target=5)
+    torch.testing.assert_close(maps, upsampled, rtol=1e-4, atol=1e-5)
+    result = OccluderDiscrepancyMapping(model, layer).attribute(
+        x, target=5, sliding_window_shapes=(half, half), strides=(half, half)
+    )
+    torch.testing.assert_close(result[0], occluded, rtol=1e-4, atol=1e-5)
+    leaf = x.clone().requires_grad_(True)
+    grid = to_grid(raw_output(model, layer, leaf))
+    (channel,) = torch.autograd.grad(grid[:, 5].mean(), leaf, retain_graph=True)
+    (unit,) = torch.autograd.grad(grid[:, 5, 1, 0].sum(), leaf)
+    saliency = VanillaSaliencyImage(model, layer)
+    torch.testing.assert_close(saliency.attribute(x, target=5), channel, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(saliency.attribute(x, target=(5, 1, 0)), unit, rtol=1e-4, atol=1e-7)

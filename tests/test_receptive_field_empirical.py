@@ -58,22 +58,33 @@ def test_upsampling_engine_recovers_the_square(detector, squares) -> None:
 def test_occlusion_engine_finds_exactly_the_square(detector, squares) -> None:
     engine = OccluderDiscrepancyMapping(detector, "conv")
     result = EmpiricalReceptiveField(engine).attribute(
-        squares, target=0, reduction="max", sliding_window_shapes=1, strides=1,
-        perturbations_per_eval=512)
+        squares,
+        target=0,
+        reduction="max",
+        sliding_window_shapes=1,
+        strides=1,
+        perturbations_per_eval=512,
+    )
     margin = (KERNEL - SIDE) // 2
     expected = torch.zeros(KERNEL, KERNEL)
-    expected[margin:margin + SIDE, margin:margin + SIDE] = 3.0  # one unit weight x 3 channels
+    expected[margin : margin + SIDE, margin : margin + SIDE] = 3.0  # one unit weight x 3 channels
     torch.testing.assert_close(result.map, expected)
     assert result.size.tolist() == [SIDE, SIDE]
 
 
 @pytest.mark.parametrize(("window", "stride"), [((3, 3), (2, 2)), ((2, 3), (3, 2)), (5, 2)])
-def test_occlusion_coarse_grids_are_put_in_pixel_coordinates(detector, squares, window,
-                                                             stride) -> None:
+def test_occlusion_coarse_grids_are_put_in_pixel_coordinates(
+    detector, squares, window, stride
+) -> None:
     engine = OccluderDiscrepancyMapping(detector, "conv")
     result = EmpiricalReceptiveField(engine).attribute(
-        squares, target=0, reduction="max", sliding_window_shapes=window, strides=stride,
-        perturbations_per_eval=512)
+        squares,
+        target=0,
+        reduction="max",
+        sliding_window_shapes=window,
+        strides=stride,
+        perturbations_per_eval=512,
+    )
     assert result.size.tolist() == [SIDE, SIDE]
 
 
@@ -83,11 +94,12 @@ def test_map_alignment_and_unit_targets(detector, squares) -> None:
     # a fixed unit on noise images: the drop is the pixel value on the unit's square only
     noise = torch.rand(6, 3, 21, 21, generator=torch.Generator().manual_seed(1))
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(detector, "conv"))
-    result = occ.attribute(noise, target=(0, 10, 10), sliding_window_shapes=1, strides=1,
-                           perturbations_per_eval=512)
+    result = occ.attribute(
+        noise, target=(0, 10, 10), sliding_window_shapes=1, strides=1, perturbations_per_eval=512
+    )
     margin = (KERNEL - SIDE) // 2
     inside = torch.zeros(KERNEL, KERNEL, dtype=torch.bool)
-    inside[margin:margin + SIDE, margin:margin + SIDE] = True
+    inside[margin : margin + SIDE, margin : margin + SIDE] = True
     # outside the square: zero to float32 rounding (batched and single convolutions may differ
     # in the last bits; the inside values are ~1, the tolerance 1e-5 of that)
     assert bool((result.map[inside] > 1e-2).all())
@@ -118,8 +130,9 @@ def test_digits_fields_fit_in_the_theoretical_ones(digits) -> None:
         assert (result.size >= 1).all() and (result.size <= torch.tensor(size)).all(), layer
     assert theoretical["conv3"] == (18, 18) and theoretical["conv5"] == (34, 34)
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv3"))
-    result = occ.attribute(images[:8], target=3, sliding_window_shapes=4, strides=2,
-                           perturbations_per_eval=256)
+    result = occ.attribute(
+        images[:8], target=3, sliding_window_shapes=4, strides=2, perturbations_per_eval=256
+    )
     assert (result.size >= 1).all() and (result.size <= 18).all()
 
 
@@ -135,8 +148,12 @@ def test_batch_at_once_equals_iterable_of_batches(digits) -> None:
         assert other.size.tolist() == whole.size.tolist()
     occ = EmpiricalReceptiveField(OccluderDiscrepancyMapping(model, "conv2"))
     kwargs = {"target": 1, "sliding_window_shapes": 6, "strides": 4}
-    torch.testing.assert_close(occ.attribute(iter([images[:3], images[3:6]]), **kwargs).map,
-                               occ.attribute(images[:6], **kwargs).map, rtol=0, atol=0)
+    torch.testing.assert_close(
+        occ.attribute(iter([images[:3], images[3:6]]), **kwargs).map,
+        occ.attribute(images[:6], **kwargs).map,
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_other_input_sizes_use_their_own_geometry(digits) -> None:
@@ -148,7 +165,8 @@ def test_other_input_sizes_use_their_own_geometry(digits) -> None:
     assert rf.theoretical((3, 48, 40)).output_size == (12, 10)
     with pytest.raises(ValueError, match="classifier.0.*no spatial output"):
         EmpiricalReceptiveField(UpsamplingActivationMapping(model, "fc1")).attribute(
-            images[:2], target=0)
+            images[:2], target=0
+        )
 
 
 # --------------------------------------------------------------- bad input
@@ -180,3 +198,50 @@ def test_bad_input(digits, detector, squares) -> None:
         occ.attribute(squares, target=lambda out: out.mean((1, 2, 3)))
     with pytest.raises(ValueError, match="outside"):
         occ.attribute(squares[:1], target=(0, 40, 0), sliding_window_shapes=5, strides=5)
+
+
+# --------------------------------------------------------------- windowed attention
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [("swin", "features.1.1"), ("maxvit", "blocks.0.layers.0")],
+)
+def test_windowed_attention_aligns_on_each_units_exact_region(name: str, layer: str) -> None:
+    from dnnbrain_captum import TheoreticalReceptiveField
+    from tests.test_architectures import nhwc, raw_output, same, tiny_maxvit, tiny_swin
+
+    model, to_grid = (tiny_swin(), nhwc) if name == "swin" else (tiny_maxvit(), same)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    engine = UpsamplingActivationMapping(model, layer)
+    table = TheoreticalReceptiveField(model, (3, 32, 32)).compute()
+    n_h, n_w = table[layer].output_size
+    regions = {(i, j): table.find_region(layer, (i, j)) for i in range(n_h) for j in range(n_w)}
+    extents = {(h1 - h0, w1 - w0) for (h0, h1), (w0, w1) in regions.values()}
+    if name == "swin":  # shifted windows: units see 16 x 16 to 32 x 32 pixels
+        assert table[layer].size is None and len(extents) > 1
+    canvas = (max(e[0] for e in extents), max(e[1] for e in extents))
+    maps = engine.attribute(x, target=2).double()
+    with torch.no_grad():
+        activations = to_grid(raw_output(model, layer, x))[:, 2]
+    shifted = maps - maps.amin((1, 2), keepdim=True)
+
+    def expected(best: list[tuple[int, int]]) -> torch.Tensor:
+        total, count = torch.zeros(canvas, dtype=torch.float64), torch.zeros(canvas)
+        for n, unit in enumerate(best):
+            (h0, h1), (w0, w1) = regions[unit]
+            total[: h1 - h0, : w1 - w0] += maps[n, h0:h1, w0:w1]
+            count[: h1 - h0, : w1 - w0] += 1
+        return torch.where(count > 0, total / count.clamp(min=1), 0.0).float()
+
+    by_activation = [divmod(int(a.flatten().argmax()), n_w) for a in activations]
+    by_map = [
+        max(
+            regions,
+            key=lambda u: float(shifted[n, slice(*regions[u][0]), slice(*regions[u][1])].mean()),
+        )
+        for n in range(3)
+    ]
+    erf = EmpiricalReceptiveField(engine)
+    torch.testing.assert_close(erf.attribute(x, target=2).map, expected(by_activation))
+    torch.testing.assert_close(erf.attribute(x, target=2, alignment="map").map, expected(by_map))

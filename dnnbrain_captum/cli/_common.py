@@ -246,7 +246,7 @@ def _make_context(
         names = ", ".join(layer_names(model)[-6:])
         raise CLIError(f"{command.name} needs --layer (a module path or alias, e.g. {names})")
     step = _preprocessing(args, model, entry)
-    geometry = type(step)(size=step.size, crop=step.crop)
+    geometry = type(step)(size=step.size, crop=step.crop, interpolation=step.interpolation)
     size = _crop_size(step)
     normalize = _normalizer(step)
     ctx = RunContext(
@@ -273,6 +273,7 @@ def _make_context(
         "center_crop": step.crop,
         "mean": step.mean,
         "std": step.std,
+        "interpolation": step.interpolation,
     }
     if random_weights:
         ctx.record["random_weights_seed"] = seed

@@ -198,10 +198,14 @@ def _preprocessing(args: argparse.Namespace, model: nn.Module, entry: Any) -> An
         step = preprocessing_for(model if ":" in name else name, weights=entry)
     except ValueError as err:
         raise CLIError(_one_line(err)) from None
-    if args.image_size is not None:
-        if args.image_size < 1:
-            raise CLIError(f"--image-size must be >= 1, got {args.image_size}")
-        step = Preprocess(size=args.image_size, crop=args.image_size, mean=step.mean, std=step.std)
+    side = args.image_size
+    if side is not None and side < 1:
+        raise CLIError(f"--image-size must be >= 1, got {side}")
+    built = getattr(model, "image_size", None)  # torchvision ViTs take one input size only
+    if side is None and isinstance(built, int) and entry is None and built != _crop_size(step)[0]:
+        side = built  # random weights: the model is built for its own size, not its weights'
+    if side is not None:
+        step = Preprocess(side, side, step.mean, step.std, step.interpolation)
     return step
 
 

@@ -51,7 +51,9 @@ class _Stimuli(torch.utils.data.Dataset):
         from dnnbrain_captum.io import ImageFolderDataset, Preprocess
 
         self.files = (
-            ImageFolderDataset(images, transform=Preprocess(size.size, size.crop, mean, std))
+            ImageFolderDataset(
+                images, transform=Preprocess(size.size, size.crop, mean, std, size.interpolation)
+            )
             if images else None
         )
         self.size = size

@@ -125,6 +125,13 @@ class EmpiricalReceptiveField:
     is the mean engine value at offset (y, x) from the corner of the best unit's
     theoretical field: the empirical field drawn inside the theoretical one.
 
+    **Fields not evenly spaced** (Swin's shifted-window and MaxViT's block and grid
+    attention, upsampling, uneven adaptive pooling): a unit's box is its exact region
+    (:meth:`TheoreticalReceptiveField.find_region`, inside the image), the canvas is
+    R_h × R_w = the largest height and width of these regions, and each cut-out is copied
+    from its region's corner. ``alignment="map"`` scores a unit by the mean over its own
+    region.
+
     **Coordinates.** Upsampling maps are already in pixels. The occlusion grid is put into
     pixels by :func:`occlusion_pixel_map` (grid row r is centred on pixel
     ``r*s_h + (h - 1)/2``; pixels between centres are interpolated linearly), for any image
@@ -197,12 +204,9 @@ class EmpiricalReceptiveField:
                     f"layer {self._path!r} has no spatial output; an empirical "
                     "receptive field needs units on a grid"
                 )
-            if entry.size is None:
+            if entry.size is None and (entry._rows is None or entry._cols is None):
                 raise ValueError(
-                    f"layer {self._path!r} has no regular receptive field at input "
-                    f"size {key}: its units' fields are not evenly spaced (windowed "
-                    "attention, upsampling, uneven adaptive pooling or merged paths with "
-                    "different strides), so there is no common field to align on"
+                    f"layer {self._path!r} has no per-unit receptive fields at input size {key}"
                 )
             self._theory[key] = entry  # type: ignore[index]
         return self._theory[key]  # type: ignore[index]
@@ -273,17 +277,18 @@ class EmpiricalReceptiveField:
         dtype = device = None
         for x in tqdm(_batches(inputs), disable=not show_progress, desc="empirical RF"):
             layer_entry = self.theoretical(tuple(x.shape[1:]))  # type: ignore[arg-type]
-            if entry is not None and layer_entry.size != entry.size:
+            field_size = _field_size(layer_entry)
+            if entry is not None and field_size != _field_size(entry):
                 raise ValueError(
-                    f"the batches give different theoretical fields ({entry.size} and "
-                    f"{layer_entry.size}): use one image size"
+                    f"the batches give different theoretical fields ({_field_size(entry)} and "
+                    f"{field_size}): use one image size"
                 )
             entry, dtype, device = layer_entry, x.dtype, x.device
             maps = self._pixel_maps(x, target, additional_forward_args, engine_kwargs)
             units = self._best_units(x, target, maps, entry, alignment, additional_forward_args)
             if total is None:
-                total = torch.zeros(entry.size, dtype=torch.float64, device=device)
-                count = torch.zeros(entry.size, dtype=torch.float64, device=device)
+                total = torch.zeros(field_size, dtype=torch.float64, device=device)
+                count = torch.zeros(field_size, dtype=torch.float64, device=device)
             assert count is not None
             for n in range(x.shape[0]):
                 _accumulate(total, count, maps[n].to(torch.float64), units[n], entry)
@@ -370,9 +375,36 @@ def _batches(inputs: Tensor | Iterable[Any]) -> Iterator[Tensor]:
         yield check_image_batch(item, name=f"batch {k} of inputs")
 
 
+def _spans(entry: LayerReceptiveField, axis: int) -> tuple[Tensor, Tensor]:
+    """First and end pixel (int64, shape (n,)) of every unit's field along ``axis``.
+
+    Evenly spaced fields: the full theoretical box ``[i*j - P, i*j - P + R)`` (it may reach
+    past the image). Other layers (windowed attention, upsampling, ...): each unit's exact
+    region, inside the image (an empty one as ``[0, 0)``).
+    """
+    assert entry.output_size is not None
+    if entry.size is not None:
+        assert entry.stride is not None and entry.padding is not None
+        start = torch.arange(entry.output_size[axis]) * entry.stride[axis] - entry.padding[axis]
+        return start, start + entry.size[axis]
+    rows_or_cols = entry._rows if axis == 0 else entry._cols
+    assert rows_or_cols is not None
+    lo, hi = (t.to(torch.long).cpu() for t in rows_or_cols)
+    empty = hi <= lo
+    return lo.masked_fill(empty, 0), hi.masked_fill(empty, 0)
+
+
+def _field_size(entry: LayerReceptiveField) -> tuple[int, int]:
+    """``(R_h, R_w)``: the field size, or the largest field extent when fields differ."""
+    if entry.size is not None:
+        return entry.size
+    lo_h, hi_h = _spans(entry, 0)
+    lo_w, hi_w = _spans(entry, 1)
+    return int((hi_h - lo_h).max()), int((hi_w - lo_w).max())
+
+
 def _box(unit: tuple[int, int], entry: LayerReceptiveField, axis: int) -> int:
-    assert entry.stride is not None and entry.padding is not None
-    return unit[axis] * entry.stride[axis] - entry.padding[axis]
+    return int(_spans(entry, axis)[0][unit[axis]])
 
 
 def _accumulate(
@@ -382,11 +414,11 @@ def _accumulate(
     unit: tuple[int, int],
     entry: LayerReceptiveField,
 ) -> None:
-    assert entry.size is not None
     spans = []
     for axis in range(2):
         start, extent = _box(unit, entry, axis), pixel_map.shape[axis]
-        lo, hi = max(start, 0), min(start + entry.size[axis], extent)
+        end = int(_spans(entry, axis)[1][unit[axis]])
+        lo, hi = max(start, 0), min(end, extent)
         if hi <= lo:
             return
         spans.append((lo, hi, lo - start, hi - start))
@@ -396,15 +428,15 @@ def _accumulate(
 
 
 def _box_scores(maps: Tensor, entry: LayerReceptiveField) -> Tensor:
-    """Mean of ``maps - min`` over each unit's full theoretical box (outside counts as 0)."""
-    assert entry.size is not None and entry.output_size is not None
+    """Mean of ``maps - min`` over each unit's full theoretical box (outside counts as 0);
+    over its exact region for fields that are not evenly spaced."""
     shifted = (maps - maps.amin(dim=(1, 2), keepdim=True)).to(torch.float64)
     integral = F.pad(shifted.cumsum(1).cumsum(2), (1, 0, 1, 0))
     bounds = []
     for axis in range(2):
-        n, extent = entry.output_size[axis], maps.shape[1 + axis]
-        start = torch.arange(n, device=maps.device) * entry.stride[axis] - entry.padding[axis]  # type: ignore[index]
-        bounds.append((start.clamp(0, extent), (start + entry.size[axis]).clamp(0, extent)))
+        start, end = (t.to(maps.device) for t in _spans(entry, axis))
+        extent = maps.shape[1 + axis]
+        bounds.append((start.clamp(0, extent), end.clamp(0, extent)))
     (r0, r1), (c0, c1) = bounds
     sums = (
         integral[:, r1][:, :, c1]
@@ -412,7 +444,10 @@ def _box_scores(maps: Tensor, entry: LayerReceptiveField) -> Tensor:
         - integral[:, r1][:, :, c0]
         + integral[:, r0][:, :, c0]
     )
-    return sums / float(entry.size[0] * entry.size[1])
+    if entry.size is not None:
+        return sums / float(entry.size[0] * entry.size[1])
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    return sums / area.clamp(min=1).to(sums.dtype)
 
 
 def _extent(mean: Tensor, covered: Tensor, threshold: float) -> Tensor:
