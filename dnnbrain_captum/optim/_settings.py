@@ -17,7 +17,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "param": "fft",
         "decorrelate": True,
         "transforms": "standard",
-        "lr": 0.2,
+        "lr": 0.3,
         "n_iter": 256,
         "regularizers": {},
         "blur_sigma": 0.0,

@@ -122,7 +122,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     Presets (:data:`PRESETS`; explicit arguments override them):
 
     * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms for
-      the first half of the steps and none for the second (``polish=0.5``), Adam lr 0.2,
+      the first half of the steps and none for the second (``polish=0.5``), Adam lr 0.3,
       256 steps, redirected ReLU gradients.
     * ``"lucent"``: as Lucent's ``render_vis``: FFT + decorrelation, standard transforms,
       lr 0.05, 512 steps.
