@@ -416,3 +416,25 @@ def test_default_synthesis_beats_the_data_on_every_conv1_relu_channel(
     with torch.no_grad():
         reached = model.features[:2](result).mean(dim=(2, 3))[torch.arange(16), channels]
     assert bool((reached > best).all()), reached - best
+
+
+def test_adam_is_the_fused_kernel_on_every_device_and_equals_the_other_forms(
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CPU and an accelerator use one implementation (fused; before, CUDA float64 fell back
+    # to foreach); the three forms agree to rounding, so a CPU/CUDA gap is not Adam's.
+    from dnnbrain_captum.optim import _settings, synthesis
+
+    for dtype in (torch.float32, torch.float64):
+        assert _settings.adam_kernel(torch.zeros(1, dtype=dtype)) == {"fused": True}
+        assert _settings.adam_kernel(torch.zeros(1, dtype=dtype, device="meta")) == {}
+    double = digits_cnn().double()
+    start = random_images(2, 32, kind="uniform", dtype=torch.float64)
+
+    def run() -> torch.Tensor:
+        return SynthesisImage(double, "conv5").attribute(start, target=[0, 1], n_iter=8)
+
+    fused = run()
+    for form in ({"foreach": True}, {"foreach": False}):
+        monkeypatch.setattr(synthesis, "adam_kernel", lambda tensor, form=form: form)
+        torch.testing.assert_close(run(), fused, rtol=0, atol=1e-12)
