@@ -438,3 +438,34 @@ def test_adam_is_the_fused_kernel_on_every_device_and_equals_the_other_forms(
     for form in ({"foreach": True}, {"foreach": False}):
         monkeypatch.setattr(synthesis, "adam_kernel", lambda tensor, form=form: form)
         torch.testing.assert_close(run(), fused, rtol=0, atol=1e-12)
+
+
+def test_polish_steps_see_the_returned_image(model: torch.nn.Module) -> None:
+    # With polish=1 no step is transformed: the history's step values are the untransformed
+    # image's, so the value before step k+1 equals what step k left (the final entry included).
+    start = random_images(2, 32, kind="uniform", seed=4)
+    result = SynthesisImage(model, "conv4").attribute(
+        start, target=[1, 2], n_iter=6, polish=1.0, return_history=True
+    )
+    plain = SynthesisImage(model, "conv4").attribute(
+        start, target=[1, 2], n_iter=6, transforms="none", return_history=True
+    )
+    torch.testing.assert_close(result.activation, plain.activation)
+    torch.testing.assert_close(result.images, plain.images)
+    with pytest.raises(ValueError, match="polish"):
+        SynthesisImage(model, "conv4").attribute(start, target=[1, 2], n_iter=2, polish=1.5)
+    with pytest.raises(ValueError, match="polish"):
+        SynthesisImage(model, "conv4").attribute(start, target=[1, 2], n_iter=2, polish=-0.1)
+
+
+def test_rectified_history_is_the_true_activation(model: torch.nn.Module) -> None:
+    # conv3_relu channel 17 is silent from grey: the steps climb the surrogate (negative), the
+    # history reports the true rectified value (>= 0), its last entry the returned image's.
+    start = random_images(2, 32, seed=1)
+    result = SynthesisImage(model, "conv3_relu").attribute(
+        start, target=[17, 0], n_iter=6, return_history=True
+    )
+    assert bool((result.activation >= 0).all())
+    with torch.no_grad():
+        true = evaluate_target(model, model.features[7], (result.images,), [17, 0])
+    torch.testing.assert_close(result.activation[:, -1], true)
