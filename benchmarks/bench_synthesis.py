@@ -163,7 +163,9 @@ def sweep(presets: list[str], layers: list[str], starts: list[str]) -> None:
     The data's best = the highest channel-mean activation over the 360 held-out digits. A row
     counts the channels whose synthesis (default steps of the preset, all channels of the
     layer in one batch) is strictly above it, and the channels where both are exactly 0 (the
-    channel is silent after its ReLU on every held-out digit and on the synthesis).
+    channel is silent after its ReLU on every held-out digit and on the synthesis). The
+    smallest margin (3 significant digits) leaves those ties out; the next column takes only
+    the channels whose best digit is not exactly 0 (after the ReLU: that fire on some digit).
     """
     from dnnbrain_captum import digits_images
     from dnnbrain_captum._utils.hooks import run_to_layer
@@ -173,9 +175,10 @@ def sweep(presets: list[str], layers: list[str], starts: list[str]) -> None:
     test, _ = digits_images("test")
     print(
         "| preset | layer | start | channels | above the best digit | silent in both | "
-        "smallest margin | median margin | seconds |"
+        "smallest margin | smallest margin, channels not silent on the digits | median margin | "
+        "seconds |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in layers:
         layer = resolve_layer(model, name)
         with torch.no_grad():
@@ -195,7 +198,8 @@ def sweep(presets: list[str], layers: list[str], starts: list[str]) -> None:
                 print(
                     f"| {preset} | {name} | {kind} | {len(channels)} | "
                     f"{int((margin > 0).sum())} | {int(silent.sum())} | "
-                    f"{float(margin[~silent].min()):.3f} | {float(margin.median()):.3f} | "
+                    f"{float(margin[~silent].min()):.3g} | {float(margin[best != 0].min()):.3g} | "
+                    f"{float(margin.median()):.3f} | "
                     f"{time.perf_counter() - began:.0f} |",
                     flush=True,
                 )

@@ -218,7 +218,7 @@ def test_masks_of_unit_syntheses_are_tight_and_keep_the_activation() -> None:
         unmasked = evaluate_target(model, model.features[6], (images,), units)
     out = MaskedImage(model, "conv3").attribute(images, target=units, return_masks=True)
     cover = out.masks.flatten(1).mean(1)
-    assert bool((cover < 0.5).all()), cover  # measured 0.16 to 0.40
+    assert bool((cover < 0.5).all()), cover  # measured 0.24 to 0.35 (kept 0.90 to 0.95)
     assert bool((out.activation >= 0.9 * unmasked).all()), out.activation / unmasked
 
 

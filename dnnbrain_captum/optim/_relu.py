@@ -6,6 +6,12 @@ optimisation that starts where a channel is silent never moves. While active,
 the ordinary ReLU gradient, unless it is zero everywhere for that example; then the incoming
 gradient passes through, except where it would push an already negative input further down.
 Forward values are unchanged.
+
+A target read *after* a ReLU layer has the same problem at the target itself: a channel that is
+off everywhere has a zero gradient, and the redirected gradient pushes every position's
+pre-activation up at once. :func:`rectified_objective` gives such an example a surrogate
+objective instead: the largest pre-activation of its target (the unit closest to firing), used
+only while the true rectified value is exactly 0. The value reported is always the true one.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from dnnbrain_captum._utils.hooks import removing
+from dnnbrain_captum._utils.targets import select_layer_target
 
-__all__ = ["redirected_relu"]
+__all__ = ["rectified_objective", "redirected_relu"]
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -67,3 +74,35 @@ def redirected_relu(model: Any) -> Iterator[None]:
                     handles.append(module.register_forward_pre_hook(keep))
                     handles.append(module.register_forward_hook(replace))
         yield
+
+
+def rectified_objective(pre: Tensor, target: Any, reduction: str) -> tuple[Tensor, Tensor]:
+    """The true value of a target behind a ReLU and the objective that optimises it.
+
+    Parameters
+    ----------
+    pre : Tensor of shape (N, C, ...)
+        The ReLU's input (the pre-activation), channels-first.
+    target : int, tuple, list or Tensor
+        A channel or unit, or one per example (not a callable).
+    reduction : {"mean", "max", "sum"}
+        How a channel becomes one value.
+
+    Returns
+    -------
+    value : Tensor of shape (N,)
+        The target on ``relu(pre)``: exactly what the ReLU layer's output gives.
+    objective : Tensor of shape (N,)
+        ``value`` where it is > 0; where the target is silent (``value == 0``), the largest
+        pre-activation of the target's units (its unit's pre-activation for a unit target),
+        which is <= 0 there and has a gradient that points towards firing.
+
+    Examples
+    --------
+    >>> pre = torch.tensor([[[[-1.0, -0.5]]], [[[2.0, -1.0]]]])
+    >>> rectified_objective(pre, 0, "mean")
+    (tensor([0., 1.]), tensor([-0.5000,  1.0000]))
+    """
+    value = select_layer_target(pre.clamp(min=0), target, reduction)
+    closest = select_layer_target(pre, target, "max")
+    return value, torch.where(value > 0, value, closest)

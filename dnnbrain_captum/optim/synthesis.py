@@ -36,62 +36,16 @@ from dnnbrain_captum.optim._objectives import (
     diversity_penalty,
 )
 from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange, random_images
-from dnnbrain_captum.optim._relu import redirected_relu
+from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu
+from dnnbrain_captum.optim._settings import (
+    LOW_PRECISION,
+    PRESETS,
+    adam_kernel,
+    refusing_low_precision,
+)
 from dnnbrain_captum.optim._transforms import Transform, resolve_transforms
 
 __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
-
-#: Named settings; every entry can be overridden by passing the argument explicitly.
-PRESETS: dict[str, dict[str, Any]] = {
-    # Our default: Lucid-style parametrisation and robustness, tuned to converge in few steps.
-    "default": {
-        "param": "fft",
-        "decorrelate": True,
-        "transforms": "standard",
-        "lr": 0.2,
-        "n_iter": 128,
-        "regularizers": {},
-        "blur_sigma": 0.0,
-        "fourier_factor": 0.0,
-        "redirect_relu": True,
-    },
-    # Lucent's render_vis defaults: fft + decorrelation, standard transforms, Adam lr 0.05.
-    "lucent": {
-        "param": "fft",
-        "decorrelate": True,
-        "transforms": "standard",
-        "lr": 0.05,
-        "n_iter": 512,
-        "regularizers": {},
-        "blur_sigma": 0.0,
-        "fourier_factor": 0.0,
-        "redirect_relu": True,
-    },
-    # The DNNBrain paper's figures (visualize_DNN tutorial): pixels, TV λ = 0.1, Adam lr 1.0.
-    "dnnbrain": {
-        "param": "pixel",
-        "decorrelate": False,
-        "transforms": "none",
-        "lr": 1.0,
-        "n_iter": 500,
-        "regularizers": {"tv": 0.1},
-        "blur_sigma": 0.0,
-        "fourier_factor": 0.0,
-        "redirect_relu": False,
-    },
-    # DNNBrain's user-guide example: TV λ 0.01, blur σ 0.3, Fourier factor 0.3, lr 0.1.
-    "dnnbrain-guide": {
-        "param": "pixel",
-        "decorrelate": False,
-        "transforms": "none",
-        "lr": 0.1,
-        "n_iter": 150,
-        "regularizers": {"tv": 0.01},
-        "blur_sigma": 0.3,
-        "fourier_factor": 0.3,
-        "redirect_relu": False,
-    },
-}
 
 
 class SynthesisResult(NamedTuple):
@@ -119,16 +73,6 @@ class SynthesisResult(NamedTuple):
     penalty: Tensor
     snapshots: Tensor | None
     snapshot_steps: tuple[int, ...]
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _adam_kernel(tensor: Tensor) -> dict[str, bool]:
-    """Adam's fused kernel where PyTorch has one for this device and dtype (same update)."""
-    if tensor.device.type == "cpu" or (tensor.is_cuda and tensor.dtype != torch.float64):
-        return {"fused": True}
-    return {}
 
 
 @captum_keyword_aliases
@@ -177,8 +121,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
 
     Presets (:data:`PRESETS`; explicit arguments override them):
 
-    * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms,
-      Adam lr 0.2, 128 steps.
+    * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms for
+      the first half of the steps and none for the second (``polish=0.5``), Adam lr 0.3,
+      256 steps, redirected ReLU gradients.
     * ``"lucent"``: as Lucent's ``render_vis``: FFT + decorrelation, standard transforms,
       lr 0.05, 512 steps.
     * ``"dnnbrain"``: the DNNBrain paper's figures: pixels, no transforms, TV λ = 0.1,
@@ -223,8 +168,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
 
     def _evaluate(self, images: Tensor, target: Any, reduction: str, args: Any) -> Tensor:
         """The target's value per image; a model without kernels for the dtype is refused."""
-        try:
-            return evaluate_target(
+        return refusing_low_precision(
+            images,
+            lambda: evaluate_target(
                 self.forward_func,
                 self.layer,
                 (images,),
@@ -232,14 +178,25 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 reduction,
                 args,
                 reshape_transform=self.reshape_transform,
-            )
-        except (RuntimeError, NotImplementedError) as error:
-            if images.dtype not in _LOW_PRECISION:
-                raise
-            raise TypeError(
-                f"the model cannot run in {images.dtype} on {images.device.type} ({error}); "
-                "use a float32 model and float32 inputs"
-            ) from error
+            ),
+        )
+
+    def _rectified(
+        self, images: Tensor, target: Any, reduction: str, args: Any
+    ) -> tuple[Tensor, Tensor]:
+        """For a ReLU layer: the target's true value and the objective (:mod:`._relu`)."""
+        pre = refusing_low_precision(
+            images,
+            lambda: layer_output(
+                self.forward_func,
+                self.layer,
+                (images,),
+                args,
+                self.reshape_transform,
+                on_input=True,
+            ),
+        )
+        return rectified_objective(pre, target, reduction)
 
     def _layer_output(self, images: Tensor, args: Any) -> Tensor:
         """The target layer's output (for the diversity term), one tensor (N, C, ...)."""
@@ -272,6 +229,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         fourier_factor: float | None = None,
         fourier_variant: str = "fftfreq",
         redirect_relu: bool | None = None,
+        polish: float | None = None,
         diversity: float = 0.0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
@@ -326,7 +284,14 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         redirect_relu : bool
             Redirected ReLU gradients (Olah et al. 2017): an example whose units behind an
             ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
-            :mod:`._relu`); forward values are unchanged.
+            :mod:`._relu`); forward values are unchanged. When ``layer`` is itself an
+            ``nn.ReLU`` (and the target a channel or unit, without diversity), an example whose
+            target is exactly 0 maximises instead the largest pre-activation of its target
+            (the unit closest to firing) until it fires (:func:`._relu.rectified_objective`);
+            the activation reported in the history is always the true rectified value.
+        polish : float
+            Fraction in [0, 1] of the steps, at the end, taken without the random transforms,
+            on the image exactly as it is returned (``round(polish * n_iter)`` steps).
         diversity : float
             Weight λ >= 0 of the diversity term (Olah et al. 2017): each example is penalised
             by λ × its mean cosine similarity to the other examples' Gram matrices of the
@@ -381,6 +346,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
         fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
         redirect_relu = settings["redirect_relu"] if redirect_relu is None else redirect_relu
+        polish = settings["polish"] if polish is None else polish
         diversity = non_negative(diversity, "diversity")
         if diversity > 0 and self.layer is None:
             raise ValueError("diversity needs a layer (it compares the layer's feature maps)")
@@ -398,6 +364,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 f"decorrelate=True needs 3-channel (RGB) images, got {x.shape[1]} channels"
             )
         n_iter = positive_int(n_iter, "n_iter")
+        polish = non_negative(polish, "polish")
+        if polish > 1:
+            raise ValueError(f"polish must be a fraction in [0, 1], got {polish}")
+        n_polish = round(polish * n_iter)
         lr = non_negative(lr, "lr")
         if lr == 0:
             raise ValueError("lr must be > 0, got 0")
@@ -417,12 +387,12 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         steps = resolve_transforms(transforms, size)
         # Low-precision models: the parameters, FFTs and colour mixing stay in float32 (CPU
         # has no half kernels for them); only the forward pass runs in the model's dtype.
-        work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+        work = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
         scale = ValueRange(x.shape[1], mean, std, value_range, work, x.device)
         warn_if_training(self.forward_func)
 
         image = ImageParam(x.to(work), param, decorrelate, scale, clamp)
-        optimizer = torch.optim.Adam([image.tensor], lr=lr, **_adam_kernel(image.tensor))
+        optimizer = torch.optim.Adam([image.tensor], lr=lr, **adam_kernel(image.tensor))
         generator = torch.Generator().manual_seed(seed)
         activations: list[Tensor] = []
         penalties: list[Tensor] = []
@@ -439,6 +409,13 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
         model = self.forward_func
         redirect = (lambda: redirected_relu(model)) if redirect_relu else nullcontext
+        # A target behind a ReLU layer: a silent example climbs its closest unit (._relu).
+        rectified = (
+            redirect_relu
+            and diversity == 0
+            and isinstance(self.layer, nn.ReLU)
+            and not (callable(target) and not isinstance(target, Tensor))
+        )
         for step in bar:
             if snapshot_every is not None and step % snapshot_every == 0:
                 snapshots.append(image.result().to(x.dtype))
@@ -446,7 +423,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             with torch.enable_grad(), redirect():
                 rendered = image.render()
                 seen = rendered
-                for transform in steps:
+                for transform in steps if step < n_iter - n_polish else ():
                     seen = transform(seen, generator)
                 if tuple(seen.shape[-2:]) != size:
                     seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
@@ -454,13 +431,19 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                     output = self._layer_output(seen.to(x.dtype), additional_forward_args)
                     activation = select_layer_target(output, target, reduction).to(work)
                     spread = diversity * diversity_penalty(output.to(work))
-                    penalty = penalty_of(rendered) + spread
+                    penalty, objective = penalty_of(rendered) + spread, activation
+                elif rectified:
+                    value, surrogate = self._rectified(
+                        seen.to(x.dtype), target, reduction, additional_forward_args
+                    )
+                    activation, objective = value.to(work), surrogate.to(work)
+                    penalty = penalty_of(rendered)
                 else:
                     activation = self._evaluate(
                         seen.to(x.dtype), target, reduction, additional_forward_args
                     ).to(work)
-                    penalty = penalty_of(rendered)
-                loss = (penalty - activation).sum()
+                    penalty, objective = penalty_of(rendered), activation
+                loss = (penalty - objective).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
             activations.append(activation.detach())
             penalties.append(penalty.detach())
