@@ -18,7 +18,7 @@ N_IMAGES, TOP_K = 16, 2
 CHEAP = {
     "n_syntheses": 1,
     "synthesis": {"n_iter": 1},
-    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16), "method": "full"},
+    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16)},
 }
 
 
@@ -259,7 +259,7 @@ def test_best_unit_and_field_coverage_match_the_public_classes(
     field = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv5"))
     entry = field.theoretical((3, 32, 32))
     top = images[: TOP_K + 3]
-    plan = SimpleNamespace(channels=[5], module=model.features[10])
+    plan = SimpleNamespace(channels=[5], module=model.features[10], transform=None)
     _, covered = _best_units(model, plan, top, entry, len(top))
     original = UpsamplingActivationMapping.attribute
     monkeypatch.setattr(
@@ -289,7 +289,7 @@ def test_diverse_syntheses_are_made_one_channel_per_batch(tmp_path: Path) -> Non
         top_k=2,
         n_syntheses=3,
         synthesis=options,
-        occlusion=CHEAP["occlusion"],
+        occlusion={**CHEAP["occlusion"], "method": "full"},  # the class, once per channel
     )
     made = np.asarray(read_results(tmp_path / "a" / "runs" / "conv5" / "syntheses"))
     starts = random_images(6, (32, 32), 3, seed=0)
@@ -299,3 +299,41 @@ def test_diverse_syntheses_are_made_one_channel_per_batch(tmp_path: Path) -> Non
         starts, target=[2, 2, 2, 5, 5, 5], **options
     )
     assert not np.allclose(made[3:], together[3:].numpy(), atol=1e-4)
+
+
+def test_shared_occlusion_sweep_equals_the_class_per_channel(atlas_dir: Path) -> None:
+    """The atlas's occlusion maps (one sweep per distinct top stimulus, every channel) equal
+    OccluderDiscrepancyMapping's full recompute, one channel and stimulus at a time; an odd
+    window (6 x 5, strides 5 x 3) and a non-zero occluder in a direct call too."""
+    from dnnbrain_captum import OccluderDiscrepancyMapping, read_results
+    from dnnbrain_captum.atlas._occlusion import ChannelOcclusion, top_grids
+
+    model = digits_cnn()
+    images, _ = digits_images(n=N_IMAGES)
+    layer = next(entry for entry in read_atlas(atlas_dir)["layers"] if entry["layer"] == "conv3")
+    top = np.array([record["top_indices"] for record in layer["channels"]])
+    sweep = np.asarray(read_results(atlas_dir / "runs" / "conv3" / "occlusion"))
+    assert sweep.shape == (len(np.unique(top)), 3, 2, 2)  # distinct stimuli x channels
+    grids = top_grids(sweep, top, np.unique(top))
+    odm = OccluderDiscrepancyMapping(model, "conv3")
+    for j, record in enumerate(layer["channels"]):
+        expected = odm.attribute(
+            images[top[j]],
+            target=record["channel"],
+            sliding_window_shapes=(16, 16),
+            strides=(16, 16),
+            method="full",
+        )
+        np.testing.assert_allclose(grids[j * TOP_K : (j + 1) * TOP_K], expected, atol=1e-5)
+
+    evaluator = ChannelActivations(model, [model.features[10]])
+    evaluator.probe(images[:1])
+    options = {"sliding_window_shapes": (6, 5), "strides": (5, 3), "baselines": 0.5}
+    maps = ChannelOcclusion(evaluator, [7, 2]).attribute(
+        images[:3], perturbations_per_eval=7, **options
+    )
+    assert maps.shape == (3, 2, 6, 10)
+    odm5 = OccluderDiscrepancyMapping(model, "conv5")
+    for q, channel in enumerate([7, 2]):
+        expected = odm5.attribute(images[:3], target=channel, method="full", **options)
+        torch.testing.assert_close(maps[:, q], expected, atol=1e-5, rtol=1e-5)

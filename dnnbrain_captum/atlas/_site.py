@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dnnbrain_captum._utils.hooks import run_to_layer
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum.atlas._activations import ChannelActivations, on_model_device
 from dnnbrain_captum.atlas._files import RUNS, AtlasFolder
+from dnnbrain_captum.atlas._occlusion import shared_sweep, top_grids
 from dnnbrain_captum.atlas._pieces import Picked
 from dnnbrain_captum.atlas._render import Painter
 from dnnbrain_captum.receptive_field.empirical import occlusion_pixel_map
@@ -61,11 +61,12 @@ def _num(value: float) -> str:
 
 
 def _layer_maps(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int]
+    model: nn.Module, plan: Any, images: torch.Tensor, channels: list[int]
 ) -> np.ndarray:
-    """The selected channel's map of each image at the layer: (N, H', W')."""
+    """The selected channel's map of each image at the layer (channels-first): (N, H', W')."""
     with torch.no_grad():
-        output = run_to_layer(model, layer, (on_model_device(model, images),))
+        x = on_model_device(model, images)
+        output = layer_output(model, plan.module, (x,), None, plan.transform)
     return channel_maps(output, channels).cpu().numpy()
 
 
@@ -76,7 +77,7 @@ def _best_units(
     which pixels of each channel's empirical-field canvas some top stimulus covers (the part of
     its best unit's theoretical box inside the image): (m, R_h, R_w) bool."""
     per_top = [c for c in plan.channels for _ in range(k)]
-    maps = _layer_maps(model, plan.module, images, per_top)
+    maps = _layer_maps(model, plan, images, per_top)
     flat = maps.reshape(len(per_top), -1).argmax(1)
     n_w = entry.output_size[1]
     units = np.stack([flat // n_w, flat % n_w], axis=1).reshape(len(plan.channels), k, 2)
@@ -90,9 +91,11 @@ def _best_units(
 
 
 def _channel_values(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int], reduction: str
+    model: nn.Module, plan: Any, images: torch.Tensor, channels: list[int], reduction: str
 ) -> np.ndarray:
-    values = ChannelActivations(model, [layer], reduction).attribute(images).cpu()
+    pass_ = ChannelActivations(model, [plan.module], reduction, plan.transform)
+    pass_.probe(images[:1])
+    values = pass_.attribute(images).cpu()
     return values[torch.arange(len(channels)), torch.tensor(channels)].numpy()
 
 
@@ -168,7 +171,10 @@ def _layer_channels(
     """Pictures, page and ``atlas.json`` record of every selected channel of one layer."""
     k, s, runs = settings["top_k"], settings["n_syntheses"], folder.out / RUNS / plan.folder
     maps = read_results(runs / "maps")
-    grids = torch.from_numpy(np.array(read_results(runs / "occlusion")))
+    grids = np.array(read_results(runs / "occlusion"))
+    if shared_sweep(settings["occlusion"]):  # (distinct top stimuli, M, rows, cols)
+        grids = top_grids(grids, plan.top, np.unique(plan.top))
+    grids = torch.from_numpy(np.ascontiguousarray(grids))
     size = tuple(Picked(data, [0])[0].shape[-2:])
     occlusion = settings["occlusion"]
     window, stride = (tuple(occlusion[key]) for key in ("sliding_window_shapes", "strides"))
@@ -181,11 +187,9 @@ def _layer_channels(
     units, covered = _best_units(model, plan, top_images, entry, k)
     repeated = [c for c in plan.channels for _ in range(s)]
     synthesis_values = _channel_values(
-        model, plan.module, syntheses, repeated, settings["reduction"]
+        model, plan, syntheses, repeated, settings["reduction"]
     ).reshape(m, s)
-    minimal_values = _channel_values(
-        model, plan.module, minimal, plan.channels, settings["reduction"]
-    )
+    minimal_values = _channel_values(model, plan, minimal, plan.channels, settings["reduction"])
     records = []
     for j, channel in enumerate(
         tqdm(plan.channels, desc=f"atlas {plan.name}", disable=not show_progress)
