@@ -151,6 +151,18 @@ def test_channel_activations_pass_stops_at_the_deepest_layer() -> None:
     torch.testing.assert_close(values[:, 64:], truth)
 
 
+def test_rank_stimuli_equals_stable_argsort_with_many_ties() -> None:
+    rng = np.random.default_rng(0)
+    for n, m, k in [(50, 7, 1), (50, 7, 9), (12, 3, 12), (200, 5, 30)]:
+        values = rng.integers(0, 4, size=(n, m)).astype(np.float32)  # ties everywhere
+        values[:, 0] = 0.0  # a constant column (a dead ReLU channel)
+        values[3, 1] = -0.0
+        top, bottom = rank_stimuli(values, k)
+        np.testing.assert_array_equal(top, np.argsort(-values, axis=0, kind="stable")[:k].T)
+        np.testing.assert_array_equal(bottom, np.argsort(values, axis=0, kind="stable")[:k].T)
+        assert top.dtype == bottom.dtype == np.int64
+
+
 def test_rank_stimuli_refuses_bad_k_and_nan() -> None:
     values = np.array([[1.0, 2.0], [0.5, 3.0]])
     with pytest.raises(ValueError, match="top_k must be between 1 and the number of stimuli"):

@@ -188,6 +188,20 @@ def rank_stimuli(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"top_k must be between 1 and the number of stimuli ({n}), got {k}")
     if np.isnan(values).any():
         raise ValueError("the channel activations hold NaN (an unreadable stimulus?)")
-    top = np.argsort(-values, axis=0, kind="stable")[:k].T
-    bottom = np.argsort(values, axis=0, kind="stable")[:k].T
-    return np.ascontiguousarray(top), np.ascontiguousarray(bottom)
+    return _lowest(-values, k), _lowest(values, k)
+
+
+def _lowest(values: np.ndarray, k: int) -> np.ndarray:
+    """Per column, the indices of the k lowest values, lowest first, ties by index: equal to
+    ``np.argsort(values, axis=0, kind="stable")[:k].T`` without sorting whole columns (a
+    partition finds each column's k-th value; only the values up to it are sorted)."""
+    n, m = values.shape
+    if k >= n:
+        return np.ascontiguousarray(np.argsort(values, axis=0, kind="stable")[:k].T)
+    kth = np.partition(values, k - 1, axis=0)[k - 1]
+    lowest = np.empty((m, k), dtype=np.int64)
+    for j in range(m):
+        candidates = np.flatnonzero(values[:, j] <= kth[j])  # ascending indices, ties included
+        order = np.argsort(values[candidates, j], kind="stable")
+        lowest[j] = candidates[order[:k]]
+    return lowest

@@ -179,6 +179,7 @@ def build_atlas(
     plans, activations = plan_layers(model, layers, example, channels, reduction, reshape_transform)
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
+    _check_fields(model, plans, tuple(example.shape[1:]))
     settings = _settings(
         tuple(example.shape[-2:]),
         top_k,
@@ -289,6 +290,20 @@ def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> i
     if float(synthesis.get("diversity", 0.0) or 0.0) > 0:
         return s
     return s * max(1, batch_size // s)
+
+
+def _check_fields(model: nn.Module, plans: Sequence[LayerPlan], size: tuple[int, ...]) -> None:
+    """Refuse, before any work, a layer without a regular receptive field (every page draws
+    one, and the empirical field aligns on it)."""
+    for plan in plans:
+        engine = UpsamplingActivationMapping(model, plan.module, plan.transform)
+        try:
+            EmpiricalReceptiveField(engine).theoretical(size)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ValueError(
+                f"{error}. The atlas draws every channel's receptive field: choose another "
+                f"layer than {plan.name!r}"
+            ) from None
 
 
 def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
