@@ -123,8 +123,12 @@ def write_site(
     used = sorted(
         {int(i) for p in plans for i in np.concatenate([p.top.ravel(), p.bottom.ravel()])}
     )
-    for index in tqdm(used, desc="atlas stimuli", disable=not show_progress):
-        folder.write_bytes(f"stimuli/{index}.png", painter.stimulus(Picked(data, [index])[0]))
+    folder.write_all(
+        {
+            f"stimuli/{index}.png": painter.stimulus(Picked(data, [index])[0])
+            for index in tqdm(used, desc="atlas stimuli", disable=not show_progress)
+        }
+    )
     example = Picked(data, [0])[0]
     table = TheoreticalReceptiveField(model, tuple(example.shape)).compute(until=last)
     layers = []
@@ -198,16 +202,18 @@ def _layer_channels(
         unit = (int(units[j, 0, 0]), int(units[j, 0, 1]))
         region = entry.region(unit, label=plan.path)
         stem = f"{plan.folder}/img/{channel}"
+        pictures = {}
         for r in range(k):
             image = top_images[j * k + r]
-            folder.write_bytes(f"{stem}_map{r}.png", painter.heat(maps[j * k + r], image))
-            folder.write_bytes(f"{stem}_occ{r}.png", painter.heat(occluded[j * k + r], image))
-        folder.write_bytes(f"{stem}_rf.png", painter.box(top_images[j * k], region))
+            pictures[f"{stem}_map{r}.png"] = painter.heat(maps[j * k + r], image)
+            pictures[f"{stem}_occ{r}.png"] = painter.heat(occluded[j * k + r], image)
+        pictures[f"{stem}_rf.png"] = painter.box(top_images[j * k], region)
         field = fields[j, 2:].reshape(entry.size)
-        folder.write_bytes(f"{stem}_erf.png", painter.field(field, covered[j]))
+        pictures[f"{stem}_erf.png"] = painter.field(field, covered[j])
         for q in range(s):
-            folder.write_bytes(f"{stem}_syn{q}.png", painter.stimulus(syntheses[j * s + q]))
-        folder.write_bytes(f"{stem}_min.png", painter.stimulus(minimal[j]))
+            pictures[f"{stem}_syn{q}.png"] = painter.stimulus(syntheses[j * s + q])
+        pictures[f"{stem}_min.png"] = painter.stimulus(minimal[j])
+        folder.write_all(pictures)
         record = {
             "channel": channel,
             "top_ids": [ids[i] for i in plan.top[j]],
@@ -226,10 +232,13 @@ def _layer_channels(
             "page": f"{plan.folder}/{channel}.html",
         }
         records.append(record)
+    pages = {}
     for j, record in enumerate(records):
         before = records[j - 1]["channel"] if j > 0 else None
         after = records[j + 1]["channel"] if j + 1 < len(records) else None
-        folder.write_text(record["page"], _channel_page(plan, record, settings, before, after))
+        page = _channel_page(plan, record, settings, before, after)
+        pages[record["page"]] = page.encode("utf-8")
+    folder.write_all(pages)
     return records
 
 
