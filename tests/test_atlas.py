@@ -223,21 +223,33 @@ def test_atlas_json_is_plain_json(atlas_dir: Path) -> None:
 
 def test_site_in_a_headless_browser(atlas_dir: Path, tmp_path: Path) -> None:
     """The index and a page of every kind (first, middle and last of a layer) opened in
-    Chromium from the file system: every image decodes, no broken link, no console error, no
-    web link. (All pages come from one template; every page's links and images are checked on
-    disk by test_every_page_and_link_exists.)"""
-    from tests.helpers.browser import check_page
+    Chromium from the file system, one browser for all: every image decodes, no broken link, no
+    console error, no web link. (All pages come from one template; every page's links and
+    images are checked on disk by test_every_page_and_link_exists.)"""
+    import tempfile
 
-    names = ["index.html", "conv3/1.html", "conv3/4.html", "conv5/63.html"]
+    from tests.helpers.browser import BrowserError, _inspect, _Pipe, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        raise BrowserError("no Chromium on PATH: install the 'chromium' package (.ci/run does)")
+    names = ["index.html", "conv3/1.html", "conv3/4.html", "conv5/0.html", "conv5/63.html"]
     n_images = 0
-    for k, name in enumerate(names):
-        report = check_page(atlas_dir / name, tmp_path / f"page{k}.png")
-        assert report.console_errors == [], name
-        assert report.broken_links == [], name
-        assert report.external_links == [], name
-        assert report.images and all(image.decoded for image in report.images), name
-        n_images += len(report.images)
-    assert n_images > 67 * 2 + 3 * 10
+    with tempfile.TemporaryDirectory(prefix="atlas-chromium-") as profile:
+        pipe = _Pipe(executable, profile, 60.0)
+        try:
+            for k, name in enumerate(names):
+                page = (atlas_dir / name).resolve()
+                report = _inspect(pipe, page, tmp_path / f"page{k}.png", 1200)
+                assert report.url == page.as_uri(), name
+                assert report.console_errors == [], name
+                assert report.broken_links == [], name
+                assert report.external_links == [], name
+                assert report.images and all(image.decoded for image in report.images), name
+                n_images += len(report.images)
+        finally:
+            pipe.close()
+    assert n_images > 67 * 2 + 3 * 10 + 10
 
 
 def test_best_unit_and_field_coverage_match_the_public_classes(
@@ -349,3 +361,17 @@ def test_shared_occlusion_sweep_equals_the_class_per_channel(atlas_dir: Path) ->
     for q, channel in enumerate([7, 2]):
         expected = odm5.attribute(images[:3], target=channel, method="full", **options)
         torch.testing.assert_close(maps[:, q], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_int_occlusion_window_is_square(tmp_path: Path) -> None:
+    """``sliding_window_shapes=16`` (an int, as the class accepts) gives 16 x 16 windows and the
+    default strides of half a window (it used to fail with a TypeError)."""
+    images, _ = digits_images(n=6)
+    options = {**CHEAP, "occlusion": {"sliding_window_shapes": 16}}
+    build_atlas(digits_cnn(), "conv5", images, tmp_path / "a", channels="0", top_k=2, **options)
+    atlas = read_atlas(tmp_path / "a")
+    assert atlas["occlusion"]["strides"] == [8, 8]
+    from dnnbrain_captum import read_results
+
+    grids = np.asarray(read_results(tmp_path / "a" / "runs" / "conv5" / "occlusion"))
+    assert grids.shape[1:] == (1, 3, 3)  # (distinct top stimuli, channels, 3 x 3 windows)

@@ -181,7 +181,7 @@ def _layer_channels(
     grids = torch.from_numpy(np.ascontiguousarray(grids))
     size = tuple(Picked(data, [0])[0].shape[-2:])
     occlusion = settings["occlusion"]
-    window, stride = (tuple(occlusion[key]) for key in ("sliding_window_shapes", "strides"))
+    window, stride = (tuple(occlusion[key])[-2:] for key in ("sliding_window_shapes", "strides"))
     occluded = occlusion_pixel_map(grids, size, window, stride).numpy()  # type: ignore[arg-type]
     fields = np.asarray(read_results(runs / "empirical_rf"))
     syntheses = torch.from_numpy(np.array(read_results(runs / "syntheses")))

@@ -262,10 +262,12 @@ def _settings(
 ) -> dict[str, Any]:
     """Every setting of the atlas, defaults filled in (recorded, compared on a rerun)."""
     occlusion = dict(occlusion or {})
-    window = occlusion.setdefault(
-        "sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4))
+    window = _hw(
+        occlusion.get("sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4)))
     )
-    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
+    occlusion["sliding_window_shapes"] = window
+    h, w = tuple(window)[-2:]  # (h, w) or Captum's (C, h, w)
+    occlusion["strides"] = _hw(occlusion.get("strides", (max(1, h // 2), max(1, w // 2))))
     synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
     if mean is not None:
         synthesis.setdefault("mean", list(mean))
@@ -281,6 +283,14 @@ def _settings(
         "batch_size": batch_size,
         "seed": seed,
     }
+
+
+def _hw(value: Any) -> Any:
+    """An int occlusion window or stride as the square (h, w) it means; anything else as
+    given (Captum's (C, h, w) form is checked by the class)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return value
 
 
 def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> int:
