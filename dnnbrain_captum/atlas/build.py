@@ -353,28 +353,10 @@ def _run_pieces(
         per_top,
         interpolate_mode=settings["interpolate_mode"],
     )
-    occlusion = settings["occlusion"]
-    if shared_sweep(occlusion):  # every channel from one sweep per distinct top stimulus
-        evaluator = ChannelActivations(
-            model, [layer], occlusion.get("reduction", "mean"), transform
-        )
-        evaluator.probe(top[0][None])
-        distinct = np.unique(plan.top)
-        run(
-            "occlusion",
-            ChannelOcclusion(evaluator, plan.channels),
-            Picked(data, distinct.tolist()),
-            None,
-            **{**occlusion, "reduction": evaluator.reduction},
-        )
-    else:
-        run(
-            "occlusion",
-            OccluderDiscrepancyMapping(model, layer, transform),
-            top,
-            per_top,
-            **occlusion,
-        )
+    attribution, items, targets, kwargs = _occlusion_piece(
+        model, plan, data, top, per_top, settings["occlusion"]
+    )
+    run("occlusion", attribution, items, targets, **kwargs)
     engine = UpsamplingActivationMapping(model, layer, transform)
     run(
         "empirical_rf",
@@ -408,3 +390,25 @@ def _run_pieces(
         list(plan.channels),
         **settings["minimal"],
     )
+
+
+def _occlusion_piece(
+    model: nn.Module,
+    plan: LayerPlan,
+    data: Any,
+    top: Picked,
+    per_top: list[int],
+    occlusion: dict[str, Any],
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The occlusion run's attribution, items, targets and keyword arguments:
+    one sweep per distinct top stimulus for every channel when the settings allow it, else the
+    class once per channel and top stimulus."""
+    if not shared_sweep(occlusion):
+        attribution = OccluderDiscrepancyMapping(model, plan.module, plan.transform)
+        return attribution, top, per_top, occlusion
+    reduction = occlusion.get("reduction", "mean")
+    evaluator = ChannelActivations(model, [plan.module], reduction, plan.transform)
+    evaluator.probe(top[0][None])
+    distinct = Picked(data, np.unique(plan.top).tolist())
+    kwargs = {**occlusion, "reduction": evaluator.reduction}
+    return ChannelOcclusion(evaluator, plan.channels), distinct, None, kwargs
