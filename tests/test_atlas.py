@@ -18,7 +18,7 @@ N_IMAGES, TOP_K = 16, 2
 CHEAP = {
     "n_syntheses": 1,
     "synthesis": {"n_iter": 1},
-    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16), "method": "full"},
+    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (16, 16)},
 }
 
 
@@ -151,6 +151,18 @@ def test_channel_activations_pass_stops_at_the_deepest_layer() -> None:
     torch.testing.assert_close(values[:, 64:], truth)
 
 
+def test_rank_stimuli_equals_stable_argsort_with_many_ties() -> None:
+    rng = np.random.default_rng(0)
+    for n, m, k in [(50, 7, 1), (50, 7, 9), (12, 3, 12), (200, 5, 30)]:
+        values = rng.integers(0, 4, size=(n, m)).astype(np.float32)  # ties everywhere
+        values[:, 0] = 0.0  # a constant column (a dead ReLU channel)
+        values[3, 1] = -0.0
+        top, bottom = rank_stimuli(values, k)
+        np.testing.assert_array_equal(top, np.argsort(-values, axis=0, kind="stable")[:k].T)
+        np.testing.assert_array_equal(bottom, np.argsort(values, axis=0, kind="stable")[:k].T)
+        assert top.dtype == bottom.dtype == np.int64
+
+
 def test_rank_stimuli_refuses_bad_k_and_nan() -> None:
     values = np.array([[1.0, 2.0], [0.5, 3.0]])
     with pytest.raises(ValueError, match="top_k must be between 1 and the number of stimuli"):
@@ -211,21 +223,33 @@ def test_atlas_json_is_plain_json(atlas_dir: Path) -> None:
 
 def test_site_in_a_headless_browser(atlas_dir: Path, tmp_path: Path) -> None:
     """The index and a page of every kind (first, middle and last of a layer) opened in
-    Chromium from the file system: every image decodes, no broken link, no console error, no
-    web link. (All pages come from one template; every page's links and images are checked on
-    disk by test_every_page_and_link_exists.)"""
-    from tests.helpers.browser import check_page
+    Chromium from the file system, one browser for all: every image decodes, no broken link, no
+    console error, no web link. (All pages come from one template; every page's links and
+    images are checked on disk by test_every_page_and_link_exists.)"""
+    import tempfile
 
-    names = ["index.html", "conv3/1.html", "conv3/4.html", "conv5/63.html"]
+    from tests.helpers.browser import BrowserError, _inspect, _Pipe, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        raise BrowserError("no Chromium on PATH: install the 'chromium' package (.ci/run does)")
+    names = ["index.html", "conv3/1.html", "conv3/4.html", "conv5/0.html", "conv5/63.html"]
     n_images = 0
-    for k, name in enumerate(names):
-        report = check_page(atlas_dir / name, tmp_path / f"page{k}.png")
-        assert report.console_errors == [], name
-        assert report.broken_links == [], name
-        assert report.external_links == [], name
-        assert report.images and all(image.decoded for image in report.images), name
-        n_images += len(report.images)
-    assert n_images > 67 * 2 + 3 * 10
+    with tempfile.TemporaryDirectory(prefix="atlas-chromium-") as profile:
+        pipe = _Pipe(executable, profile, 60.0)
+        try:
+            for k, name in enumerate(names):
+                page = (atlas_dir / name).resolve()
+                report = _inspect(pipe, page, tmp_path / f"page{k}.png", 1200)
+                assert report.url == page.as_uri(), name
+                assert report.console_errors == [], name
+                assert report.broken_links == [], name
+                assert report.external_links == [], name
+                assert report.images and all(image.decoded for image in report.images), name
+                n_images += len(report.images)
+        finally:
+            pipe.close()
+    assert n_images > 67 * 2 + 3 * 10 + 10
 
 
 def test_best_unit_and_field_coverage_match_the_public_classes(
@@ -259,7 +283,7 @@ def test_best_unit_and_field_coverage_match_the_public_classes(
     field = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv5"))
     entry = field.theoretical((3, 32, 32))
     top = images[: TOP_K + 3]
-    plan = SimpleNamespace(channels=[5], module=model.features[10])
+    plan = SimpleNamespace(channels=[5], module=model.features[10], transform=None)
     _, covered = _best_units(model, plan, top, entry, len(top))
     original = UpsamplingActivationMapping.attribute
     monkeypatch.setattr(
@@ -289,7 +313,7 @@ def test_diverse_syntheses_are_made_one_channel_per_batch(tmp_path: Path) -> Non
         top_k=2,
         n_syntheses=3,
         synthesis=options,
-        occlusion=CHEAP["occlusion"],
+        occlusion={**CHEAP["occlusion"], "method": "full"},  # the class, once per channel
     )
     made = np.asarray(read_results(tmp_path / "a" / "runs" / "conv5" / "syntheses"))
     starts = random_images(6, (32, 32), 3, seed=0)
@@ -299,3 +323,55 @@ def test_diverse_syntheses_are_made_one_channel_per_batch(tmp_path: Path) -> Non
         starts, target=[2, 2, 2, 5, 5, 5], **options
     )
     assert not np.allclose(made[3:], together[3:].numpy(), atol=1e-4)
+
+
+def test_shared_occlusion_sweep_equals_the_class_per_channel(atlas_dir: Path) -> None:
+    """The atlas's occlusion maps (one sweep per distinct top stimulus, every channel) equal
+    OccluderDiscrepancyMapping's full recompute, one channel and stimulus at a time; an odd
+    window (6 x 5, strides 5 x 3) and a non-zero occluder in a direct call too."""
+    from dnnbrain_captum import OccluderDiscrepancyMapping, read_results
+    from dnnbrain_captum.atlas._occlusion import ChannelOcclusion, top_grids
+
+    model = digits_cnn()
+    images, _ = digits_images(n=N_IMAGES)
+    layer = next(entry for entry in read_atlas(atlas_dir)["layers"] if entry["layer"] == "conv3")
+    top = np.array([record["top_indices"] for record in layer["channels"]])
+    sweep = np.asarray(read_results(atlas_dir / "runs" / "conv3" / "occlusion"))
+    assert sweep.shape == (len(np.unique(top)), 3, 2, 2)  # distinct stimuli x channels
+    grids = top_grids(sweep, top, np.unique(top))
+    odm = OccluderDiscrepancyMapping(model, "conv3")
+    for j, record in enumerate(layer["channels"]):
+        expected = odm.attribute(
+            images[top[j]],
+            target=record["channel"],
+            sliding_window_shapes=(16, 16),
+            strides=(16, 16),
+            method="full",
+        )
+        np.testing.assert_allclose(grids[j * TOP_K : (j + 1) * TOP_K], expected, atol=1e-5)
+
+    evaluator = ChannelActivations(model, [model.features[10]])
+    evaluator.probe(images[:1])
+    options = {"sliding_window_shapes": (6, 5), "strides": (5, 3), "baselines": 0.5}
+    maps = ChannelOcclusion(evaluator, [7, 2]).attribute(
+        images[:3], perturbations_per_eval=7, **options
+    )
+    assert maps.shape == (3, 2, 6, 10)
+    odm5 = OccluderDiscrepancyMapping(model, "conv5")
+    for q, channel in enumerate([7, 2]):
+        expected = odm5.attribute(images[:3], target=channel, method="full", **options)
+        torch.testing.assert_close(maps[:, q], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_int_occlusion_window_is_square(tmp_path: Path) -> None:
+    """``sliding_window_shapes=16`` (an int, as the class accepts) gives 16 x 16 windows and the
+    default strides of half a window (it used to fail with a TypeError)."""
+    images, _ = digits_images(n=6)
+    options = {**CHEAP, "occlusion": {"sliding_window_shapes": 16}}
+    build_atlas(digits_cnn(), "conv5", images, tmp_path / "a", channels="0", top_k=2, **options)
+    atlas = read_atlas(tmp_path / "a")
+    assert atlas["occlusion"]["strides"] == [8, 8]
+    from dnnbrain_captum import read_results
+
+    grids = np.asarray(read_results(tmp_path / "a" / "runs" / "conv5" / "occlusion"))
+    assert grids.shape[1:] == (1, 3, 3)  # (distinct top stimuli, channels, 3 x 3 windows)

@@ -10,17 +10,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dnnbrain_captum.atlas import read_atlas
-from tests.helpers.atlas_job import tiny_atlas
+from tests.helpers.atlas_job import tiny_atlas, tiny_images
 from tests.test_runner_dist import _env, _free_port
 
 JOB = Path(__file__).parent / "helpers" / "atlas_job.py"
 
 
-def _job(out: Path, *extra: str, torchrun: bool = False) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(JOB), str(out), *extra]
+def _job(
+    out: Path, images: Path, *extra: str, torchrun: bool = False
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(JOB), str(out), str(images), *extra]
     if torchrun:
         port = _free_port()
         command[1:1] = [
@@ -40,9 +43,24 @@ def _here(out: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tiny_atlas(str(out))
+        tiny_atlas(str(out), tiny_images())
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny atlas built in this process, uninterrupted (the reference of both tests)."""
+    out = tmp_path_factory.mktemp("single") / "atlas"
+    _here(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stimuli") / "images.pt"
+    torch.save(tiny_images(), path)
+    return path
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -67,11 +85,11 @@ def _same(first: Path, second: Path) -> None:
     assert any(name.endswith("result.npy") for name in a)
 
 
-def test_killed_atlas_resumes_to_the_same_atlas(tmp_path: Path) -> None:
-    whole = tmp_path / "whole"
-    _here(whole)
+def test_killed_atlas_resumes_to_the_same_atlas(
+    tmp_path: Path, single: Path, images_file: Path
+) -> None:
     killed = tmp_path / "killed"
-    died = _job(killed, "--kill-in", "occlusion", "--kill-after", "1")
+    died = _job(killed, images_file, "--kill-in", "occlusion", "--kill-after", "1")
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
     assert not (killed / "atlas.json").exists()
     assert (killed / "runs" / "conv3" / "maps" / "result.npy").is_file()  # finished piece
@@ -80,14 +98,12 @@ def test_killed_atlas_resumes_to_the_same_atlas(tmp_path: Path) -> None:
     assert not (occlusion / "result.npy").exists()
     assert len((occlusion / "result.partial.done").read_text().splitlines()) == 1  # one chunk
     _here(killed)
-    _same(whole, killed)
+    _same(single, killed)
 
 
-def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
-    single = tmp_path / "single"
-    _here(single)
+def test_torchrun_two_processes_equal_one(tmp_path: Path, single: Path, images_file: Path) -> None:
     double = tmp_path / "double"
-    done = _job(double, torchrun=True)
+    done = _job(double, images_file, torchrun=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("DONE rank") == 2
     _same(single, double)

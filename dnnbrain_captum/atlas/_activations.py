@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._utils.hooks import LayerCapture, _StopForward, run_to_layer
 from dnnbrain_captum._utils.layers import layer_path
+from dnnbrain_captum._utils.layouts import Layout, ReshapeTransform, resolve_layout
 from dnnbrain_captum._utils.targets import check_reduction, reduce_per_example
 
 __all__ = ["ChannelActivations", "on_model_device", "rank_stimuli"]
@@ -53,9 +54,15 @@ class ChannelActivations:
     model : nn.Module
         The model (left as it was: the hooks are removed after every pass).
     layers : sequence of nn.Module
-        Layers whose outputs are (N, C, H, W) tensors.
+        Layers whose outputs are channels on a spatial grid: (N, C, H, W) tensors, or a
+        layout that :mod:`dnnbrain_captum._utils.layouts` establishes (channels-last
+        ``(N, H, W, C)``, e.g. Swin stages and ConvNeXt's Linear layers; ViT tokens
+        ``(N, 1 + H * W, D)``), or any output that ``reshape_transform`` maps to (N, C, H, W).
     reduction : {"mean", "max", "sum"}
         How a channel map becomes one number.
+    reshape_transform : callable or sequence of (callable or None), optional
+        The user's ``f(output) -> (N, C, H, W)``, for every layer or one per layer (as the
+        ``reshape_transform`` of the attribution classes).
 
     Examples
     --------
@@ -70,7 +77,11 @@ class ChannelActivations:
     """
 
     def __init__(
-        self, model: nn.Module, layers: Sequence[nn.Module], reduction: str = "mean"
+        self,
+        model: nn.Module,
+        layers: Sequence[nn.Module],
+        reduction: str = "mean",
+        reshape_transform: ReshapeTransform | Sequence[ReshapeTransform | None] | None = None,
     ) -> None:
         if not layers:
             raise ValueError("layers is empty: give at least one layer")
@@ -78,8 +89,18 @@ class ChannelActivations:
         self.layers = list(layers)
         self.paths = [layer_path(model, layer) for layer in self.layers]
         self.reduction = check_reduction(reduction)
+        if reshape_transform is None or callable(reshape_transform):
+            self.transforms = [reshape_transform] * len(self.layers)
+        else:
+            self.transforms = list(reshape_transform)
+            if len(self.transforms) != len(self.layers):
+                raise ValueError(
+                    f"reshape_transform holds {len(self.transforms)} entries for "
+                    f"{len(self.layers)} layers"
+                )
         self.last: nn.Module | None = None  # the layer that runs last (found by probe)
         self.widths: list[int] = []
+        self.layouts: list[Layout] = []
 
     def probe(self, example: Tensor) -> list[tuple[int, ...]]:
         """Run one image through the model; return each layer's output shape (C, H, W).
@@ -90,25 +111,34 @@ class ChannelActivations:
         Raises
         ------
         ValueError
-            If a layer does not run, returns several tensors, or has no (C, H, W) output.
+            If a layer does not run, or its output cannot be read as (N, C, H, W): its
+            layout is unknown (the message names the shape and ``reshape_transform``) or it
+            has no spatial grid.
         """
+        example = on_model_device(self.forward_func, example[:1])
+        self.layouts = [
+            resolve_layout(self.forward_func, layer, (example,), transform)
+            for layer, transform in zip(self.layers, self.transforms, strict=True)
+        ]
         order: list[nn.Module] = []
         captures = [_Ordered(layer, order, len(self.layers)) for layer in self.layers]
         with torch.no_grad(), contextlib.suppress(_StopForward):
-            example = on_model_device(self.forward_func, example[:1])
             run_to_layer(self.forward_func, None, (example,), taps=captures)
         shapes = []
-        for path, capture in zip(self.paths, captures, strict=True):
+        for path, capture, layout in zip(self.paths, captures, self.layouts, strict=True):
             value = capture.value
             if value is None:
                 raise ValueError(f"layer {path!r} did not run during the forward pass")
-            if not isinstance(value, Tensor) or value.dim() != 4:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raw = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            grid = layout(value)  # raises naming the shape and the way out
+            if not isinstance(grid, Tensor) or grid.dim() != 4:
+                read = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
                 raise ValueError(
-                    f"layer {path!r} gives {shape}; the atlas needs layers with (N, C, H, W) "
-                    "outputs (channels on a spatial grid)"
+                    f"layer {path!r} gives {raw}, read as {read}; the atlas needs channels on "
+                    "a spatial grid (N, C, H, W). Choose a layer with a grid, or pass "
+                    "reshape_transform=f with f(output) -> (N, C, H, W)"
                 )
-            shapes.append(tuple(value.shape[1:]))
+            shapes.append(tuple(grid.shape[1:]))
         self.last = order[-1]
         self.widths = [s[0] for s in shapes]
         return shapes
@@ -123,8 +153,8 @@ class ChannelActivations:
             last = run_to_layer(self.forward_func, self.last, (inputs,), taps=taps)
         values = iter(t.value for t in taps)
         columns = []
-        for layer in self.layers:
-            output = last if layer is self.last else next(values)
+        for layer, layout in zip(self.layers, self.layouts, strict=True):
+            output = layout(last if layer is self.last else next(values))
             n, c = output.shape[:2]
             flat = reduce_per_example(output.reshape(n * c, -1), self.reduction)
             columns.append(flat.view(n, c))
@@ -158,6 +188,20 @@ def rank_stimuli(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"top_k must be between 1 and the number of stimuli ({n}), got {k}")
     if np.isnan(values).any():
         raise ValueError("the channel activations hold NaN (an unreadable stimulus?)")
-    top = np.argsort(-values, axis=0, kind="stable")[:k].T
-    bottom = np.argsort(values, axis=0, kind="stable")[:k].T
-    return np.ascontiguousarray(top), np.ascontiguousarray(bottom)
+    return _lowest(-values, k), _lowest(values, k)
+
+
+def _lowest(values: np.ndarray, k: int) -> np.ndarray:
+    """Per column, the indices of the k lowest values, lowest first, ties by index: equal to
+    ``np.argsort(values, axis=0, kind="stable")[:k].T`` without sorting whole columns (a
+    partition finds each column's k-th value; only the values up to it are sorted)."""
+    n, m = values.shape
+    if k >= n:
+        return np.ascontiguousarray(np.argsort(values, axis=0, kind="stable")[:k].T)
+    kth = np.partition(values, k - 1, axis=0)[k - 1]
+    lowest = np.empty((m, k), dtype=np.int64)
+    for j in range(m):
+        candidates = np.flatnonzero(values[:, j] <= kth[j])  # ascending indices, ties included
+        order = np.argsort(values[candidates, j], kind="stable")
+        lowest[j] = candidates[order[:k]]
+    return lowest

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +106,31 @@ class AtlasFolder:
 
     def claim(self, name: str) -> Path:
         """Record ``name`` (relative, '/'-separated) as the atlas's before it is written."""
-        path = self.out / name
-        if name not in self.owned:
+        self.claim_all([name])
+        return self.out / name
+
+    def claim_all(self, names: Sequence[str]) -> None:
+        """Record several names at once (one append to the ledger), before any is written."""
+        new = [name for name in dict.fromkeys(names) if name not in self.owned]
+        for name in new:
+            path = self.out / name
             if path.exists() and name != MANIFEST:
                 raise ValueError(
                     f"{path} exists and was not written by this atlas; it is left "
                     "alone: move it away or choose another folder"
                 )
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / LEDGER, "a", encoding="utf-8") as ledger:
-                ledger.write(name + "\n")
-            self.owned.add(name)
-        return path
+        if not new:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LEDGER, "a", encoding="utf-8") as ledger:
+            ledger.write("".join(name + "\n" for name in new))
+        self.owned.update(new)
+
+    def write_all(self, files: Mapping[str, bytes]) -> None:
+        """Write several files, each atomically, all recorded in the ledger first."""
+        self.claim_all(list(files))
+        for name, data in files.items():
+            self.write_bytes(name, data)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write ``data`` to ``name`` atomically (temporary file, then rename)."""

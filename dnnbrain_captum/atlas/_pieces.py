@@ -102,10 +102,12 @@ class MinimalImages:
     ----------
     model : nn.Module
     layer : nn.Module
+    reshape_transform : callable, optional
+        The layer's ``reshape_transform`` (default: its established layout).
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
-        self.attribution_method = MinimalParcelImage(model, layer)
+    def __init__(self, model: nn.Module, layer: nn.Module, reshape_transform: Any = None) -> None:
+        self.attribution_method = MinimalParcelImage(model, layer, reshape_transform)
         self.forward_func = model
         self.layer = layer
 

@@ -10,6 +10,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.layers import layer_path, resolve_layer
+from dnnbrain_captum._utils.layouts import ReshapeTransform, check_reshape_transform
 from dnnbrain_captum.atlas._activations import ChannelActivations
 
 __all__ = ["LayerPlan", "parse_channels", "plan_layers"]
@@ -26,6 +27,7 @@ class LayerPlan:
     shape: tuple[int, ...]
     channels: list[int]
     offset: int = 0  # its first column in the activation pass's result
+    transform: ReshapeTransform | None = None  # the user's reshape_transform for this layer
     top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     bottom: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
@@ -80,7 +82,10 @@ def plan_layers(
     example: Tensor,
     channels: Any,
     reduction: str,
+    reshape_transform: Any = None,
 ) -> tuple[list[LayerPlan], ChannelActivations]:
+    """Resolve and probe the layers; select their channels (``reshape_transform``: one
+    callable for every layer, or ``{layer name: callable}``)."""
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     modules = [resolve_layer(model, layer) for layer in layers]
@@ -95,10 +100,17 @@ def plan_layers(
     folders = [_folder_name(n) for n in names]
     if len(set(folders)) < len(folders) or "stimuli" in folders or "runs" in folders:
         raise ValueError(f"layers {names} give clashing folder names {folders}")
-    activations = ChannelActivations(model, modules, reduction)  # type: ignore[arg-type]
+    if isinstance(reshape_transform, Mapping):
+        unknown = sorted(set(reshape_transform) - set(names))
+        if unknown:
+            raise ValueError(f"reshape_transform names {unknown}, not among the layers {names}")
+    transforms = [_transform_of(reshape_transform, name) for name in names]
+    activations = ChannelActivations(model, modules, reduction, transforms)  # type: ignore[arg-type]
     shapes = activations.probe(example)
     plans, offset = [], 0
-    for name, folder, module, shape in zip(names, folders, modules, shapes, strict=True):
+    for name, folder, module, shape, transform in zip(
+        names, folders, modules, shapes, transforms, strict=True
+    ):
         spec = channels.get(name) if isinstance(channels, Mapping) else channels
         plans.append(
             LayerPlan(
@@ -109,7 +121,25 @@ def plan_layers(
                 shape,
                 parse_channels(spec, shape[0], name),
                 offset,
+                transform,
             )
         )
         offset += shape[0]
     return plans, activations
+
+
+def _transform_of(reshape_transform: Any, name: str) -> ReshapeTransform | None:
+    if isinstance(reshape_transform, Mapping):
+        return check_reshape_transform(reshape_transform.get(name))
+    return check_reshape_transform(reshape_transform)
+
+
+def transform_names(reshape_transform: Any) -> Any:
+    """What the atlas's settings record of ``reshape_transform``: the callables' names."""
+
+    def name(f: Any) -> str | None:
+        return None if f is None else getattr(f, "__qualname__", type(f).__name__)
+
+    if isinstance(reshape_transform, Mapping):
+        return {str(k): name(v) for k, v in sorted(reshape_transform.items())}
+    return name(reshape_transform)

@@ -36,6 +36,7 @@ class Painter:
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
         self.std = None if std is None else np.asarray(std, dtype=np.float64)
         self.min_size = min_size
+        self._tables: dict[str, np.ndarray] = {}
 
     def display(self, image: Tensor | np.ndarray) -> np.ndarray:
         """A model-space image (C, H, W) as RGB floats in [0, 1], shape (H, W, 3)."""
@@ -61,26 +62,22 @@ class Painter:
         alpha: float = 0.65,
     ) -> bytes:
         """PNG of a map (H, W), min-max scaled and coloured, laid over the image."""
-        import matplotlib
-
         values = np.asarray(values, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        colours = matplotlib.colormaps[cmap](scaled)[..., :3]
+        colours = self._colours(scaled, cmap)
         base = self.display(image)
         return png(alpha * colours + (1.0 - alpha) * base.mean(axis=-1, keepdims=True))
 
     def field(self, values: np.ndarray, covered: np.ndarray, cmap: str = "viridis") -> bytes:
         """PNG of an empirical receptive-field map (R_h, R_w), enlarged; pixels no image
         covered (outside every image) are light grey and do not count for the colour scale."""
-        import matplotlib
-
         values = np.asarray(values, dtype=np.float64)
         covered = np.asarray(covered, dtype=bool)
         seen = values[covered] if covered.any() else np.zeros(1)
         low, high = float(seen.min()), float(seen.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        colours = matplotlib.colormaps[cmap](scaled.clip(0.0, 1.0))[..., :3]
+        colours = self._colours(scaled.clip(0.0, 1.0), cmap)
         colours[~covered] = 0.85
         return png(self._enlarge(colours))
 
@@ -97,6 +94,18 @@ class Painter:
             [w0 * factor, h0 * factor, w1 * factor - 1, h1 * factor - 1], outline=_BOX, width=width
         )
         return _encode(picture)
+
+    def _colours(self, scaled: np.ndarray, cmap: str) -> np.ndarray:
+        """RGB of values in [0, 1] by the matplotlib colour map ``cmap``: its lookup table,
+        indexed as matplotlib indexes it (``floor(x * N)``, 1 -> ``N - 1``), read once."""
+        if cmap not in self._tables:
+            import matplotlib
+
+            colour_map = matplotlib.colormaps[cmap]
+            self._tables[cmap] = colour_map(np.arange(colour_map.N))[:, :3]
+        table = self._tables[cmap]
+        index = (scaled * len(table)).astype(np.int64).clip(0, len(table) - 1)
+        return table[index]
 
     def _factor(self, shape: Sequence[int]) -> int:
         return max(1, -(-self.min_size // max(1, min(shape))))

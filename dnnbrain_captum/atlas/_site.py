@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dnnbrain_captum._utils.hooks import run_to_layer
-from dnnbrain_captum._utils.targets import channel_maps
+from dnnbrain_captum._utils.targets import channel_maps, layer_output
 from dnnbrain_captum.atlas._activations import ChannelActivations, on_model_device
 from dnnbrain_captum.atlas._files import RUNS, AtlasFolder
+from dnnbrain_captum.atlas._occlusion import shared_sweep, top_grids
 from dnnbrain_captum.atlas._pieces import Picked
 from dnnbrain_captum.atlas._render import Painter
 from dnnbrain_captum.receptive_field.empirical import occlusion_pixel_map
@@ -61,11 +61,12 @@ def _num(value: float) -> str:
 
 
 def _layer_maps(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int]
+    model: nn.Module, plan: Any, images: torch.Tensor, channels: list[int]
 ) -> np.ndarray:
-    """The selected channel's map of each image at the layer: (N, H', W')."""
+    """The selected channel's map of each image at the layer (channels-first): (N, H', W')."""
     with torch.no_grad():
-        output = run_to_layer(model, layer, (on_model_device(model, images),))
+        x = on_model_device(model, images)
+        output = layer_output(model, plan.module, (x,), None, plan.transform)
     return channel_maps(output, channels).cpu().numpy()
 
 
@@ -76,7 +77,7 @@ def _best_units(
     which pixels of each channel's empirical-field canvas some top stimulus covers (the part of
     its best unit's theoretical box inside the image): (m, R_h, R_w) bool."""
     per_top = [c for c in plan.channels for _ in range(k)]
-    maps = _layer_maps(model, plan.module, images, per_top)
+    maps = _layer_maps(model, plan, images, per_top)
     flat = maps.reshape(len(per_top), -1).argmax(1)
     n_w = entry.output_size[1]
     units = np.stack([flat // n_w, flat % n_w], axis=1).reshape(len(plan.channels), k, 2)
@@ -90,9 +91,11 @@ def _best_units(
 
 
 def _channel_values(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, channels: list[int], reduction: str
+    model: nn.Module, plan: Any, images: torch.Tensor, channels: list[int], reduction: str
 ) -> np.ndarray:
-    values = ChannelActivations(model, [layer], reduction).attribute(images).cpu()
+    pass_ = ChannelActivations(model, [plan.module], reduction, plan.transform)
+    pass_.probe(images[:1])
+    values = pass_.attribute(images).cpu()
     return values[torch.arange(len(channels)), torch.tensor(channels)].numpy()
 
 
@@ -120,8 +123,12 @@ def write_site(
     used = sorted(
         {int(i) for p in plans for i in np.concatenate([p.top.ravel(), p.bottom.ravel()])}
     )
-    for index in tqdm(used, desc="atlas stimuli", disable=not show_progress):
-        folder.write_bytes(f"stimuli/{index}.png", painter.stimulus(Picked(data, [index])[0]))
+    folder.write_all(
+        {
+            f"stimuli/{index}.png": painter.stimulus(Picked(data, [index])[0])
+            for index in tqdm(used, desc="atlas stimuli", disable=not show_progress)
+        }
+    )
     example = Picked(data, [0])[0]
     table = TheoreticalReceptiveField(model, tuple(example.shape)).compute(until=last)
     layers = []
@@ -168,10 +175,13 @@ def _layer_channels(
     """Pictures, page and ``atlas.json`` record of every selected channel of one layer."""
     k, s, runs = settings["top_k"], settings["n_syntheses"], folder.out / RUNS / plan.folder
     maps = read_results(runs / "maps")
-    grids = torch.from_numpy(np.array(read_results(runs / "occlusion")))
+    grids = np.array(read_results(runs / "occlusion"))
+    if shared_sweep(settings["occlusion"]):  # (distinct top stimuli, M, rows, cols)
+        grids = top_grids(grids, plan.top, np.unique(plan.top))
+    grids = torch.from_numpy(np.ascontiguousarray(grids))
     size = tuple(Picked(data, [0])[0].shape[-2:])
     occlusion = settings["occlusion"]
-    window, stride = (tuple(occlusion[key]) for key in ("sliding_window_shapes", "strides"))
+    window, stride = (tuple(occlusion[key])[-2:] for key in ("sliding_window_shapes", "strides"))
     occluded = occlusion_pixel_map(grids, size, window, stride).numpy()  # type: ignore[arg-type]
     fields = np.asarray(read_results(runs / "empirical_rf"))
     syntheses = torch.from_numpy(np.array(read_results(runs / "syntheses")))
@@ -181,11 +191,9 @@ def _layer_channels(
     units, covered = _best_units(model, plan, top_images, entry, k)
     repeated = [c for c in plan.channels for _ in range(s)]
     synthesis_values = _channel_values(
-        model, plan.module, syntheses, repeated, settings["reduction"]
+        model, plan, syntheses, repeated, settings["reduction"]
     ).reshape(m, s)
-    minimal_values = _channel_values(
-        model, plan.module, minimal, plan.channels, settings["reduction"]
-    )
+    minimal_values = _channel_values(model, plan, minimal, plan.channels, settings["reduction"])
     records = []
     for j, channel in enumerate(
         tqdm(plan.channels, desc=f"atlas {plan.name}", disable=not show_progress)
@@ -194,16 +202,18 @@ def _layer_channels(
         unit = (int(units[j, 0, 0]), int(units[j, 0, 1]))
         region = entry.region(unit, label=plan.path)
         stem = f"{plan.folder}/img/{channel}"
+        pictures = {}
         for r in range(k):
             image = top_images[j * k + r]
-            folder.write_bytes(f"{stem}_map{r}.png", painter.heat(maps[j * k + r], image))
-            folder.write_bytes(f"{stem}_occ{r}.png", painter.heat(occluded[j * k + r], image))
-        folder.write_bytes(f"{stem}_rf.png", painter.box(top_images[j * k], region))
+            pictures[f"{stem}_map{r}.png"] = painter.heat(maps[j * k + r], image)
+            pictures[f"{stem}_occ{r}.png"] = painter.heat(occluded[j * k + r], image)
+        pictures[f"{stem}_rf.png"] = painter.box(top_images[j * k], region)
         field = fields[j, 2:].reshape(entry.size)
-        folder.write_bytes(f"{stem}_erf.png", painter.field(field, covered[j]))
+        pictures[f"{stem}_erf.png"] = painter.field(field, covered[j])
         for q in range(s):
-            folder.write_bytes(f"{stem}_syn{q}.png", painter.stimulus(syntheses[j * s + q]))
-        folder.write_bytes(f"{stem}_min.png", painter.stimulus(minimal[j]))
+            pictures[f"{stem}_syn{q}.png"] = painter.stimulus(syntheses[j * s + q])
+        pictures[f"{stem}_min.png"] = painter.stimulus(minimal[j])
+        folder.write_all(pictures)
         record = {
             "channel": channel,
             "top_ids": [ids[i] for i in plan.top[j]],
@@ -222,10 +232,13 @@ def _layer_channels(
             "page": f"{plan.folder}/{channel}.html",
         }
         records.append(record)
+    pages = {}
     for j, record in enumerate(records):
         before = records[j - 1]["channel"] if j > 0 else None
         after = records[j + 1]["channel"] if j + 1 < len(records) else None
-        folder.write_text(record["page"], _channel_page(plan, record, settings, before, after))
+        page = _channel_page(plan, record, settings, before, after)
+        pages[record["page"]] = page.encode("utf-8")
+    folder.write_all(pages)
     return records
 
 

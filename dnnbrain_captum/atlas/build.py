@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from dnnbrain_captum._utils.layouts import ReshapeTransform
 from dnnbrain_captum._utils.validation import positive_int
-from dnnbrain_captum.atlas._activations import rank_stimuli
+from dnnbrain_captum.atlas._activations import ChannelActivations, rank_stimuli
 from dnnbrain_captum.atlas._files import AtlasFolder, Ranks
+from dnnbrain_captum.atlas._occlusion import ChannelOcclusion, shared_sweep
 from dnnbrain_captum.atlas._pieces import (
     EmpiricalPerChannel,
     MinimalImages,
@@ -23,7 +25,7 @@ from dnnbrain_captum.atlas._pieces import (
     Stacked,
     base_dataset,
 )
-from dnnbrain_captum.atlas._plans import LayerPlan, plan_layers
+from dnnbrain_captum.atlas._plans import LayerPlan, plan_layers, transform_names
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
 from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
@@ -87,6 +89,7 @@ def build_atlas(
     seed: int = 0,
     overwrite: bool = False,
     show_progress: bool = False,
+    reshape_transform: ReshapeTransform | Mapping[str, ReshapeTransform] | None = None,
 ) -> AtlasSummary:
     """Characterise every selected channel of ``layers`` over ``stimuli``; write a static site.
 
@@ -95,7 +98,11 @@ def build_atlas(
     model : nn.Module
         The model (left as it was).
     layers : layer or sequence of layers
-        Modules, dotted paths or DNNBrain aliases; outputs must be (N, C, H, W).
+        Modules, dotted paths or DNNBrain aliases whose outputs are channels on a grid:
+        (N, C, H, W), or a layout the package establishes and reads as (N, C, H, W), as every
+        attribution class does (channels-last ``(N, H, W, C)`` outputs of Swin, MaxViT and
+        ConvNeXt layers; ViT blocks' ``(N, 1 + H * W, D)`` tokens), or any output mapped by
+        ``reshape_transform``. Other layers are refused, naming the shape and the way out.
     stimuli : Tensor (N, C, H, W), Dataset or DataLoader
         Model-ready images (as for :func:`dnnbrain_captum.run_over`).
     out : path
@@ -115,7 +122,10 @@ def build_atlas(
         Keyword arguments of ``SynthesisImage.attribute`` (default ``n_iter=64``; with
         ``diversity=λ`` each channel's syntheses run as one batch of their own),
         ``OccluderDiscrepancyMapping.attribute`` (default: windows a quarter of the image wide,
-        strides half a window) and ``MinimalParcelImage.attribute``.
+        strides half a window) and ``MinimalParcelImage.attribute``. With a constant
+        occluder and no ``method``, every selected channel's maps come from one occlusion
+        sweep per distinct top stimulus (equal to the class's maps up to float rounding);
+        other occlusion settings run the class once per channel and top stimulus.
     interpolate_mode : str
         Of the upsampled activation maps (and of the empirical receptive field).
     mean, std : sequence of float, optional
@@ -128,6 +138,10 @@ def build_atlas(
         Replace an atlas built with other settings in ``out`` (only its own files go).
     show_progress : bool
         Progress bars.
+    reshape_transform : callable or mapping of str to callable, optional
+        ``f(layer output) -> (N, C, H, W)`` for every layer, or per layer name, given to every
+        class of the atlas (as their own ``reshape_transform``); the settings record its
+        ``__qualname__``.
 
     Returns
     -------
@@ -162,9 +176,10 @@ def build_atlas(
     if n == 0:
         raise ValueError("stimuli is empty")
     example = Picked(data, [0])[0][None]
-    plans, activations = plan_layers(model, layers, example, channels, reduction)
+    plans, activations = plan_layers(model, layers, example, channels, reduction, reshape_transform)
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
+    _check_fields(model, plans, tuple(example.shape[1:]))
     settings = _settings(
         tuple(example.shape[-2:]),
         top_k,
@@ -179,6 +194,7 @@ def build_atlas(
         batch_size,
         seed,
     )
+    settings["reshape_transform"] = transform_names(reshape_transform)
     layers_json = [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans]
     request = {"model": type(model).__name__, "n_stimuli": n, "layers": layers_json, **settings}
     request = json.loads(json.dumps(request, default=str))
@@ -246,10 +262,12 @@ def _settings(
 ) -> dict[str, Any]:
     """Every setting of the atlas, defaults filled in (recorded, compared on a rerun)."""
     occlusion = dict(occlusion or {})
-    window = occlusion.setdefault(
-        "sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4))
+    window = _hw(
+        occlusion.get("sliding_window_shapes", (max(1, size[0] // 4), max(1, size[1] // 4)))
     )
-    occlusion.setdefault("strides", (max(1, window[0] // 2), max(1, window[1] // 2)))
+    occlusion["sliding_window_shapes"] = window
+    h, w = tuple(window)[-2:]  # (h, w) or Captum's (C, h, w)
+    occlusion["strides"] = _hw(occlusion.get("strides", (max(1, h // 2), max(1, w // 2))))
     synthesis = {**SYNTHESIS_DEFAULTS, **(synthesis or {})}
     if mean is not None:
         synthesis.setdefault("mean", list(mean))
@@ -267,6 +285,14 @@ def _settings(
     }
 
 
+def _hw(value: Any) -> Any:
+    """An int occlusion window or stride as the square (h, w) it means; anything else as
+    given (Captum's (C, h, w) form is checked by the class)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return value
+
+
 def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> int:
     """Syntheses per call: whole channels only; with the diversity objective (which couples
     every example of a call) exactly one channel's ``s`` syntheses, so that they are made
@@ -274,6 +300,20 @@ def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> i
     if float(synthesis.get("diversity", 0.0) or 0.0) > 0:
         return s
     return s * max(1, batch_size // s)
+
+
+def _check_fields(model: nn.Module, plans: Sequence[LayerPlan], size: tuple[int, ...]) -> None:
+    """Refuse, before any work, a layer without a regular receptive field (every page draws
+    one, and the empirical field aligns on it)."""
+    for plan in plans:
+        engine = UpsamplingActivationMapping(model, plan.module, plan.transform)
+        try:
+            EmpiricalReceptiveField(engine).theoretical(size)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ValueError(
+                f"{error}. The atlas draws every channel's receptive field: choose another "
+                f"layer than {plan.name!r}"
+            ) from None
 
 
 def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
@@ -298,7 +338,7 @@ def _run_pieces(
 ) -> None:
     """The per-channel runs of one layer: maps, occlusion, empirical RF, syntheses, minimal."""
     k, s = settings["top_k"], settings["n_syntheses"]
-    layer = plan.module
+    layer, transform = plan.module, plan.transform
     per_top = [c for c in plan.channels for _ in range(k)]
     top = Picked(data, plan.top.reshape(-1).tolist())
 
@@ -308,15 +348,16 @@ def _run_pieces(
 
     run(
         "maps",
-        UpsamplingActivationMapping(model, layer),
+        UpsamplingActivationMapping(model, layer, transform),
         top,
         per_top,
         interpolate_mode=settings["interpolate_mode"],
     )
-    run(
-        "occlusion", OccluderDiscrepancyMapping(model, layer), top, per_top, **settings["occlusion"]
+    attribution, items, targets, kwargs = _occlusion_piece(
+        model, plan, data, top, per_top, settings["occlusion"]
     )
-    engine = UpsamplingActivationMapping(model, layer)
+    run("occlusion", attribution, items, targets, **kwargs)
+    engine = UpsamplingActivationMapping(model, layer, transform)
     run(
         "empirical_rf",
         EmpiricalPerChannel(EmpiricalReceptiveField(engine)),
@@ -337,15 +378,37 @@ def _run_pieces(
     per_synthesis = [ch for ch in plan.channels for _ in range(s)]
     run(
         "syntheses",
-        SynthesisImage(model, layer),
+        SynthesisImage(model, layer, transform),
         starts,
         per_synthesis,
         **{**synthesis, "batch_size": _synthesis_batch(synthesis, s, common["batch_size"])},
     )
     run(
         "minimal",
-        MinimalImages(model, layer),
+        MinimalImages(model, layer, transform),
         Picked(data, plan.top[:, 0].tolist()),
         list(plan.channels),
         **settings["minimal"],
     )
+
+
+def _occlusion_piece(
+    model: nn.Module,
+    plan: LayerPlan,
+    data: Any,
+    top: Picked,
+    per_top: list[int],
+    occlusion: dict[str, Any],
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The occlusion run's attribution, items, targets and keyword arguments:
+    one sweep per distinct top stimulus for every channel when the settings allow it, else the
+    class once per channel and top stimulus."""
+    if not shared_sweep(occlusion):
+        attribution = OccluderDiscrepancyMapping(model, plan.module, plan.transform)
+        return attribution, top, per_top, occlusion
+    reduction = occlusion.get("reduction", "mean")
+    evaluator = ChannelActivations(model, [plan.module], reduction, plan.transform)
+    evaluator.probe(top[0][None])
+    distinct = Picked(data, np.unique(plan.top).tolist())
+    kwargs = {**occlusion, "reduction": evaluator.reduction}
+    return ChannelOcclusion(evaluator, plan.channels), distinct, None, kwargs

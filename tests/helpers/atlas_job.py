@@ -1,9 +1,11 @@
 """A tiny atlas for subprocess tests (plain python or torchrun).
 
-    python tests/helpers/atlas_job.py OUT [--kill-in PIECE --kill-after K]
+    python tests/helpers/atlas_job.py OUT IMAGES.pt [--kill-in PIECE --kill-after K]
 
-``--kill-in occlusion --kill-after 1`` sends SIGKILL to this process when the occlusion piece's
-``attribute`` is called for the second time: one chunk of that piece is done, the rest is lost.
+The stimuli come from ``IMAGES.pt`` (saved by the test: a fresh process then needs no
+scikit-learn). ``--kill-in occlusion --kill-after 1`` sends SIGKILL to this process when the
+occlusion piece's ``attribute`` is called for the second time: one chunk of that piece is done,
+the rest is lost.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 
 import torch
 
-from dnnbrain_captum import digits_cnn, digits_images
+from dnnbrain_captum import digits_cnn
 from dnnbrain_captum.atlas import build_atlas
 
 SETTINGS = {
@@ -22,29 +24,36 @@ SETTINGS = {
     "top_k": 2,
     "n_syntheses": 2,
     "synthesis": {"n_iter": 2},
-    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (8, 8), "method": "full"},
+    "occlusion": {"sliding_window_shapes": (16, 16), "strides": (8, 8)},
     "batch_size": 2,
 }
 N_IMAGES = 10
 
 
-def tiny_atlas(out: str) -> None:
+def tiny_images() -> torch.Tensor:
+    """The stimuli of the tiny atlas."""
+    from dnnbrain_captum import digits_images
+
+    return digits_images(n=N_IMAGES)[0]
+
+
+def tiny_atlas(out: str, images: torch.Tensor) -> None:
     """The atlas every subprocess test builds."""
-    images, _ = digits_images(n=N_IMAGES)
     build_atlas(digits_cnn(), ["conv3", "conv5"], images, out, **SETTINGS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
+    parser.add_argument("images")
     parser.add_argument("--kill-in", default=None)
     parser.add_argument("--kill-after", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.kill_in is not None:
-        from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
+        from dnnbrain_captum.atlas._occlusion import ChannelOcclusion
 
-        kinds = {"occlusion": OccluderDiscrepancyMapping}
+        kinds = {"occlusion": ChannelOcclusion}
         cls = kinds[args.kill_in]
         original = cls.attribute
         calls = {"n": 0}
@@ -56,7 +65,7 @@ def main() -> None:
             return original(self, *a, **k)
 
         cls.attribute = dying
-    tiny_atlas(args.out)
+    tiny_atlas(args.out, torch.load(args.images))
     print(f"DONE rank {os.environ.get('RANK', '0')}", flush=True)
 
 
