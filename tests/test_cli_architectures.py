@@ -142,7 +142,7 @@ def test_upsample_uses_the_weights_preprocessing_and_the_token_grid(
     with torch.no_grad():
         grid = to_grid(layer_out(rebuilt(factory), layer, x))[:, 5:6]
     expected = F.interpolate(grid, size=(224, 224), mode="bicubic", align_corners=False)[:, 0]
-    result = np.load(out / "upsample.npy")
+    result = np.load(out / "result.npy")
     assert result.shape == (1, 224, 224)
     np.testing.assert_allclose(result, expected.numpy(), rtol=1e-4, atol=1e-5)
 
@@ -157,7 +157,7 @@ def test_saliency_of_a_vit_feature_is_autograd_of_its_token_grid_mean(
     grid = vit_grid(layer_out(rebuilt(narrow_vit), VIT_LAYER, leaf))
     (expected,) = torch.autograd.grad(grid[:, 3].mean(), leaf)
     np.testing.assert_allclose(
-        np.load(out / "saliency.npy"), expected.numpy(), rtol=1e-4, atol=1e-6
+        np.load(out / "result.npy"), expected.numpy(), rtol=1e-4, atol=1e-6
     )
 
 
@@ -177,7 +177,7 @@ def test_occlusion_of_a_vit_feature_equals_brute_force(
                 covered[..., r * 112 : (r + 1) * 112, c * 112 : (c + 1) * 112] = 0.0
                 expected[r, c] = clean - vit_grid(layer_out(model, VIT_LAYER, covered))[:, 2].mean()
     np.testing.assert_allclose(
-        np.load(out / "occlusion.npy")[0], expected.numpy(), rtol=1e-4, atol=1e-6
+        np.load(out / "result.npy")[0], expected.numpy(), rtol=1e-4, atol=1e-6
     )
 
 
@@ -204,7 +204,7 @@ def test_a_vit_built_for_224_gets_224_even_if_its_weights_use_another_size(
     args = ["upsample", photo, "--model", "vit_h_14", "--layer", VIT_LAYER, "--channel", 0]
     assert run([*args, "--out", out, "--quiet", "--no-figures"]) == 0
     assert preprocessing_record(out)["center_crop"] == 224
-    assert np.load(out / "upsample.npy").shape == (1, 224, 224)
+    assert np.load(out / "result.npy").shape == (1, 224, 224)
 
 
 @pytest.mark.slow
@@ -219,10 +219,10 @@ def test_full_size_vit_b_16_from_the_command_line(photo: Path, tmp_path: Path) -
     assert tuple(grid.shape) == (1, 768, 14, 14)
     upsampled = F.interpolate(grid[:, 5:6].detach(), size=(224, 224), mode="bicubic")[:, 0]
     np.testing.assert_allclose(
-        np.load(tmp_path / "u" / "upsample.npy"), upsampled.numpy(), rtol=1e-4, atol=1e-5
+        np.load(tmp_path / "u" / "result.npy"), upsampled.numpy(), rtol=1e-4, atol=1e-5
     )
     assert run(["saliency", photo, *args, "--out", tmp_path / "s", "--quiet"]) == 0
     (expected,) = torch.autograd.grad(grid[:, 5].mean(), leaf)
     np.testing.assert_allclose(
-        np.load(tmp_path / "s" / "saliency.npy"), expected.numpy(), rtol=1e-4, atol=1e-6
+        np.load(tmp_path / "s" / "result.npy"), expected.numpy(), rtol=1e-4, atol=1e-6
     )

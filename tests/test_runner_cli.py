@@ -1,6 +1,7 @@
 """The command line's streamed runs (through run_over) and the files they must never lose
 (issue 12): an unreadable image refuses the run before anything is written, in every streamed
-subcommand and in ``atlas`` (which streams through run_over too); staging folders left by a killed command are removed only when provably ours."""
+subcommand and in ``atlas`` (which streams through run_over too); staging folders left by a
+killed command are removed only when provably ours."""
 
 from __future__ import annotations
 

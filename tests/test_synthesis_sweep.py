@@ -67,7 +67,7 @@ def _cli(model: torch.nn.Module, name: str, kind: str, n: int, out: Path) -> tor
     args = ["synthesize", "--layer", name, "--channel", f"0-{n - 1}", "--init", kind]
     assert cli.main([*args, "--out", str(out)]) == 0
     activation = torch.from_numpy(np.load(out / "activation.npy"))
-    images = torch.from_numpy(np.load(out / "synthesis.npy"))
+    images = torch.from_numpy(np.load(out / "result.npy"))
     with torch.no_grad():  # the CLI's last history entry is the returned image's true value
         true = evaluate_target(model, resolve_layer(model, name), (images,), list(range(n)))
     torch.testing.assert_close(activation[:, -1], true)

@@ -308,12 +308,17 @@ def _check_fields(model: nn.Module, plans: Sequence[LayerPlan], size: tuple[int,
     for plan in plans:
         engine = UpsamplingActivationMapping(model, plan.module, plan.transform)
         try:
-            EmpiricalReceptiveField(engine).theoretical(size)  # type: ignore[arg-type]
+            entry = EmpiricalReceptiveField(engine).theoretical(size)  # type: ignore[arg-type]
         except ValueError as error:
-            raise ValueError(
-                f"{error}. The atlas draws every channel's receptive field: choose another "
-                f"layer than {plan.name!r}"
-            ) from None
+            reason = str(error)
+        else:
+            if all(getattr(entry, key, None) is not None for key in ("stride", "padding")):
+                continue
+            reason = f"layer {plan.name!r} has no regular receptive field (uneven fields)"
+        raise ValueError(
+            f"{reason}. The atlas draws every channel's receptive field: choose another "
+            f"layer than {plan.name!r}"
+        )
 
 
 def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
