@@ -30,6 +30,7 @@ from dnnbrain_captum.attr import (
 )
 from dnnbrain_captum.io import Preprocess, find_images, load_image
 from dnnbrain_captum.models import digits_cnn, digits_images
+from tests.helpers import bad_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG_NAME = "dnnbrain-captum"
@@ -1022,39 +1023,10 @@ def test_stream_unreadable_image_is_named_and_can_be_skipped(
 # ----------------------------------------------------------------------------- unreadable inputs
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def _bomb(path: Path) -> None:
-    """A 100-byte PNG whose header claims 30000 x 30000 pixels."""
-    import struct
-    import zlib
-
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _truncated(path: Path) -> None:
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
-    image.save(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 UNREADABLE = {
-    "bad header": lambda path: path.write_bytes(b"GIF89a but not really an image at all"),
-    "decompression bomb": _bomb,
-    "truncated": _truncated,
+    "bad header": bad_images.bad_header,
+    "decompression bomb": bad_images.bomb,
+    "truncated": bad_images.truncated,
 }
 # every subcommand that reads images, with the options it needs besides the image
 IMAGE_COMMANDS = {
