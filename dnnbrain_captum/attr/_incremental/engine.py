@@ -140,22 +140,26 @@ class IncrementalOcclusion:
         cols: Tensor,
         fill: Tensor,
         padded: dict[tuple[int, int], Tensor],
+        in_patch: Tensor | None = None,
     ) -> Tensor:
         """Target layer output patch for the windows at grid (rows, cols) of one image.
 
+        ``fill`` is the occluder content of the whole image (C, H, W); or give ``in_patch``,
+        the new content of each window's input patch itself, shape (B, C, h, w) with (h, w)
+        the plan's input patch size (each window then carries its own content).
         Returns the patch of the target node, shape (B, C_target, L_h, L_w).
         """
         nodes = self.graph.nodes
         device = fill.device
         patches: dict[int, Tensor] = {}
-        # The input patch: the occluder's content in each window.
-        ax0, ax1 = plan.axes[0]
-        r0 = ax0.start.to(device)[rows]
-        c0 = ax1.start.to(device)[cols]
-        ar_h = torch.arange(ax0.length, device=device)
-        ar_w = torch.arange(ax1.length, device=device)
-        in_patch = fill[:, (r0[:, None] + ar_h)[:, :, None], (c0[:, None] + ar_w)[:, None, :]]
-        in_patch = in_patch.permute(1, 0, 2, 3)  # (B, C, h, w)
+        if in_patch is None:  # the occluder's content in each window
+            ax0, ax1 = plan.axes[0]
+            r0 = ax0.start.to(device)[rows]
+            c0 = ax1.start.to(device)[cols]
+            ar_h = torch.arange(ax0.length, device=device)
+            ar_w = torch.arange(ax1.length, device=device)
+            in_patch = fill[:, (r0[:, None] + ar_h)[:, :, None], (c0[:, None] + ar_w)[:, None, :]]
+            in_patch = in_patch.permute(1, 0, 2, 3)  # (B, C, h, w)
         if plan.channels[0] is not None:
             in_patch = in_patch.index_select(
                 1, torch.tensor(plan.channels[0], dtype=torch.long, device=device)
