@@ -85,12 +85,10 @@ class LayerCapture:
         module: nn.Module,
         on_input: bool = False,
         stop: bool = False,
-        detach_downstream: bool = False,
     ) -> None:
         self.module = module
         self.on_input = on_input
         self.stop = stop
-        self.detach_downstream = detach_downstream
         self.value: Tensor | tuple[Tensor, ...] | None = None
 
     def register(self) -> RemovableHandle:

@@ -252,10 +252,8 @@ def _fast_channel_layer(layer: nn.Module | None, target: Any, on_input: bool) ->
 
 
 def _has_global_forward_hooks() -> bool:
-    modules = nn.modules.module
-    return bool(getattr(modules, "_global_forward_hooks", None)) or bool(
-        getattr(modules, "_global_forward_pre_hooks", None)
-    )
+    modules = nn.modules.module  # both dicts exist in every supported torch (>= 2.4)
+    return bool(modules._global_forward_hooks) or bool(modules._global_forward_pre_hooks)
 
 
 def _check_batch(value: Any, n: int, layer: nn.Module) -> None:
@@ -338,8 +336,8 @@ def evaluate_target(
     # A Conv2d with 4-D input or a Linear with 2-D input is channels-first by definition.
     fast = not taps and _fast_channel_layer(layer, target, attribute_to_layer_input)
     if fast and layout.kind in ("channels_first", "static"):
-        layer_input = run_to_layer(
-            forward_func, layer, inputs, additional_forward_args, on_input=True, taps=taps
+        layer_input = run_to_layer(  # no taps here: ``fast`` needs there to be none
+            forward_func, layer, inputs, additional_forward_args, on_input=True
         )
         _check_batch(layer_input, n, layer)
         if layer_input.dim() == (4 if isinstance(layer, nn.Conv2d) else 2):
