@@ -205,6 +205,22 @@ def test_index_tensors_are_made_on_the_outputs_device() -> None:
     assert fill.device == out.device and fill.tolist() == [[[[2.5]]]]
 
 
+def _data_device() -> torch.device:
+    """The accelerator when there is one (then the test crosses devices), else the CPU."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return accelerator.current_accelerator()
+    return torch.device("cpu")
+
+
+def test_tensor_baselines_move_to_the_inputs_device_and_dtype() -> None:
+    # A CPU baseline for inputs on an accelerator (on a CPU-only machine: CPU to CPU).
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float64, device=_data_device())
+    fill = baseline_images(x, torch.tensor([[[[1.5]]], [[[-2.0]]]]), {})
+    assert fill.device == x.device and fill.dtype == torch.float64
+    assert fill.flatten().tolist() == [1.5, -2.0]
+
+
 # --- hooks.py -------------------------------------------------------------------------------
 
 
