@@ -270,3 +270,19 @@ def test_model_of_finds_only_modules() -> None:
     assert hooks._model_of(plain.predict) is None and hooks._model_of(print) is None
     out = hooks.run_to_layer(plain.predict, None, (torch.tensor([[-1.0, 2.0]]),))
     assert out.tolist() == [[0.0, 2.0]]
+
+
+def test_tensor_baselines_are_asked_for_the_inputs_device() -> None:
+    # On a CPU-only machine the move is CPU to CPU; the call must still name x's device.
+    x = torch.zeros(1, 1, 2, 2)
+    baseline = torch.tensor(0.5)
+    asked: list[dict[str, object]] = []
+    original_to = baseline.to
+
+    def recording_to(*args: object, **kwargs: object) -> Tensor:
+        asked.append(kwargs)
+        return original_to(*args, **kwargs)
+
+    baseline.to = recording_to  # type: ignore[method-assign]
+    baseline_images(x, baseline, {})
+    assert asked and asked[0].get("device") == x.device
