@@ -19,6 +19,7 @@ floating-point rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,10 @@ __all__ = ["QUANTUM", "ParcelRemovals", "parcel_boxes"]
 logger = logging.getLogger(__name__)
 
 QUANTUM = 8  # box sizes are rounded up to a multiple of this many pixels (fewer plans)
+# What one more engine call costs beyond its arithmetic, in multiply-adds (index building,
+# gathers and small kernels of every layer): measured for AlexNet conv5 on a 2-thread CPU, one
+# window per call took about as long as 150 M multiply-adds of batched patches.
+CALL_COST = 150_000_000
 METHODS = ("auto", "incremental", "full")
 
 
@@ -140,8 +145,10 @@ class ParcelRemovals:
         self.original, self.method, self.batch = original, method, batch
         self.boxes = [parcel_boxes(labels[e], int(labels[e].max()) + 1) for e in range(n)]
         self.checked: set[int] = set()
+        self._padded_cache: dict[tuple[int, Any], dict[tuple[int, int], Tensor]] = {}
         self.disabled = False
         self.stats = {"incremental": 0, "full": 0, "clean": 0, "macs": 0}
+        self._cost_cache: dict[tuple[int, tuple[int, int]], tuple[int, int, int]] = {}
         self._clean_check(0, x[:1])
 
     # -- the search's entry point -------------------------------------------------------------
@@ -170,23 +177,18 @@ class ParcelRemovals:
     def _removals(
         self, example: int, kept: Tensor, members: Tensor, values: Tensor, done: Tensor
     ) -> None:
-        h, w = self.x.shape[-2:]
+        size = (self.x.shape[-2], self.x.shape[-1])
         channel, _ = self.targets[example]
         boxes = self.boxes[example][members.cpu()]
-        windows = _rounded(boxes[:, 2:], (h, w))
-        groups: dict[tuple[int, int], list[int]] = {}
-        for j, window in enumerate(windows.tolist()):
-            groups.setdefault((window[0], window[1]), []).append(j)
         if not self.engine.clean_values:
             self.engine.run_clean(self.x[:1])  # the shapes, for the plans
-        chosen = self._paying(channel, groups, (h, w))
-        if not chosen:
+        groups = self._paying(channel, self._groups(channel, boxes, size), size)
+        if not groups:
             return
         device = self.x.device
         current = self._current(example, kept.to(device))
         target_map = self._clean_check(example, current[None], kept)
-        for window in chosen:
-            index = torch.tensor(groups[window], dtype=torch.long)
+        for window, index in groups:
             values[index] = (
                 self._group(example, current, target_map, members[index], boxes[index], window)
                 .to(values.dtype)
@@ -194,28 +196,65 @@ class ParcelRemovals:
             )
             done[index] = True
 
+    def _groups(
+        self, channel: int, boxes: Tensor, size: tuple[int, int]
+    ) -> list[tuple[tuple[int, int], Tensor]]:
+        """Candidates grouped under shared window sizes (one engine call per group).
+
+        Largest boxes first, each candidate joins the first group whose window holds its box
+        when the extra arithmetic (the group's window against its own, rounded up to
+        :data:`QUANTUM`) costs less than a call of its own (:data:`CALL_COST`).
+        """
+        windows = [tuple(w) for w in _rounded(boxes[:, 2:], size).tolist()]
+        order = sorted(range(len(windows)), key=lambda j: -windows[j][0] * windows[j][1])
+        groups: list[tuple[tuple[int, int], list[int]]] = []
+        for j in order:
+            own = windows[j]
+            cost = self._costs(channel, own, size)[0]  # type: ignore[arg-type]
+            for window, members in groups:
+                fits = window[0] >= own[0] and window[1] >= own[1]
+                if fits and self._costs(channel, window, size)[0] - cost < CALL_COST:
+                    members.append(j)
+                    break
+            else:
+                groups.append((own, [j]))  # type: ignore[arg-type]
+        return [(w, torch.tensor(sorted(m), dtype=torch.long)) for w, m in groups]
+
     def _paying(
-        self, channel: int, groups: dict[tuple[int, int], list[int]], size: tuple[int, int]
-    ) -> list[tuple[int, int]]:
-        """Groups (window sizes) to compute incrementally in this round (the cost rule)."""
+        self,
+        channel: int,
+        groups: list[tuple[tuple[int, int], Tensor]],
+        size: tuple[int, int],
+    ) -> list[tuple[tuple[int, int], Tensor]]:
+        """The groups to compute incrementally in this round (the cost rule).
+
+        A group pays when :func:`incremental_pays` says so for its window; the round pays
+        when the groups that pay save more multiply-adds (less :data:`CALL_COST` per call)
+        than the clean pass costs (about one full forward).
+        """
         if self.method == "incremental":
-            return list(groups)
+            return groups
         device = self.x.device
         chosen, saved, clean = [], 0.0, 0
-        for window, members in groups.items():
+        for window, index in groups:
             incremental, full, moved = self._costs(channel, window, size)
             clean = max(clean, full)
             if incremental_pays(incremental, full, device, moved):
-                chosen.append(window)
-                saved += len(members) * (full - PATCH_PENALTY * incremental - MOVE_COST * moved)
+                chosen.append((window, index))
+                each = full - PATCH_PENALTY * incremental - MOVE_COST * moved
+                saved += index.shape[0] * each - CALL_COST
         return chosen if saved > clean else []
 
     def _costs(
         self, channel: int, window: tuple[int, int], size: tuple[int, int]
     ) -> tuple[int, int, int]:
-        plan = self._plan(channel, window, size)
-        incremental, full = self.engine.macs_per_window(plan)
-        return incremental, full, self.engine.moved_per_window(plan)
+        """(incremental multiply-adds, full multiply-adds, moved elements) per candidate."""
+        key = (channel, window)
+        if key not in self._cost_cache:
+            plan = self._plan(channel, window, size)
+            incremental, full = self.engine.macs_per_window(plan)
+            self._cost_cache[key] = (incremental, full, self.engine.moved_per_window(plan))
+        return self._cost_cache[key]
 
     def _plan(self, channel: int, window: tuple[int, int], size: tuple[int, int]) -> _Plan:
         grid = (size[0] - window[0] + 1, size[1] - window[1] + 1)
@@ -237,6 +276,7 @@ class ParcelRemovals:
         """
         channel, unit = self.targets[example]
         target_map = self.engine.run_clean(image)[0, channel]
+        self._padded_cache = {}
         self.stats["clean"] += 1
         whole = kept is None or bool(kept.all())
         if example not in self.checked and whole:
@@ -249,6 +289,39 @@ class ParcelRemovals:
                 )
             self.checked.add(example)
         return target_map
+
+    def _padded(self, plan: _Plan) -> dict[tuple[int, int], Tensor]:
+        """The engine's padded clean maps for ``plan``, shared by the plans of a round.
+
+        An operation's entries depend on the clean pass, the target channel (fixed within a
+        round) and, per input, on the padding its edges need; the engine computes only the
+        entries not held yet (through a copy of the plan restricted to those operations).
+        """
+        keys: dict[int, Any] = {k: "delta" for k in plan.delta}
+        for k in plan.order:
+            if k not in plan.delta:
+                keys[k] = tuple(
+                    None
+                    if e is None
+                    else (e[0].pad_before, e[0].pad_after, e[1].pad_before, e[1].pad_after)
+                    for e in plan.edges[k]
+                )
+        missing = [k for k, key in keys.items() if (k, key) not in self._padded_cache]
+        if missing:
+            proxy = dataclasses.replace(
+                plan,
+                order=[k for k in plan.order if k in missing and k not in plan.delta],
+                delta={k: v for k, v in plan.delta.items() if k in missing},
+            )
+            computed = self.engine._padded_clean(proxy)
+            for k in missing:
+                self._padded_cache[(k, keys[k])] = {
+                    key: value for key, value in computed.items() if key[0] == k
+                }
+        padded: dict[tuple[int, int], Tensor] = {}
+        for k, key in keys.items():
+            padded.update(self._padded_cache[(k, key)])
+        return padded
 
     def _group(
         self,
@@ -264,7 +337,7 @@ class ParcelRemovals:
         channel, unit = self.targets[example]
         h, w = current.shape[-2:]
         plan = self._plan(channel, window, (h, w))
-        padded = engine._padded_clean(plan)
+        padded = self._padded(plan)
         device = current.device
         rows = boxes[:, 0].clamp_max(h - window[0]).to(device)
         cols = boxes[:, 1].clamp_max(w - window[1]).to(device)
@@ -281,7 +354,7 @@ class ParcelRemovals:
             patch = engine.occluded(plan, r, c, fill, padded, in_patch=in_patch)[:, 0]
             maps = _pasted(target_map, patch, ah.start.to(device)[r], aw.start.to(device)[c])
             out.append(_reduce(maps, self.criterion, unit))
-        self.stats["macs"] += members.shape[0] * engine.macs_per_window(plan)[0]
+        self.stats["macs"] += members.shape[0] * self._costs(channel, window, (h, w))[0]
         return torch.cat(out)
 
 
@@ -295,10 +368,9 @@ def _crops(
     images: Sequence[Tensor], rows: Tensor, cols: Tensor, window: tuple[int, int]
 ) -> list[Tensor]:
     """Each (C, H, W) image cropped at the boxes (rows, cols) of size ``window``: (B, C, h, w)."""
-    device = rows.device
-    rr = (rows[:, None] + torch.arange(window[0], device=device))[:, :, None]
-    cc = (cols[:, None] + torch.arange(window[1], device=device))[:, None, :]
-    return [image[:, rr, cc].permute(1, 0, 2, 3) for image in images]
+    h, w = window
+    spots = list(zip(rows.tolist(), cols.tolist(), strict=True))
+    return [torch.stack([image[:, r : r + h, c : c + w] for r, c in spots]) for image in images]
 
 
 def _pasted(clean: Tensor, patch: Tensor, top: Tensor, left: Tensor) -> Tensor:
