@@ -322,8 +322,8 @@ def removal_search(
 
     Starting from all elements, each round scores one-element removals of the current
     selection (all examples together, ``batch`` images per forward pass) and removes the
-    element leaving the highest activation (ties: the lower element index), as long as that
-    activation stays ``>= ratio × original``.
+    element leaving the highest activation (ties, up to floating-point rounding: the lower
+    element index; :func:`_best`), as long as that activation stays ``>= ratio × original``.
 
     ``candidates=None`` scores every kept element in every round (O(K²) evaluations). With
     ``candidates=c`` a round scores only the ``c`` kept elements whose removal left the highest
@@ -369,7 +369,7 @@ def removal_search(
         following: dict[int, bool] = {}
         for e, members, scored_all, part in zip(full, owners, complete, scores, strict=True):
             last[e, members] = part.double()
-            best = int(part.argmax())
+            best = _best(part, float(original[e]))
             if float(part[best]) >= ratio * float(original[e]):
                 current[e, members[best]] = False
                 activation[e] = part[best]
@@ -380,6 +380,24 @@ def removal_search(
         full = following
     device = original.device
     return current.to(device), activation.to(device=device, dtype=original.dtype)
+
+
+def _best(values: Tensor, original: float) -> int:
+    """Index of the highest value; values within rounding of it count as ties (lowest index).
+
+    Rounding: 64 units in the last place of the values' dtype, relative to the larger of the
+    highest value and the original activation; so that paths computing the same activations
+    in a different order (incremental inference, other batch sizes) choose the same element.
+
+    Examples
+    --------
+    >>> _best(torch.tensor([1.0, 2.0, 2.0 + 1e-7, 0.5]), 2.0)
+    1
+    """
+    top = values.max()
+    scale = max(abs(float(top)), abs(original))
+    tolerance = 64 * torch.finfo(values.dtype).eps * scale
+    return int(torch.nonzero(values >= top - tolerance)[0, 0])
 
 
 def _round_scores(
