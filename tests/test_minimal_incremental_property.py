@@ -47,6 +47,7 @@ def parcellations(draw: Any, n: int, size: tuple[int, int]) -> torch.Tensor:
         k = draw(st.integers(2, 6))
         seed = draw(st.integers(0, 999))
         cells = torch.randint(0, k, coarse, generator=torch.Generator().manual_seed(seed))
+        cells[0, 0], cells[-1, -1] = 0, 1  # at least two parcels
         fine = F.interpolate(cells[None, None].double(), size=size, mode="nearest")[0, 0]
         out.append(torch.unique(fine.flatten(), return_inverse=True)[1].view(size))
     return torch.stack(out)

@@ -185,6 +185,23 @@ class MinimalParcelImage(LayerPerturbation):
     ``"L1"`` and ``"L2"`` are vector norms of the channel's values (DNNBrain's matrix norms
     were an accident of ``numpy.linalg.norm``).
 
+    Incremental inference (``method``, ``"removal"`` search) [4]_: a candidate of a round is
+    the current image with one parcel filled, so it differs from the current image only
+    inside that parcel's bounding box. The round runs the current image once (its clean
+    activations up to ``layer``), and each candidate recomputes, at every layer, only the
+    patch its box can change (an occlusion window carrying its own content:
+    :mod:`dnnbrain_captum.attr._incremental.regions`); the patch of ``layer`` is pasted into
+    the clean map and pooled by ``activation_criterion``. Candidates are grouped under shared
+    window sizes (box sizes rounded up to 8 pixels). It applies under the conditions of
+    :class:`OccluderDiscrepancyMapping`'s incremental path (an ``nn.Module`` that
+    ``torch.fx`` traces, in eval mode, a layer read channels-first with operations of known
+    footprint on the way, a channel or unit target, no ``additional_forward_args``), else
+    the full path runs. Under ``"auto"`` a group of candidates is computed incrementally
+    when the occlusion cost model expects it to be faster, and a round when that saves more
+    than its clean pass (on an accelerator the full path is taken: many small patch kernels
+    are slower there). Both paths choose the same parcels: values within floating-point
+    rounding of the best count as ties, broken by the lower label.
+
     References
     ----------
     .. [1] Ullman, S., Assif, L., Fetaya, E., Harari, D. (2016). Atoms of recognition in human
@@ -193,6 +210,8 @@ class MinimalParcelImage(LayerPerturbation):
        detectors emerge in deep scene CNNs. ICLR.
     .. [3] Felzenszwalb, P. F., Huttenlocher, D. P. (2004). Efficient graph-based image
        segmentation. IJCV 59(2); Achanta, R. et al. (2012). SLIC superpixels. TPAMI 34(11).
+    .. [4] Nakandala, S., Kumar, A., Papakonstantinou, Y. (2019). Incremental and approximate
+       inference for faster occlusion-based deep CNN explanations. SIGMOD.
 
     Examples
     --------
@@ -354,7 +373,8 @@ class MinimalParcelImage(LayerPerturbation):
                     if local is not None:
                         logger.debug(
                             "removal search: %(incremental)d candidates incremental "
-                            "(%(macs)d multiply-adds in all), %(full)d by the full path, "
+                            "(%(macs)d multiply-adds in all, %(full_macs)d by the full path), "
+                            "%(full)d by the full path, "
                             "%(clean)d clean passes",
                             local.stats,
                         )

@@ -147,7 +147,9 @@ class ParcelRemovals:
         self.checked: set[int] = set()
         self._padded_cache: dict[tuple[int, Any], dict[tuple[int, int], Tensor]] = {}
         self.disabled = False
-        self.stats = {"incremental": 0, "full": 0, "clean": 0, "macs": 0}
+        # candidates by each path, clean passes, and the multiply-adds of the incremental
+        # candidates: as computed, and as the full path would have computed them
+        self.stats = {"incremental": 0, "full": 0, "clean": 0, "macs": 0, "full_macs": 0}
         self._cost_cache: dict[tuple[int, tuple[int, int]], tuple[int, int, int]] = {}
         self._clean_check(0, x[:1])
 
@@ -354,7 +356,9 @@ class ParcelRemovals:
             patch = engine.occluded(plan, r, c, fill, padded, in_patch=in_patch)[:, 0]
             maps = _pasted(target_map, patch, ah.start.to(device)[r], aw.start.to(device)[c])
             out.append(_reduce(maps, self.criterion, unit))
-        self.stats["macs"] += members.shape[0] * self._costs(channel, window, (h, w))[0]
+        incremental, full, _ = self._costs(channel, window, (h, w))
+        self.stats["macs"] += members.shape[0] * incremental
+        self.stats["full_macs"] += members.shape[0] * full
         return torch.cat(out)
 
 
