@@ -1,6 +1,7 @@
 """Minimal parcel image: speed of the searches, and how close each gets to the optimum.
 
-Run: ``python benchmarks/bench_minimal.py [--quality-only | --speed-only | --incremental-only]``.
+Run: ``python benchmarks/bench_minimal.py [--quality-only | --speed-only | --incremental-only]
+[--repeats R] [--threads T]`` (default 3 repetitions of the incremental comparison, 2 threads).
 
 Speed: torchvision AlexNet (random weights), conv5 (``features.10``) channel 122, ``max``
 criterion, black fill, one 224×224 synthetic image cut into felzenszwalb parcels (the seed's
@@ -256,6 +257,8 @@ def quality() -> None:
 
 
 def main() -> None:
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
     if "--incremental-only" in sys.argv:
         incremental_speed(repeats)

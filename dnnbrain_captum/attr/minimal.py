@@ -33,6 +33,31 @@ __all__ = ["MinimalParcelImage", "MinimalParcels"]
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "incremental", "full")
+_COUNTS = (
+    "removal search: %(incremental)d candidates incremental (%(macs)d multiply-adds in all, "
+    "%(full_macs)d by the full path), %(full)d by the full path, %(clean)d clean passes"
+)
+
+
+def _check_search(
+    search_criterion: str, method: str, max_parcels: Any, candidates_per_step: Any
+) -> None:
+    """``ValueError`` for an unknown search or method, or a bad ``max_parcels``/candidates."""
+    if search_criterion not in SEARCHES:
+        raise ValueError(f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "incremental" and search_criterion != "removal":
+        raise ValueError(
+            "method='incremental' serves the removal search (search_criterion='removal'); "
+            f"got search_criterion={search_criterion!r}"
+        )
+    if max_parcels is not None and (
+        isinstance(max_parcels, bool) or not isinstance(max_parcels, int) or max_parcels < 1
+    ):
+        raise ValueError(f"max_parcels must be None or an int >= 1, got {max_parcels!r}")
+    if candidates_per_step is not None:
+        positive_int(candidates_per_step, "candidates_per_step")
 
 
 class MinimalParcels(NamedTuple):
@@ -311,25 +336,9 @@ class MinimalParcelImage(LayerPerturbation):
             A non-integer ``feature_mask``; unknown segmentation options.
         """
         x = check_image_batch(inputs)
-        if search_criterion not in SEARCHES:
-            raise ValueError(
-                f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}"
-            )
+        _check_search(search_criterion, method, max_parcels, candidates_per_step)
         ratio = check_ratio(activation_ratio, "activation_ratio")
         batch = check_batch_size(perturbations_per_eval)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if method == "incremental" and search_criterion != "removal":
-            raise ValueError(
-                "method='incremental' serves the removal search (search_criterion='removal'); "
-                f"got search_criterion={search_criterion!r}"
-            )
-        if max_parcels is not None and (
-            isinstance(max_parcels, bool) or not isinstance(max_parcels, int) or max_parcels < 1
-        ):
-            raise ValueError(f"max_parcels must be None or an int >= 1, got {max_parcels!r}")
-        if candidates_per_step is not None:
-            positive_int(candidates_per_step, "candidates_per_step")
         fill = fill_images(x, baselines)
         n = x.shape[0]
         score = TargetScorer(
@@ -359,25 +368,10 @@ class MinimalParcelImage(LayerPerturbation):
                 original = score(x, torch.arange(n, device=x.device))
                 if search_criterion == "removal":
                     local = self._local_removals(method, (x, fill, labels), score, original, batch)
-                    chosen, activation = removal_search(
-                        score,
-                        compose,
-                        counts,
-                        original,
-                        ratio,
-                        batch,
-                        bar,
-                        candidates_per_step,
-                        local,
-                    )
+                    steps = (ratio, batch, bar, candidates_per_step, local)
+                    chosen, activation = removal_search(score, compose, counts, original, *steps)
                     if local is not None:
-                        logger.debug(
-                            "removal search: %(incremental)d candidates incremental "
-                            "(%(macs)d multiply-adds in all, %(full_macs)d by the full path), "
-                            "%(full)d by the full path, "
-                            "%(clean)d clean passes",
-                            local.stats,
-                        )
+                        logger.debug(_COUNTS, local.stats)
                 else:
                     chosen, activation = prefix_search(
                         score,

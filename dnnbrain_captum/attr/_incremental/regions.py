@@ -44,9 +44,11 @@ logger = logging.getLogger(__name__)
 
 QUANTUM = 8  # box sizes are rounded up to a multiple of this many pixels (fewer plans)
 # What one more engine call costs beyond its arithmetic, in multiply-adds (index building,
-# gathers and small kernels of every layer): measured for AlexNet conv5 on a 2-thread CPU, one
-# window per call took about as long as 150 M multiply-adds of batched patches.
-CALL_COST = 150_000_000
+# gathers and small kernels of every layer): for AlexNet conv5 on a 2-thread CPU, a call's
+# time grew linearly with its windows (4 and 16 windows of 32-80 px) from about 1-2 ms, the
+# time of some 50 M multiply-adds of batched patches.
+CALL_COST = 50_000_000
+MERGE_SLACK = 0.25  # a candidate shares a larger window only if that adds < 25 % arithmetic
 METHODS = ("auto", "incremental", "full")
 
 
@@ -205,7 +207,8 @@ class ParcelRemovals:
 
         Largest boxes first, each candidate joins the first group whose window holds its box
         when the extra arithmetic (the group's window against its own, rounded up to
-        :data:`QUANTUM`) costs less than a call of its own (:data:`CALL_COST`).
+        :data:`QUANTUM`) costs less than a call of its own (:data:`CALL_COST`) and less than
+        :data:`MERGE_SLACK` of its own arithmetic.
         """
         windows = [tuple(w) for w in _rounded(boxes[:, 2:], size).tolist()]
         order = sorted(range(len(windows)), key=lambda j: -windows[j][0] * windows[j][1])
@@ -215,7 +218,8 @@ class ParcelRemovals:
             cost = self._costs(channel, own, size)[0]  # type: ignore[arg-type]
             for window, members in groups:
                 fits = window[0] >= own[0] and window[1] >= own[1]
-                if fits and self._costs(channel, window, size)[0] - cost < CALL_COST:
+                extra = self._costs(channel, window, size)[0] - cost
+                if fits and extra < min(CALL_COST, MERGE_SLACK * cost):
                     members.append(j)
                     break
             else:
