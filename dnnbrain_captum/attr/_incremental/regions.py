@@ -145,7 +145,8 @@ class ParcelRemovals:
         self.x, self.labels, self.criterion = x, labels, criterion
         self.fill = fill.expand(fill.shape[0], *x.shape[1:])
         self.original, self.method, self.batch = original, method, batch
-        self.boxes = [parcel_boxes(labels[e], int(labels[e].max()) + 1) for e in range(n)]
+        cpu_labels = labels.cpu()
+        self.boxes = [parcel_boxes(cpu_labels[e], int(cpu_labels[e].max()) + 1) for e in range(n)]
         self.checked: set[int] = set()
         self._padded_cache: dict[tuple[int, Any], dict[tuple[int, int], Tensor]] = {}
         self.disabled = False
