@@ -317,8 +317,8 @@ class MinimalParcelImage(LayerPerturbation):
             why where that is not possible, and for the ranking searches. ``"auto"``
             (default): incremental for the rounds and box sizes where the cost model expects
             it to be faster, the full path for everything else (the reason is logged at DEBUG
-            level on this module's logger). The chosen parcels are the same either way; the
-            activations agree to floating-point rounding.
+            level, on this module's logger or that of ``_incremental.regions``). The chosen
+            parcels are the same either way; the activations agree to floating-point rounding.
 
         Returns
         -------
