@@ -10,6 +10,7 @@ defaults; computed once and given to every contender). Contenders: the default s
 (``candidates_per_step=None``), the old default (DNNBrain's ``"max"`` ranking search), and the
 default search run with one full forward per candidate (DNNBrain's way of evaluating; the
 search logic is the library's, so the chosen parcels are asserted identical). CPU, 2 threads.
+These contenders use ``method="full"`` (batched forwards; see below for the incremental path).
 
 Incremental (issue 16; part of ``--speed-only``, alone with ``--incremental-only``): the
 default removal search on AlexNet conv5 channel 122 with 50 SLIC parcels (``n_segments=50``)
@@ -104,6 +105,7 @@ def speed() -> None:
             search_criterion=search,
             candidates_per_step=candidates,
             perturbations_per_eval=batch,
+            method="full",  # the batched full path (the hook below counts its candidates)
         )
 
     def loop() -> object:
