@@ -1,6 +1,7 @@
 """Minimal parcel image: speed of the searches, and how close each gets to the optimum.
 
-Run: ``python benchmarks/bench_minimal.py [--quality-only | --speed-only]``.
+Run: ``python benchmarks/bench_minimal.py [--quality-only | --speed-only | --incremental-only]
+[--repeats R] [--threads T]`` (default 3 repetitions of the incremental comparison, 2 threads).
 
 Speed: torchvision AlexNet (random weights), conv5 (``features.10``) channel 122, ``max``
 criterion, black fill, one 224×224 synthetic image cut into felzenszwalb parcels (the seed's
@@ -9,6 +10,15 @@ defaults; computed once and given to every contender). Contenders: the default s
 (``candidates_per_step=None``), the old default (DNNBrain's ``"max"`` ranking search), and the
 default search run with one full forward per candidate (DNNBrain's way of evaluating; the
 search logic is the library's, so the chosen parcels are asserted identical). CPU, 2 threads.
+These contenders use ``method="full"`` (batched forwards; see below for the incremental path).
+
+Incremental (issue 16; part of ``--speed-only``, alone with ``--incremental-only``): the
+default removal search on AlexNet conv5 channel 122 with 50 SLIC parcels (``n_segments=50``)
+of the same image, ``method="full"`` (the batched full path, ``perturbations_per_eval=64``)
+against ``method="incremental"`` and ``method="auto"``, alternated, best of
+``--repeats`` (default 3); the chosen parcels are asserted identical. Reported: candidates
+scored by each path, clean passes, and the multiply-adds per candidate of the incremental and
+the full path (``ParcelRemovals.stats``, read from the DEBUG log record).
 
 Quality: on grids of 9 and 12 parcels, for the four model families of
 ``tests/test_minimal_search.py`` (digits logits, digits conv3 channels, a region-selective
@@ -19,6 +29,7 @@ subset scored), and whether the result is locally minimal.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -94,6 +105,7 @@ def speed() -> None:
             search_criterion=search,
             candidates_per_step=candidates,
             perturbations_per_eval=batch,
+            method="full",  # the batched full path (the hook below counts its candidates)
         )
 
     def loop() -> object:
@@ -129,6 +141,67 @@ def speed() -> None:
     print("|---|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} | {rows[0][1] / seconds:.1f}x |")
+
+
+class _Records(logging.Handler):
+    """Keeps the removal search's DEBUG record (its counts) of the last call."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "removal search:" in record.getMessage() and isinstance(record.args, dict):
+            self.counts = dict(record.args)
+
+
+def incremental_speed(repeats: int) -> None:
+    """Minimal-parcel removal search: incremental inference against the batched full path."""
+    torch.manual_seed(0)
+    model = alexnet(weights=None).eval()
+    x = test_image()
+    labels = segment(x[0], "slic", {"n_segments": 50})
+    n_parcels = int(labels.max()) + 1
+    minimal = MinimalParcelImage(model, LAYER)
+    records = _Records()
+    logger = logging.getLogger("dnnbrain_captum.attr.minimal")
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    counts: dict[str, dict[str, int]] = {}
+    results: dict[str, object] = {}
+    times: dict[str, float] = {}
+    methods = ("full", "incremental", "auto")
+    for _ in range(repeats):
+        for method in methods:
+            records.counts = {}
+            start = time.perf_counter()
+            results[method] = minimal.attribute(
+                x, target=CHANNEL, feature_mask=labels, method=method, perturbations_per_eval=64
+            )
+            times[method] = min(times.get(method, float("inf")), time.perf_counter() - start)
+            counts[method] = records.counts
+    logger.removeHandler(records)
+    for method in methods[1:]:
+        assert torch.equal(results[method].masks, results["full"].masks), method
+    inc = counts["incremental"]
+    per_inc = inc["macs"] / max(inc["incremental"], 1)
+    per_full = inc["full_macs"] / max(inc["incremental"], 1)
+    print(
+        f"\nAlexNet conv5 channel {CHANNEL}, 224x224, {n_parcels} SLIC parcels (n_segments=50); "
+        f"kept {int(results['full'].n_selected[0])}; multiply-adds per candidate: incremental "
+        f"{per_inc / 1e6:.0f} M, full path {per_full / 1e6:.0f} M "
+        f"(ratio {per_full / per_inc:.2f}); "
+        f"clean passes (incremental) {inc['clean']}"
+    )
+    print("| method | candidates incremental | candidates full path | time (s) | vs full |")
+    print("|---|---|---|---|---|")
+    for method in methods:
+        got = counts.get(method) or {}
+        scored = got.get("incremental", 0), got.get("full", "all")
+        print(
+            f"| {method} | {scored[0]} | {scored[1]} | {times[method]:.2f} | "
+            f"{times['full'] / times[method]:.2f}x |"
+        )
 
 
 def quality() -> None:
@@ -186,10 +259,17 @@ def quality() -> None:
 
 
 def main() -> None:
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
+    if "--incremental-only" in sys.argv:
+        incremental_speed(repeats)
+        return
     if "--speed-only" not in sys.argv:
         quality()
     if "--quality-only" not in sys.argv:
         speed()
+        incremental_speed(repeats)
 
 
 if __name__ == "__main__":

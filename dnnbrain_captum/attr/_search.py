@@ -38,6 +38,7 @@ __all__ = [
     "fill_images",
     "plateau_index",
     "prefix_search",
+    "LocalRemovals",
     "removal_search",
     "score_selections",
 ]
@@ -300,6 +301,12 @@ def prefix_search(
     return chosen.to(device), activation.to(device)
 
 
+# local(example, kept (K,) bool, members (M,) long) -> (values (M,), computed (M,) bool): the
+# target's value with each member removed from the kept elements, for the members it computed
+# (an incremental path); the others are scored through ``compose`` and the scorer.
+LocalRemovals = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
 def removal_search(
     score: TargetScorer,
     compose: Composer,
@@ -309,13 +316,14 @@ def removal_search(
     batch: int,
     bar: Any,
     candidates: int | None = None,
+    local: LocalRemovals | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Backward elimination (Zhou et al. 2015): drop the element whose removal costs least.
 
     Starting from all elements, each round scores one-element removals of the current
     selection (all examples together, ``batch`` images per forward pass) and removes the
-    element leaving the highest activation (ties: the lower element index), as long as that
-    activation stays ``>= ratio × original``.
+    element leaving the highest activation (ties, up to floating-point rounding: the lower
+    element index; :func:`_best`), as long as that activation stays ``>= ratio × original``.
 
     ``candidates=None`` scores every kept element in every round (O(K²) evaluations). With
     ``candidates=c`` a round scores only the ``c`` kept elements whose removal left the highest
@@ -325,13 +333,16 @@ def removal_search(
     always *locally minimal*: removing any single further element drops the activation below
     the threshold.
 
+    ``local``, when given, is asked first for each example's candidates of a round (an
+    incremental path, :class:`~dnnbrain_captum.attr._incremental.regions.ParcelRemovals`);
+    the candidates it leaves are scored by full forward passes, batched over examples.
+
     Returns
     -------
     selection : Tensor of shape (N, K_max), bool
     activation : Tensor of shape (N,)
     """
     n, k_max = len(counts), max(counts)
-    device = original.device
     current = torch.zeros(n, k_max, dtype=torch.bool)
     for e, c in enumerate(counts):
         current[e, :c] = True
@@ -344,28 +355,21 @@ def removal_search(
         )
     full = dict.fromkeys(positive, True)  # examples whose next round scores every element
     while full:
-        jobs_e, jobs_s, owners, complete = [], [], [], []
+        owners, complete = [], []
         for e, everything in full.items():
             members = torch.nonzero(current[e])[:, 0]
             complete.append(everything or candidates is None or members.shape[0] <= candidates)
             if not complete[-1]:
                 order = torch.argsort(-last[e, members], stable=True)
                 members = members[order[:candidates]].sort().values
-            options = current[e].repeat(members.shape[0], 1)
-            options[torch.arange(members.shape[0]), members] = False
-            jobs_e.append(torch.full((members.shape[0],), e, dtype=torch.long))
-            jobs_s.append(options)
             owners.append(members)
-        values = score_selections(
-            score, compose, torch.cat(jobs_e).to(device), torch.cat(jobs_s).to(device), batch, bar
-        ).cpu()
+        scores = _round_scores(
+            score, compose, list(full), owners, current, (batch, original.device), bar, local
+        )
         following: dict[int, bool] = {}
-        offset = 0
-        for e, members, scored_all in zip(full, owners, complete, strict=True):
-            part = values[offset : offset + members.shape[0]]
-            offset += members.shape[0]
+        for e, members, scored_all, part in zip(full, owners, complete, scores, strict=True):
             last[e, members] = part.double()
-            best = int(part.argmax())
+            best = _best(part, float(original[e]))
             if float(part[best]) >= ratio * float(original[e]):
                 current[e, members[best]] = False
                 activation[e] = part[best]
@@ -374,4 +378,70 @@ def removal_search(
             elif not scored_all:
                 following[e] = True  # confirm with every element before stopping
         full = following
+    device = original.device
     return current.to(device), activation.to(device=device, dtype=original.dtype)
+
+
+def _best(values: Tensor, original: float) -> int:
+    """Index of the highest value; values within rounding of it count as ties (lowest index).
+
+    Rounding: 64 units in the last place of the values' dtype, relative to the larger of the
+    highest value and the original activation; so that paths computing the same activations
+    in a different order (incremental inference, other batch sizes) choose the same element.
+
+    Examples
+    --------
+    >>> _best(torch.tensor([1.0, 2.0, 2.0 + 1e-7, 0.5]), 2.0)
+    1
+    """
+    top = values.max()
+    scale = max(abs(float(top)), abs(original))
+    tolerance = 64 * torch.finfo(values.dtype).eps * scale
+    return int(torch.nonzero(values >= top - tolerance)[0, 0])
+
+
+def _round_scores(
+    score: TargetScorer,
+    compose: Composer,
+    examples: list[int],
+    owners: list[Tensor],
+    current: Tensor,
+    batching: tuple[int, torch.device],
+    bar: Any,
+    local: LocalRemovals | None,
+) -> list[Tensor]:
+    """One round's values: per example, its selection without each of its members (M_e,).
+
+    ``batching``: images per forward pass of the full path, and the device of the images.
+    """
+    batch, device = batching
+    values: list[Tensor] = []
+    computed: list[Tensor] = []
+    for e, members in zip(examples, owners, strict=True):
+        if local is None:
+            computed.append(torch.zeros(members.shape[0], dtype=torch.bool))
+            values.append(torch.zeros(members.shape[0]))
+            continue
+        part, done = local(e, current[e], members)
+        bar.update(int(done.sum()))
+        values.append(part)
+        computed.append(done)
+    jobs_e, jobs_s = [], []
+    for e, members, done in zip(examples, owners, computed, strict=True):
+        rest = members[~done]
+        options = current[e].repeat(rest.shape[0], 1)
+        options[torch.arange(rest.shape[0]), rest] = False
+        jobs_e.append(torch.full((rest.shape[0],), e, dtype=torch.long))
+        jobs_s.append(options)
+    rest_values = score_selections(
+        score, compose, torch.cat(jobs_e).to(device), torch.cat(jobs_s).to(device), batch, bar
+    ).cpu()
+    offset = 0
+    for k, done in enumerate(computed):
+        count = int((~done).sum())
+        if count:
+            part = values[k].to(rest_values.dtype)
+            part[~done] = rest_values[offset : offset + count]
+            values[k] = part
+        offset += count
+    return values

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import torch
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
 from dnnbrain_captum._utils.hooks import warn_if_training
+from dnnbrain_captum._utils.layouts import reads_channels_first
 from dnnbrain_captum._utils.validation import check_finite, check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
+from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
+from dnnbrain_captum.attr._incremental.regions import ParcelRemovals
 from dnnbrain_captum.attr._search import (
     SEARCHES,
     TargetScorer,
@@ -25,6 +29,35 @@ from dnnbrain_captum.attr._search import (
 from dnnbrain_captum.attr._sk_bridge import SEGMENTATIONS, segment
 
 __all__ = ["MinimalParcelImage", "MinimalParcels"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("auto", "incremental", "full")
+_COUNTS = (
+    "removal search: %(incremental)d candidates incremental (%(macs)d multiply-adds in all, "
+    "%(full_macs)d by the full path), %(full)d by the full path, %(clean)d clean passes"
+)
+
+
+def _check_search(
+    search_criterion: str, method: str, max_parcels: Any, candidates_per_step: Any
+) -> None:
+    """``ValueError`` for an unknown search or method, or a bad ``max_parcels``/candidates."""
+    if search_criterion not in SEARCHES:
+        raise ValueError(f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "incremental" and search_criterion != "removal":
+        raise ValueError(
+            "method='incremental' serves the removal search (search_criterion='removal'); "
+            f"got search_criterion={search_criterion!r}"
+        )
+    if max_parcels is not None and (
+        isinstance(max_parcels, bool) or not isinstance(max_parcels, int) or max_parcels < 1
+    ):
+        raise ValueError(f"max_parcels must be None or an int >= 1, got {max_parcels!r}")
+    if candidates_per_step is not None:
+        positive_int(candidates_per_step, "candidates_per_step")
 
 
 class MinimalParcels(NamedTuple):
@@ -177,6 +210,23 @@ class MinimalParcelImage(LayerPerturbation):
     ``"L1"`` and ``"L2"`` are vector norms of the channel's values (DNNBrain's matrix norms
     were an accident of ``numpy.linalg.norm``).
 
+    Incremental inference (``method``, ``"removal"`` search) [4]_: a candidate of a round is
+    the current image with one parcel filled, so it differs from the current image only
+    inside that parcel's bounding box. The round runs the current image once (its clean
+    activations up to ``layer``), and each candidate recomputes, at every layer, only the
+    patch its box can change (an occlusion window carrying its own content:
+    :mod:`dnnbrain_captum.attr._incremental.regions`); the patch of ``layer`` is pasted into
+    the clean map and pooled by ``activation_criterion``. Candidates are grouped under shared
+    window sizes (box sizes rounded up to 8 pixels). It applies under the conditions of
+    :class:`OccluderDiscrepancyMapping`'s incremental path (an ``nn.Module`` that
+    ``torch.fx`` traces, in eval mode, a layer read channels-first with operations of known
+    footprint on the way, a channel or unit target, no ``additional_forward_args``), else
+    the full path runs. Under ``"auto"`` a group of candidates is computed incrementally
+    when the occlusion cost model expects it to be faster, and a round when that saves more
+    than its clean pass (on an accelerator the full path is taken: many small patch kernels
+    are slower there). Both paths choose the same parcels: values within floating-point
+    rounding of the best count as ties, broken by the lower label.
+
     References
     ----------
     .. [1] Ullman, S., Assif, L., Fetaya, E., Harari, D. (2016). Atoms of recognition in human
@@ -185,6 +235,8 @@ class MinimalParcelImage(LayerPerturbation):
        detectors emerge in deep scene CNNs. ICLR.
     .. [3] Felzenszwalb, P. F., Huttenlocher, D. P. (2004). Efficient graph-based image
        segmentation. IJCV 59(2); Achanta, R. et al. (2012). SLIC superpixels. TPAMI 34(11).
+    .. [4] Nakandala, S., Kumar, A., Papakonstantinou, Y. (2019). Incremental and approximate
+       inference for faster occlusion-based deep CNN explanations. SIGMOD.
 
     Examples
     --------
@@ -215,6 +267,7 @@ class MinimalParcelImage(LayerPerturbation):
         candidates_per_step: int | None = 16,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
+        method: str = "auto",
     ) -> MinimalParcels:
         """Minimal images of ``target``.
 
@@ -255,6 +308,17 @@ class MinimalParcelImage(LayerPerturbation):
             Candidate images per forward pass.
         show_progress : bool
             Show a tqdm progress bar.
+        method : {"auto", "incremental", "full"}
+            How the candidates of the ``"removal"`` search are evaluated (class Notes).
+            ``"full"``: every candidate image runs through the model up to ``layer``,
+            ``perturbations_per_eval`` per forward pass. ``"incremental"``: each round runs
+            the current image once and computes every candidate removal as the change inside
+            the parcel's bounding box (incremental inference); raises ``ValueError`` saying
+            why where that is not possible, and for the ranking searches. ``"auto"``
+            (default): incremental for the rounds and box sizes where the cost model expects
+            it to be faster, the full path for everything else (the reason is logged at DEBUG
+            level, on this module's logger or that of ``_incremental.regions``). The chosen
+            parcels are the same either way; the activations agree to floating-point rounding.
 
         Returns
         -------
@@ -266,23 +330,15 @@ class MinimalParcelImage(LayerPerturbation):
         ------
         ValueError
             Unknown segmentation, search or activation criterion; a ``feature_mask`` of the
-            wrong shape; an image with a single parcel; ``activation_ratio`` outside (0, 1).
+            wrong shape; an image with a single parcel; ``activation_ratio`` outside (0, 1); an
+            unknown ``method``, or ``method="incremental"`` where it is not possible.
         TypeError
             A non-integer ``feature_mask``; unknown segmentation options.
         """
         x = check_image_batch(inputs)
-        if search_criterion not in SEARCHES:
-            raise ValueError(
-                f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}"
-            )
+        _check_search(search_criterion, method, max_parcels, candidates_per_step)
         ratio = check_ratio(activation_ratio, "activation_ratio")
         batch = check_batch_size(perturbations_per_eval)
-        if max_parcels is not None and (
-            isinstance(max_parcels, bool) or not isinstance(max_parcels, int) or max_parcels < 1
-        ):
-            raise ValueError(f"max_parcels must be None or an int >= 1, got {max_parcels!r}")
-        if candidates_per_step is not None:
-            positive_int(candidates_per_step, "candidates_per_step")
         fill = fill_images(x, baselines)
         n = x.shape[0]
         score = TargetScorer(
@@ -311,9 +367,11 @@ class MinimalParcelImage(LayerPerturbation):
             with torch.no_grad():
                 original = score(x, torch.arange(n, device=x.device))
                 if search_criterion == "removal":
-                    chosen, activation = removal_search(
-                        score, compose, counts, original, ratio, batch, bar, candidates_per_step
-                    )
+                    local = self._local_removals(method, (x, fill, labels), score, original, batch)
+                    steps = (ratio, batch, bar, candidates_per_step, local)
+                    chosen, activation = removal_search(score, compose, counts, original, *steps)
+                    if local is not None:
+                        logger.debug(_COUNTS, local.stats)
                 else:
                     chosen, activation = prefix_search(
                         score,
@@ -340,3 +398,51 @@ class MinimalParcelImage(LayerPerturbation):
             activation=activation.to(x.dtype),
             original_activation=original.to(x.dtype),
         )
+
+    def _local_removals(
+        self,
+        method: str,
+        images: tuple[Tensor, Tensor, Tensor],
+        score: TargetScorer,
+        original: Tensor,
+        batch: int,
+    ) -> ParcelRemovals | None:
+        """The incremental path of the removal search, or None for the full path.
+
+        ``images``: the inputs, the fill and the parcel labels. Under ``method="auto"`` any
+        reason it cannot serve is logged at DEBUG level; under ``"incremental"`` it raises
+        ``ValueError`` naming the reason.
+        """
+        if method == "full":
+            return None
+        x, fill, labels = images
+        try:
+            if not isinstance(self.forward_func, nn.Module):
+                raise IncrementalUnsupported("the forward function is not an nn.Module")
+            if self.layer is None:
+                raise IncrementalUnsupported("no layer is given (model-output targets)")
+            if score.args is not None:
+                raise IncrementalUnsupported("additional_forward_args are given")
+            if not reads_channels_first(
+                self.forward_func, self.layer, (x[:1],), self.reshape_transform
+            ):
+                raise IncrementalUnsupported("the layer's output is not read channels-first")
+            return ParcelRemovals(
+                self.forward_func,
+                self.layer,
+                x,
+                fill,
+                labels,
+                score.target,
+                score.criterion,
+                original,
+                method,
+                batch,
+            )
+        except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
+            if not isinstance(reason, IncrementalUnsupported):
+                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
+            if method == "incremental":
+                raise ValueError(f"method='incremental' is not possible here: {reason}") from None
+            logger.debug("removal search by the full path: %s", reason)
+            return None
