@@ -122,3 +122,21 @@ def test_full_sweep_api_and_cli(
     n = best.shape[0]
     _check_against_data(_api(model, name, kind, n), best, f"{name} {kind}")
     _check_against_data(_cli(model, name, kind, n, tmp_path / "syn"), best, f"{name} {kind} CLI")
+
+
+def test_the_surrogate_gradient_is_finite_when_other_channels_are_large() -> None:
+    # The log-sum-exp is shifted by the target's own maximum; another channel 100 above it
+    # made exp overflow and its zero gradient 0 * inf = nan (seen in the conv5_relu sweep).
+    from dnnbrain_captum.optim._relu import rectified_objective
+
+    pre = torch.tensor([[[[-1.0, -3.0]], [[200.0, 150.0]]]], requires_grad=True)
+    value, objective = rectified_objective(pre, 0, "mean")
+    (grad,) = torch.autograd.grad(objective.sum(), [pre])
+    assert float(value.detach()) == 0.0
+    # max(z) + log(e^-1 + e^-3) = -1 + (-1 + log(1 + e^-2))
+    expected = torch.tensor([-2.0 + float(np.log1p(np.exp(-2.0)))])
+    torch.testing.assert_close(objective.detach(), expected)
+    assert bool(torch.isfinite(grad).all())
+    assert float(grad[0, 1].abs().sum()) == 0.0
+    for unit, twice in (((0, 0, 0), -2.0), ((0, 0, 1), -6.0)):  # a silent unit: 2 z
+        assert float(rectified_objective(pre.detach(), [unit], "mean")[1]) == twice

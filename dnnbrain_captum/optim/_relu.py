@@ -109,8 +109,9 @@ def rectified_objective(pre: Tensor, target: Any, reduction: str) -> tuple[Tenso
     """
     value = select_layer_target(pre.clamp(min=0), target, reduction)
     closest = select_layer_target(pre, target, "max")
-    # log-sum-exp of the target's units, shifted by their maximum for stability.
+    # log-sum-exp of the target's units, shifted by their maximum for stability; the clamp
+    # only touches units outside the target (exp would overflow there, and 0 * inf is nan).
     shift = closest.detach().view(-1, *[1] * (pre.dim() - 1))
-    spread = select_layer_target(torch.exp(pre - shift), target, "sum")
+    spread = select_layer_target(torch.exp((pre - shift).clamp(max=0)), target, "sum")
     smooth = torch.log(spread) + shift.flatten()
     return value, torch.where(value > 0, value, closest + smooth)
