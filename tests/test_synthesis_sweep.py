@@ -134,8 +134,8 @@ def test_the_surrogate_gradient_is_finite_when_other_channels_are_large() -> Non
     value, objective = rectified_objective(pre, 0, "mean")
     (grad,) = torch.autograd.grad(objective.sum(), [pre])
     assert float(value.detach()) == 0.0
-    # max(z) + log(e^-1 + e^-3) = -1 + (-1 + log(1 + e^-2))
-    expected = torch.tensor([-2.0 + float(np.log1p(np.exp(-2.0)))])
+    # max(z) + τ log(e^(-1/τ) + e^(-3/τ)) with τ = 0.5: -1 + (-1 + 0.5 log(1 + e^-4))
+    expected = torch.tensor([-2.0 + 0.5 * float(np.log1p(np.exp(-4.0)))])
     torch.testing.assert_close(objective.detach(), expected)
     assert bool(torch.isfinite(grad).all())
     assert float(grad[0, 1].abs().sum()) == 0.0
