@@ -4,9 +4,9 @@ The criterion (issue 15): the channel-mean activation of the default synthesis (
 ``"default"``, its default steps, all channels of the layer in one batch, grey or uniform-noise
 start) is strictly above the best of the 360 held-out digits. Measured (benchmarks/README.md,
 ``bench_synthesis.py --sweep``): every channel wins strictly except channels that are exactly 0
-after their ReLU on every held-out digit *and* stay at 0 on the synthesis (a tie: 1–3 of conv3's,
-10 of conv4's, 9–10 of conv5's; ``bench_synthesis.py --silent``: a search without the defaults
-makes 9 of those fire, 11 stay open, none is provably dead). What the tests assert: no
+after their ReLU on every held-out digit *and* stay at 0 on the synthesis (a tie: 1–2 of conv3's,
+7–8 of conv4's, 7–9 of conv5's; ``bench_synthesis.py --silent``: a search without the defaults
+makes 4 of those fire, 11 stay open, none is provably dead). What the tests assert: no
 channel ever loses; a channel that fires on some held-out digit wins strictly; a tie happens
 only at exactly 0 on a channel that is silent on every digit. The full sweep (API and CLI) is
 ``-m slow``; the default suite runs one layer of each kind.
@@ -80,13 +80,13 @@ def test_default_synthesis_beats_the_data_on_conv3_relu(
     model: torch.nn.Module, held_out: torch.Tensor, kind: str
 ) -> None:
     # 12 of conv3's 48 channels never fire on a held-out digit; the rectified surrogate makes
-    # all but 1-3 of them fire (before it: 11-12 ties at 0).
+    # all but 1-2 of them fire (before it: 11-12 ties at 0).
     best = _best_digit(model, "conv3_relu", held_out)
     reached = _api(model, "conv3_relu", kind, 48)
     _check_against_data(reached, best, f"conv3_relu {kind}")
     silent = best == 0
     assert int(silent.sum()) == 12
-    assert int((reached[silent] > 0).sum()) >= 9
+    assert int((reached[silent] > 0).sum()) >= 10
 
 
 def test_cli_default_synthesis_beats_the_data_on_conv2_relu(
