@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_synthesis.py [--size 224] [--steps 64] [--repeats 5]
     python benchmarks/bench_synthesis.py --sweep [--presets default,lucent] [--layers conv5]
+    python benchmarks/bench_synthesis.py --silent [--layers conv3,conv4,conv5] [--hard-steps 1000]
 
 Two models side by side: torchvision AlexNet (random weights, seed 0, ImageNet normalisation)
 and the bundled digits CNN. Target: conv3 (``features.6`` in both).
@@ -205,6 +206,84 @@ def sweep(presets: list[str], layers: list[str], starts: list[str]) -> None:
                 )
 
 
+def _hard_search(model: nn.Module, conv: int, channels: list[int], steps: int) -> Tensor:
+    """Best pre-activation of any unit of each channel found by a search without defaults.
+
+    Four runs per channel (grey and uniform starts × two objectives), FFT + decorrelated
+    parametrisation (sigmoid: always a valid image), no transforms, no regularisers, redirected
+    ReLU gradients, Adam lr 0.3: (a) a soft maximum over the channel's units
+    (``τ·logsumexp(z/τ)``, τ annealed 0.3 → 0.01), (b) the centre unit alone. Returns the
+    largest pre-activation seen at any step, per channel (C,).
+    """
+    from dnnbrain_captum.optim._param import ImageParam, ValueRange
+    from dnnbrain_captum.optim._relu import redirected_relu
+
+    chain = model.features[: conv + 1]
+    k = len(channels)
+    start = torch.cat(
+        [random_images(2 * k, 32, kind=kind, seed=100) for kind in ("grey", "uniform")]
+    )
+    scale = ValueRange(3, None, None, (0.0, 1.0), torch.float32, start.device)
+    image = ImageParam(start, "fft", True, scale, True)
+    optimizer = torch.optim.Adam([image.tensor], lr=0.3)
+    target = torch.tensor(channels * 4)
+    centre = torch.tensor(([False] * k + [True] * k) * 2)
+    best = torch.full((4 * k,), -torch.inf)
+    for step in range(steps):
+        tau = 0.3 * (0.01 / 0.3) ** (step / max(steps - 1, 1))
+        with torch.enable_grad(), redirected_relu(chain):
+            pre = chain(image.render())[torch.arange(4 * k), target].flatten(1)
+            side = int(pre.shape[1] ** 0.5)  # square maps: the unit at (side // 2, side // 2)
+            middle = pre[:, (side // 2) * side + side // 2]
+            objective = torch.where(centre, middle, tau * torch.logsumexp(pre / tau, 1))
+            optimizer.zero_grad()
+            (-objective.sum()).backward()
+        best = torch.maximum(best, pre.detach().amax(1))
+        optimizer.step()
+    return best.view(4, k).amax(0)
+
+
+def silent(layers: list[str], hard_steps: int, bounds: bool) -> None:
+    """The channels that are 0 after their ReLU on every held-out digit: can they fire?
+
+    Per channel: the default synthesis (API, the layer's channels in one batch, seed 1) from
+    grey and from noise (true rectified channel mean), the best pre-activation of any unit
+    found by :func:`_hard_search`, and (``bounds``) the certified CROWN upper bound of its
+    pre-activation over every image in [0, 1]^(3×32×32) (``optim/_bounds.py``).
+    """
+    from dnnbrain_captum import digits_images
+    from dnnbrain_captum._utils.layers import resolve_layer
+    from dnnbrain_captum.optim._bounds import conv_upper_bounds
+
+    model = digits_cnn()
+    test, _ = digits_images("test")
+    print("| channel | best digit | default, grey | default, noise | hard search | bound |")
+    print("|---|---|---|---|---|---|")
+    for name in layers:
+        conv = [0, 3, 6, 8, 10][int(name[-1]) - 1]
+        relu = resolve_layer(model, f"{name}_relu")
+        with torch.no_grad():
+            best = model.features[: conv + 2](test).mean((2, 3)).amax(0)
+        channels = list(range(best.shape[0]))
+        reached = []
+        for kind in ("grey", "uniform"):
+            start = random_images(len(channels), 32, kind=kind, seed=1)
+            images = SynthesisImage(model, relu).attribute(start, target=channels)
+            with torch.no_grad():
+                reached.append(evaluate_target(model, relu, (images,), channels))
+        quiet = [c for c in channels if best[c] == 0]
+        hard = _hard_search(model, conv, quiet, hard_steps) if hard_steps else None
+        bound = conv_upper_bounds(model.features[: conv + 1], (3, 32, 32)) if bounds else None
+        for i, c in enumerate(quiet):
+            found = f"{float(hard[i]):.3g}" if hard is not None else "-"
+            proven = f"{float(bound[c].max()):.3g}" if bound is not None else "-"
+            print(
+                f"| {name}_relu {c} | 0 | {float(reached[0][c]):.3g} | "
+                f"{float(reached[1][c]):.3g} | {found} | {proven} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -212,6 +291,13 @@ def main() -> None:
         action="store_true",
         help="every channel of conv1-conv5 (pre and post ReLU) of the digits CNN vs the data",
     )
+    parser.add_argument(
+        "--silent",
+        action="store_true",
+        help="the post-ReLU channels silent on every held-out digit: default, search, bound",
+    )
+    parser.add_argument("--hard-steps", type=int, default=1000, help="for --silent; 0: skip")
+    parser.add_argument("--bounds", action="store_true", help="for --silent: CROWN bounds")
     parser.add_argument("--presets", default="default", help="comma-separated, for --sweep")
     parser.add_argument("--layers", default=",".join(DIGIT_LAYERS), help="for --sweep")
     parser.add_argument("--starts", default="grey,uniform", help="for --sweep")
@@ -222,6 +308,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.silent:
+        silent([n for n in args.layers.split(",") if "_" not in n], args.hard_steps, args.bounds)
+        return
     if args.sweep:
         sweep(args.presets.split(","), args.layers.split(","), args.starts.split(","))
         return

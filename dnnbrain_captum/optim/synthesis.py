@@ -287,7 +287,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             :mod:`._relu`); forward values are unchanged. When ``layer`` is itself an
             ``nn.ReLU`` (and the target a channel or unit, without diversity), an example whose
             target is exactly 0 maximises instead the largest pre-activation of its target
-            (the unit closest to firing) until it fires (:func:`._relu.rectified_objective`);
+            (the unit closest to firing) plus a soft maximum (log-sum-exp) of all its units'
+            pre-activations, until it fires (:func:`._relu.rectified_objective`);
             the activation reported in the history is always the true rectified value.
         polish : float
             Fraction in [0, 1] of the steps, at the end, taken without the random transforms,
