@@ -74,9 +74,11 @@ show(fig, "04_classes")
 # image.
 
 #
-# A channel behind a ReLU that is silent on the starting image gets no gradient at all and
-# stays flat grey: there is nothing to climb. So pick channels that respond to the start
-# (here the eight most active ones) — or start from real images.
+# A channel behind a ReLU that is silent on the starting image has no gradient of its own;
+# `SynthesisImage` then climbs a surrogate (its units' pre-activations, closest to firing
+# first) until the channel fires, and reports the true value. A few of the digits model's
+# deepest channels are silent on every digit and have not been made to fire by any search
+# yet. Here we take the eight channels most active on the start.
 
 # %%
 start = random_images(8, 32)
