@@ -31,6 +31,7 @@ __all__ = [
     "CPU_BATCH_BYTES",
     "MOVE_COST",
     "PATCH_PENALTY",
+    "TRANSPOSED_PENALTY",
     "batch_size",
     "incremental_pays",
     "peak_bytes",
@@ -38,6 +39,7 @@ __all__ = [
 
 CPU_BATCH_BYTES = 48 * 2**20
 PATCH_PENALTY = 1.4
+TRANSPOSED_PENALTY = 1.25  # a transposed convolution's time per multiply-add, vs a direct one
 MOVE_COST = 128  # multiply-adds per element gathered or written (see the module doc)
 MAX_BATCH = 1024
 

@@ -56,7 +56,6 @@ class IncrementalOcclusion:
         self.graph = graph
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
-        self._flipped: dict[int, Tensor] = {}
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._images = torch.empty(0)
 
@@ -106,6 +105,8 @@ class IncrementalOcclusion:
         for k in plan.delta:
             for key, m in ((-1, nodes[k].inputs[0]), (-2, k)):
                 clean = self.clean_values[m][0]
+                if plan.channels[m] is not None:  # the target's selected channels
+                    clean = clean[plan.channels[m]]
                 padded[(k, key)] = clean.permute(1, 2, 0).reshape(-1, clean.shape[0])
         for k in plan.order:
             node = nodes[k]
@@ -220,9 +221,8 @@ class IncrementalOcclusion:
             0, patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
         )
         change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
-        if k not in self._flipped:
-            self._flipped[k] = node.weight.flip(-1, -2).transpose(0, 1).contiguous()
-        grown = F.conv_transpose2d(change, self._flipped[k], None, 1, 0, 0, 1, node.module.dilation)
+        flipped = node.transposed(plan.channels[k])
+        grown = F.conv_transpose2d(change, flipped, None, 1, 0, 0, 1, node.module.dilation)
         c_out, gh, gw = grown.shape[1:]
         loh, low = plan.axes[k][0].length, plan.axes[k][1].length
         size = b * loh * low
