@@ -372,15 +372,16 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
                 fill, reduction, plan.window, plan.stride, plan.grid, batch
             )
         bar = tqdm(
-            total=x.shape[0] * -(-per_image // batch),
+            total=x.shape[0] * per_image,
             desc="Occluder discrepancy mapping",
+            unit="window",
             disable=not plan.show_progress,
         )
         with bar:
             values = []
             for chunk in chunks:
                 values.append(chunk)
-                bar.update()
+                bar.update(len(chunk))
         return clean, torch.cat(values)
 
     def _occluded_values(

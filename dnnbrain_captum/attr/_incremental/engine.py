@@ -388,14 +388,29 @@ class IncrementalOcclusion:
         return moved
 
     def patch_bytes(self, plan: _Plan) -> int:
-        """Bytes of one window's patches (every operation's, as the engine holds them)."""
-        total = 0
+        """Bytes one window needs at once: the peak, over the operations in order, of the
+        patches still to be read plus the regions assembled for the operation running."""
+        nodes = self.graph.nodes
+
+        def count(k: int) -> int:
+            channels = plan.channels[k]
+            return self.clean_values[k].shape[1] if channels is None else len(channels)
+
+        ah, aw = plan.axes[0]
+        live = {0: count(0) * ah.length * aw.length}
+        peak = 0
         for k in plan.order:
             ah, aw = plan.axes[k]
-            channels = plan.channels[k]
-            count = self.clean_values[k].shape[1] if channels is None else len(channels)
-            total += count * ah.length * aw.length
-        return total * self.clean_values[0].element_size()
+            live[k] = count(k) * ah.length * aw.length
+            regions = sum(
+                pair_[0].need * pair_[1].need * count(i)
+                for pair_, i in zip(plan.edges[k], nodes[k].inputs, strict=True)
+                if pair_ is not None
+            )
+            peak = max(peak, sum(live.values()) + regions)
+            for i in plan.last_read.get(k, ()):
+                live.pop(i, None)
+        return peak * self.clean_values[0].element_size()
 
     def sweep_plan(
         self, window: tuple[int, int], stride: tuple[int, int], grid: tuple[int, int]

@@ -142,7 +142,8 @@ class _Conv(_Node):
         key = None if channels is None else tuple(channels)
         if key not in self._transposed:
             weight = self.kernel(channels)[0]
-            self._transposed[key] = weight.flip(-1, -2).transpose(0, 1).contiguous()
+            flipped = weight.flip(-1, -2).transpose(0, 1)
+            self._transposed[key] = flipped.contiguous(memory_format=torch.channels_last)
         return self._transposed[key]
 
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:

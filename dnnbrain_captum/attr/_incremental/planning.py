@@ -165,9 +165,12 @@ def _geometry(
             mine = axes[node.inputs[0]]
         axes.append(mine)  # type: ignore[arg-type]
         row_edges: list[tuple[_Edge, _Edge] | None] = []
+        # A position-wise operation (1x1 stride-1 convolutions too) reads its input's patch as
+        # it is where the patches coincide: no region to assemble.
+        pointwise = all(f.kernel == 1 and f.stride == 1 and f.padding == 0 for f in fp)
         for i in node.inputs:
             theirs = axes[i]
-            if node.footprint is None and all(
+            if pointwise and all(
                 theirs[a] is mine[a]
                 or (
                     theirs[a].length == mine[a].length
