@@ -10,7 +10,6 @@ windows included (every grid below ends exactly at the image's bottom/right edge
 from __future__ import annotations
 
 import copy
-
 import logging
 import random
 from typing import Any

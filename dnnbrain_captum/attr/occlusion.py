@@ -359,12 +359,18 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
         incremental_macs, full_macs = engine.macs_per_window(sweep)
         moved = engine.moved_per_window(sweep)
-        if method == "auto" and not incremental_pays(incremental_macs, full_macs, x.device, moved):
-            raise IncrementalUnsupported(
-                f"the cost model prefers the full recompute ({incremental_macs} multiply-adds "
-                f"and {moved} moved elements against {full_macs} multiply-adds per window)"
-            )
         batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
+        operations = len(sweep.order)
+        elements = engine.elements_per_window(sweep)
+        if method == "auto" and not incremental_pays(
+            incremental_macs, full_macs, x.device, moved, operations / batch, elements
+        ):
+            raise IncrementalUnsupported(
+                f"the cost model prefers the full recompute ({incremental_macs} multiply-adds, "
+                f"{elements[0]} written and {moved} moved elements, {operations} operations "
+                f"per batch of {batch}, against {full_macs} multiply-adds and {elements[1]} "
+                "written elements per window)"
+            )
         if self.layer is None:
             chunks = engine.occluded_values(fill, plan.window, plan.stride, plan.grid, batch)
         else:

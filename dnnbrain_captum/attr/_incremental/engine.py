@@ -362,6 +362,19 @@ class IncrementalOcclusion:
             full += node.macs(plan.channels[k], shape, shape[-2] * shape[-1])
         return incremental, full
 
+    def elements_per_window(self, plan: _Plan) -> tuple[int, int]:
+        """Output elements written per window: (incremental patches, full maps), every
+        operation with the channels it computes (the cost model's element traffic)."""
+        incremental = full = 0
+        for k in plan.order:
+            channels = plan.channels[k]
+            shape = self.clean_values[k].shape
+            count = shape[1] if channels is None else len(channels)
+            ah, aw = plan.axes[k]
+            incremental += count * ah.length * aw.length
+            full += count * shape[-2] * shape[-1]
+        return incremental, full
+
     def moved_per_window(self, plan: _Plan) -> int:
         """Elements one window gathers and writes besides the arithmetic (the cost model).
 

@@ -157,7 +157,9 @@ class _Conv(_Node):
             position = {c: k for k, c in enumerate(needed)}
             per_out = module.out_channels // module.groups
             per_in = module.in_channels // module.groups
-            expand = [position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)]
+            expand = [
+                position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)
+            ]
             region = region.index_select(
                 1, torch.tensor(expand, dtype=torch.long, device=region.device)
             )

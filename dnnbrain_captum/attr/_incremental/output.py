@@ -194,6 +194,10 @@ class OutputOcclusion:
         """Multiply-adds per window up to the cut: (incremental, full)."""
         return self.engine.macs_per_window(plan)
 
+    def elements_per_window(self, plan: _Plan) -> tuple[int, int]:
+        """Output elements written per window up to the cut: (incremental, full)."""
+        return self.engine.elements_per_window(plan)
+
     def moved_per_window(self, plan: _Plan) -> int:
         """Elements one window moves up to the cut, plus its pasted cut map for the head."""
         cut = self.engine.clean_values[self.engine.graph.target]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from dnnbrain_captum.attr._incremental.cost import MOVE_COST, TRANSPOSED_PENALTY
+from dnnbrain_captum.attr._incremental.cost import DELTA_MOVE_COST, TRANSPOSED_PENALTY
 from dnnbrain_captum.attr._incremental.geometry import _Axis, _Edge, _edge, _through, _union
 from dnnbrain_captum.attr._incremental.nodes import IDENTITY, Channels, _Conv, _Input, _Node
 from dnnbrain_captum.attr._incremental.trace import _Graph
@@ -222,8 +222,8 @@ def _delta_pays(
     area_out = axes[k][0].length * axes[k][1].length
     need = (axes[k][0].length + fp[0].span - 1) * (axes[k][1].length + fp[1].span - 1)
     grown = (axes[i][0].length + fp[0].span - 1) * (axes[i][1].length + fp[1].span - 1)
-    direct = area_out * c_in * c_out * taps + MOVE_COST * (need + area_in) * c_in
-    delta = TRANSPOSED_PENALTY * area_in * c_in * c_out * taps + MOVE_COST * (
+    direct = area_out * c_in * c_out * taps + DELTA_MOVE_COST * (need + area_in) * c_in
+    delta = TRANSPOSED_PENALTY * area_in * c_in * c_out * taps + DELTA_MOVE_COST * (
         2 * area_in * c_in + (area_out + grown) * c_out
     )
     return delta < direct
