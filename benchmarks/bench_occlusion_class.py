@@ -38,7 +38,7 @@ from torchvision import models
 
 from dnnbrain_captum import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr._incremental import OutputOcclusion, cost
-from dnnbrain_captum.attr._incremental.cost import batch_size, predicted_speedup
+from dnnbrain_captum.attr._incremental.cost import CPU_PATCH_BYTES, batch_size, predicted_speedup
 from dnnbrain_captum.models.digits import DigitsCNN
 
 SIZE, CLASS = 224, 3
@@ -111,7 +111,7 @@ def compare(name: str, window: int, device: torch.device, repeats: int) -> dict[
         moved = engine.moved_per_window(sweep)
         elements = engine.elements_per_window(sweep)
         windows = grid[0] * grid[1]
-        batch = batch_size(engine.patch_bytes(sweep), device, windows)
+        batch = batch_size(engine.patch_bytes(sweep), device, windows, CPU_PATCH_BYTES)
         operations = (len(sweep.order) + 1) / batch  # the patches' operations and the head
     return {
         "per_window": {k: v / windows for k, v in times.items()},

@@ -9,6 +9,7 @@ import torch
 from dnnbrain_captum import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr._incremental import IncrementalOcclusion, OutputOcclusion
 from dnnbrain_captum.attr._incremental.cost import (
+    CPU_PATCH_BYTES,
     ELEMENT_COST,
     MOVE_COST,
     OP_COST,
@@ -68,7 +69,7 @@ def test_auto_logs_the_cost_model_numbers(caplog: pytest.LogCaptureFixture) -> N
     engine.clean_targets(x, 3)
     plan = engine.sweep_plan((4, 4), (4, 4), (8, 8))
     incremental, full = engine.macs_per_window(plan)
-    batch = batch_size(engine.patch_bytes(plan), x.device, 64)
+    batch = batch_size(engine.patch_bytes(plan), x.device, 64, CPU_PATCH_BYTES)
     pays = incremental_pays(
         incremental,
         full,

@@ -28,7 +28,12 @@ from dnnbrain_captum.attr._incremental import (
     IncrementalUnsupported,
     OutputOcclusion,
 )
-from dnnbrain_captum.attr._incremental.cost import batch_size, incremental_pays, peak_bytes
+from dnnbrain_captum.attr._incremental.cost import (
+    CPU_PATCH_BYTES,
+    batch_size,
+    incremental_pays,
+    peak_bytes,
+)
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -359,7 +364,9 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         sweep = engine.sweep_plan(plan.window, plan.stride, plan.grid)
         incremental_macs, full_macs = engine.macs_per_window(sweep)
         moved = engine.moved_per_window(sweep)
-        batch = plan.batch or batch_size(engine.patch_bytes(sweep), x.device, per_image)
+        batch = plan.batch or batch_size(
+            engine.patch_bytes(sweep), x.device, per_image, CPU_PATCH_BYTES
+        )
         operations = len(sweep.order)
         elements = engine.elements_per_window(sweep)
         if method == "auto" and not incremental_pays(
