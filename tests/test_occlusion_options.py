@@ -84,3 +84,35 @@ def test_non_finite_baselines_are_refused(
         OccluderDiscrepancyMapping(model, "2").attribute(
             images, target=0, sliding_window_shapes=3, strides=3, baselines=baselines
         )
+
+
+class _Viewing(nn.Module):
+    """A classifier that flattens with ``view``: channels-last batches are rejected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_class_full_path_retries_a_model_that_rejects_channels_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    net = _Viewing().double().eval()
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with caplog.at_level("DEBUG", logger="dnnbrain_captum.attr.occlusion"):
+        grid = OccluderDiscrepancyMapping(net).attribute(
+            x, target=1, sliding_window_shapes=2, strides=2, method="full"
+        )
+    assert "rejected a channels-last batch" in caplog.text
+    clean = net(x)[:, 1]
+    for r in range(3):
+        for c in range(3):
+            occluded = x.clone()
+            occluded[:, :, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = 0.0
+            torch.testing.assert_close(grid[:, r, c], clean - net(occluded)[:, 1])

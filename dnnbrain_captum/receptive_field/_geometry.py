@@ -55,7 +55,7 @@ from dnnbrain_captum.receptive_field._states import (
     _to_meta,
     input_axis,
 )
-from dnnbrain_captum.receptive_field._tokens import TOKEN_RULES, token_reduce
+from dnnbrain_captum.receptive_field._tokens import SHAPE_OPS, TOKEN_RULES, token_reduce
 
 __all__ = [
     "Affine",
@@ -90,52 +90,20 @@ for _name in names_of("adaptive"):
     RULES[_name] = _adaptive
 for _name in REDUCTIONS:
     RULES[_name] = _reduce
-RULES.update(
-    {
-        "pad": _pad,
-        "view": _reshape,
-        "reshape": _reshape,
-        "view_as": _reshape,
-        "reshape_as": _reshape,
-        "flatten": _reshape,
-        "unflatten": _reshape,
-        "ravel": _reshape,
-        "unsqueeze": _reshape,
-        "unsqueeze_": _reshape,
-        "squeeze": _squeeze,
-        "squeeze_": _squeeze,
-        "permute": _permutation,
-        "transpose": _permutation,
-        "transpose_": _permutation,
-        "swapaxes": _permutation,
-        "swapdims": _permutation,
-        "movedim": _permutation,
-        "moveaxis": _permutation,
-        "t": _permutation,
-        "t_": _permutation,
-        "T": _permutation,
-        "mT": _permutation,
-        "adjoint": _permutation,
-        "__getitem__": _getitem,
-        "cat": _cat,
-        "concat": _cat,
-        "concatenate": _cat,
-        "stack": _cat,
-        "chunk": _split,
-        "split": _split,
-        "tensor_split": _split,
-        "split_with_sizes": _split,
-        "unbind": _split,
-        "linear": _linear,
-        "softmax": _along_dim(1),
-        "log_softmax": _along_dim(1),
-        "normalize": _along_dim(2),
-        "expand": _expand,
-        "expand_as": _expand,
-        "broadcast_to": _expand,
-        "copy_": _copy,
-    }
-)
+_SPATIAL_ROLES: dict[str, Rule] = {
+    "reshape": _reshape,
+    "squeeze": _squeeze,
+    "permutation": _permutation,
+    "getitem": _getitem,
+    "cat": _cat,
+    "split": _split,
+    "linear": _linear,
+    "softmax": _along_dim(1),
+    "normalize": _along_dim(2),
+    "expand": _expand,
+}
+RULES.update({name: _SPATIAL_ROLES[role] for name, role in SHAPE_OPS.items()})
+RULES.update({"pad": _pad, "copy_": _copy})
 for _name in (
     "zeros_like ones_like empty_like full_like rand_like randn_like randint_like "
     "new_zeros new_ones new_empty new_full new_tensor bernoulli_ uniform_ normal_ "

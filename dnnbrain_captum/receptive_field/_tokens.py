@@ -25,7 +25,7 @@ from dnnbrain_captum.receptive_field._states import (
     union,
 )
 
-__all__ = ["TOKEN_RULES", "token_reduce", "token_box"]
+__all__ = ["SHAPE_OPS", "TOKEN_RULES", "token_reduce", "token_box"]
 
 _EMPTY: Box = ((0, 0), (0, 0))
 
@@ -207,43 +207,37 @@ def _expand(call: Call) -> State:
     return Tokens(dim, st.axes, st.prefix)
 
 
-TOKEN_RULES: dict[str, Rule] = {
-    "view": _reshape,
+# The shape operations by role, one entry per name: the token rules below and the spatial
+# rules of ``_geometry.py`` both bind each role to a rule of their own (one list of names).
+SHAPE_OPS: dict[str, str] = {
+    **dict.fromkeys(
+        "view reshape view_as reshape_as flatten unflatten ravel unsqueeze unsqueeze_".split(),
+        "reshape",
+    ),
+    **dict.fromkeys(["squeeze", "squeeze_"], "squeeze"),
+    **dict.fromkeys(
+        "permute transpose transpose_ swapaxes swapdims movedim moveaxis t t_ T mT adjoint".split(),
+        "permutation",
+    ),
+    "__getitem__": "getitem",
+    **dict.fromkeys(["cat", "concat", "concatenate", "stack"], "cat"),
+    **dict.fromkeys("chunk split tensor_split split_with_sizes unbind".split(), "split"),
+    "linear": "linear",
+    **dict.fromkeys(["softmax", "log_softmax"], "softmax"),
+    "normalize": "normalize",
+    **dict.fromkeys(["expand", "expand_as", "broadcast_to"], "expand"),
+}
+
+_TOKEN_ROLES: dict[str, Rule] = {
     "reshape": _reshape,
-    "view_as": _reshape,
-    "reshape_as": _reshape,
-    "flatten": _reshape,
-    "unflatten": _reshape,
-    "ravel": _reshape,
-    "unsqueeze": _reshape,
-    "unsqueeze_": _reshape,
-    "squeeze": _reshape,
-    "squeeze_": _reshape,
-    "permute": _permutation,
-    "transpose": _permutation,
-    "transpose_": _permutation,
-    "swapaxes": _permutation,
-    "swapdims": _permutation,
-    "movedim": _permutation,
-    "moveaxis": _permutation,
-    "t": _permutation,
-    "T": _permutation,
-    "mT": _permutation,
-    "__getitem__": _getitem,
+    "squeeze": _reshape,  # squeezing a size-1 axis is a reshape of the sequence
+    "permutation": _permutation,
+    "getitem": _getitem,
     "cat": _cat,
-    "concat": _cat,
-    "concatenate": _cat,
-    "stack": _cat,
-    "chunk": _split,
     "split": _split,
-    "tensor_split": _split,
-    "split_with_sizes": _split,
-    "unbind": _split,
     "linear": _linear,
     "softmax": _along_dim(1),
-    "log_softmax": _along_dim(1),
     "normalize": _along_dim(2),
     "expand": _expand,
-    "expand_as": _expand,
-    "broadcast_to": _expand,
 }
+TOKEN_RULES: dict[str, Rule] = {name: _TOKEN_ROLES[role] for name, role in SHAPE_OPS.items()}

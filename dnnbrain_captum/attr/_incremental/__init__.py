@@ -28,10 +28,13 @@ rounding (summation order inside the convolutions differs).
 Every per-layer patch has the same size for all windows of a batch: the largest affected
 region over all window positions, its start clamped so that it stays inside the map. A layer's
 input region is the producer's clean map (padded with the op's padding value) with the
-producer's patch pasted in. A stride-1 ungrouped convolution whose input patch is clearly
-smaller than its output patch is instead computed as clean output + the convolution of the
-input's change (zero outside the input patch), i.e. a transposed convolution of that change
-with the flipped kernel, whose cost scales with the input patch.
+producer's patch pasted in (a position-wise operation, 1×1 stride-1 convolutions included,
+reads its input's patch as it is). A stride-1 ungrouped convolution may instead be computed as
+clean output + the convolution of the input's change (zero outside the input patch), i.e. a
+transposed convolution of that change with the flipped kernel, whose cost scales with the
+input patch; the plan takes it where the cost model says it is cheaper (``planning.py``).
+Kernels are kept channels-last like the patches; a batch holds as many windows as the peak
+of one window's live patches allows (``cost.py``).
 
 Each operation's footprint and the interval arithmetic come from the geometry core; a test
 registers a new window there and sees both clients follow it (``tests/test_spatial_core.py``).

@@ -56,7 +56,6 @@ class IncrementalOcclusion:
         self.graph = graph
         self.clean_values: list[Tensor] = []
         self._targets: list[tuple[int, tuple[int, int] | None]] = []
-        self._flipped: dict[int, Tensor] = {}
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._images = torch.empty(0)
 
@@ -106,6 +105,8 @@ class IncrementalOcclusion:
         for k in plan.delta:
             for key, m in ((-1, nodes[k].inputs[0]), (-2, k)):
                 clean = self.clean_values[m][0]
+                if plan.channels[m] is not None:  # the target's selected channels
+                    clean = clean[plan.channels[m]]
                 padded[(k, key)] = clean.permute(1, 2, 0).reshape(-1, clean.shape[0])
         for k in plan.order:
             node = nodes[k]
@@ -220,9 +221,8 @@ class IncrementalOcclusion:
             0, patch_index(plan.axes[i], rows, cols, self.clean_values[i].shape[-1], device)
         )
         change = source - clean_in.view(b, lih, liw, c_in).permute(0, 3, 1, 2)
-        if k not in self._flipped:
-            self._flipped[k] = node.weight.flip(-1, -2).transpose(0, 1).contiguous()
-        grown = F.conv_transpose2d(change, self._flipped[k], None, 1, 0, 0, 1, node.module.dilation)
+        flipped = node.transposed(plan.channels[k])
+        grown = F.conv_transpose2d(change, flipped, None, 1, 0, 0, 1, node.module.dilation)
         c_out, gh, gw = grown.shape[1:]
         loh, low = plan.axes[k][0].length, plan.axes[k][1].length
         size = b * loh * low
@@ -362,6 +362,19 @@ class IncrementalOcclusion:
             full += node.macs(plan.channels[k], shape, shape[-2] * shape[-1])
         return incremental, full
 
+    def elements_per_window(self, plan: _Plan) -> tuple[int, int]:
+        """Output elements written per window: (incremental patches, full maps), every
+        operation with the channels it computes (the cost model's element traffic)."""
+        incremental = full = 0
+        for k in plan.order:
+            channels = plan.channels[k]
+            shape = self.clean_values[k].shape
+            count = shape[1] if channels is None else len(channels)
+            ah, aw = plan.axes[k]
+            incremental += count * ah.length * aw.length
+            full += count * shape[-2] * shape[-1]
+        return incremental, full
+
     def moved_per_window(self, plan: _Plan) -> int:
         """Elements one window gathers and writes besides the arithmetic (the cost model).
 
@@ -388,14 +401,29 @@ class IncrementalOcclusion:
         return moved
 
     def patch_bytes(self, plan: _Plan) -> int:
-        """Bytes of one window's patches (every operation's, as the engine holds them)."""
-        total = 0
+        """Bytes one window needs at once: the peak, over the operations in order, of the
+        patches still to be read plus the regions assembled for the operation running."""
+        nodes = self.graph.nodes
+
+        def count(k: int) -> int:
+            channels = plan.channels[k]
+            return self.clean_values[k].shape[1] if channels is None else len(channels)
+
+        ah, aw = plan.axes[0]
+        live = {0: count(0) * ah.length * aw.length}
+        peak = 0
         for k in plan.order:
             ah, aw = plan.axes[k]
-            channels = plan.channels[k]
-            count = self.clean_values[k].shape[1] if channels is None else len(channels)
-            total += count * ah.length * aw.length
-        return total * self.clean_values[0].element_size()
+            live[k] = count(k) * ah.length * aw.length
+            regions = sum(
+                pair_[0].need * pair_[1].need * count(i)
+                for pair_, i in zip(plan.edges[k], nodes[k].inputs, strict=True)
+                if pair_ is not None
+            )
+            peak = max(peak, sum(live.values()) + regions)
+            for i in plan.last_read.get(k, ()):
+                live.pop(i, None)
+        return peak * self.clean_values[0].element_size()
 
     def sweep_plan(
         self, window: tuple[int, int], stride: tuple[int, int], grid: tuple[int, int]

@@ -64,6 +64,10 @@ class _Conv(_Node):
         self.module = module
         self.folded: tuple[Tensor, Tensor | None] | None = None
         self.bn: nn.BatchNorm2d | None = None
+        # Kernels per channel selection, channels-last in memory like the patches (else every
+        # call copies the weights into that layout); cleared by :meth:`refresh`.
+        self._kernels: dict[tuple[int, ...] | None, tuple[Tensor, Tensor | None, int]] = {}
+        self._transposed: dict[tuple[int, ...] | None, Tensor] = {}
         window = window_of_module(module)
         assert window is not None
         self.footprint = window.axes
@@ -86,6 +90,8 @@ class _Conv(_Node):
 
     def refresh(self) -> None:
         """Recompute the folded kernel from the current weights and statistics."""
+        self._kernels.clear()
+        self._transposed.clear()
         bn = self.bn
         if bn is None:
             return
@@ -111,31 +117,52 @@ class _Conv(_Node):
         )
         return [needed]
 
+    def kernel(self, channels: Channels) -> tuple[Tensor, Tensor | None, int]:
+        """(weight, bias, groups) computing ``channels`` of the output, cached.
+
+        The weight is channels-last in memory. For a grouped convolution restricted to some
+        channels, each selected channel becomes its own group (see :meth:`patch`).
+        """
+        key = None if channels is None else tuple(channels)
+        if key not in self._kernels:
+            module = self.module
+            weight, bias = self.folded or (module.weight, module.bias)
+            groups = module.groups
+            if channels is not None:
+                index = torch.tensor(channels, dtype=torch.long, device=weight.device)
+                weight = weight.index_select(0, index)
+                bias = None if bias is None else bias.index_select(0, index)
+                groups = len(channels) if groups > 1 else 1
+            weight = weight.detach().contiguous(memory_format=torch.channels_last)
+            self._kernels[key] = (weight, None if bias is None else bias.detach(), groups)
+        return self._kernels[key]
+
+    def transposed(self, channels: Channels) -> Tensor:
+        """The flipped kernel (C_in, C_out, kh, kw) of :meth:`kernel` for a transposed conv."""
+        key = None if channels is None else tuple(channels)
+        if key not in self._transposed:
+            weight = self.kernel(channels)[0]
+            flipped = weight.flip(-1, -2).transpose(0, 1)
+            self._transposed[key] = flipped.contiguous(memory_format=torch.channels_last)
+        return self._transposed[key]
+
     def patch(self, regions: Sequence[Tensor], channels: Channels) -> Tensor:
         module = self.module
-        weight, bias = self.folded or (module.weight, module.bias)
-        groups = module.groups
+        weight, bias, groups = self.kernel(channels)
         region = regions[0]
-        if channels is not None:
-            index = torch.tensor(channels, dtype=torch.long, device=weight.device)
-            weight = weight.index_select(0, index)
-            bias = None if bias is None else bias.index_select(0, index)
-            if groups > 1:
-                # One group per selected channel, fed with its own group's input channels.
-                needed = self.input_channels(channels, ())[0]
-                assert needed is not None
-                position = {c: k for k, c in enumerate(needed)}
-                per_out = module.out_channels // groups
-                per_in = module.in_channels // groups
-                expand = [
-                    position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)
-                ]
-                region = region.index_select(
-                    1, torch.tensor(expand, dtype=torch.long, device=region.device)
-                )
-                groups = len(channels)
-            else:
-                groups = 1
+        if channels is not None and module.groups > 1:
+            # One group per selected channel, fed with its own group's input channels.
+            needed = self.input_channels(channels, ())[0]
+            assert needed is not None
+            position = {c: k for k, c in enumerate(needed)}
+            per_out = module.out_channels // module.groups
+            per_in = module.in_channels // module.groups
+            expand = [
+                position[(c // per_out) * per_in + t] for c in channels for t in range(per_in)
+            ]
+            region = region.index_select(
+                1, torch.tensor(expand, dtype=torch.long, device=region.device)
+            )
         return F.conv2d(region, weight, bias, module.stride, 0, module.dilation, groups)
 
     def macs(self, channels: Channels, out_shape: torch.Size, area: int) -> int:

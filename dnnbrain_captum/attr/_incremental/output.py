@@ -28,6 +28,7 @@ from torch import Tensor, fx, nn
 
 from dnnbrain_captum._utils.targets import per_example_targets, select_output_target
 from dnnbrain_captum.attr._incremental.cache import cached_analysis
+from dnnbrain_captum.attr._incremental.cost import batch_size
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion, patch_index
 from dnnbrain_captum.attr._incremental.mutation import check_no_hidden_writes
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported, _SizeKeeping
@@ -193,6 +194,10 @@ class OutputOcclusion:
         """Multiply-adds per window up to the cut: (incremental, full)."""
         return self.engine.macs_per_window(plan)
 
+    def elements_per_window(self, plan: _Plan) -> tuple[int, int]:
+        """Output elements written per window up to the cut: (incremental, full)."""
+        return self.engine.elements_per_window(plan)
+
     def moved_per_window(self, plan: _Plan) -> int:
         """Elements one window moves up to the cut, plus its pasted cut map for the head."""
         cut = self.engine.clean_values[self.engine.graph.target]
@@ -231,13 +236,18 @@ class OutputOcclusion:
         grid: tuple[int, int],
         batch: int,
     ) -> Iterator[Tensor]:
-        """Occluded target values, one tensor per batch of windows, image after image.
+        """Occluded target values, image after image, in chunks of one head batch.
 
         Call :meth:`clean_targets` first; ``fill`` is the occluder content (N or 1, C, H, W).
+        The patches run ``batch`` windows at a time; the head runs on as many windows at once
+        as the device's budget holds (:func:`~dnnbrain_captum.attr._incremental.cost.
+        batch_size` of the head input's bytes, at least ``batch``): a head with large weights
+        (VGG's classifier: 411 MB) is then read once for many windows.
         """
         engine = self.engine
         device = self._images.device
-        positions = torch.arange(grid[0] * grid[1], device=device)
+        windows = grid[0] * grid[1]
+        positions = torch.arange(windows, device=device)
         plan: _Plan | None = None
         for k, entry in enumerate(self._entries):
             cut_map = engine.run_clean(self._images[k : k + 1])
@@ -247,24 +257,41 @@ class OutputOcclusion:
                 engine.clean_values[0].shape[1:]
             )
             padded = engine._padded_clean(plan)
-            channels, height, width = cut_map.shape[1:]
-            flat = cut_map[0].permute(1, 2, 0).reshape(height * width, channels)
-            pooled = cut_map.mean((2, 3)) if self.pooled else None
-            for begin in range(0, len(positions), batch):
+            per_window = cut_map[0, :, 0, 0].numel() if self.pooled else cut_map[0].numel()
+            head_batch = max(
+                batch, batch_size(per_window * cut_map.element_size(), device, windows)
+            )
+            pending: list[Tensor] = []
+            for begin in range(0, windows, batch):
                 index = positions[begin : begin + batch]
                 rows, cols = index // grid[1], index % grid[1]
                 patch = engine.occluded(plan, rows, cols, fill_image, padded)
-                spots = patch_index(plan.axes[engine.graph.target], rows, cols, width, device)
-                b = patch.shape[0]
-                if pooled is not None:
-                    covered = flat.index_select(0, spots).view(b, -1, channels)
-                    change = patch.sum((2, 3)) - covered.sum(1)
-                    start = (pooled + change / (height * width)).view(b, *self.pooled_shape[1:])
-                else:
-                    maps = flat.repeat(b, 1)
-                    where = spots + torch.arange(b, device=device).repeat_interleave(
-                        spots.numel() // b
-                    ) * (height * width)
-                    maps.index_copy_(0, where, patch.permute(0, 2, 3, 1).reshape(-1, channels))
-                    start = maps.view(b, height, width, channels).permute(0, 3, 1, 2)
-                yield self._head_values(start, entry)
+                pending.append(self._cut_values(cut_map, plan, patch, rows, cols))
+                if sum(len(p) for p in pending) >= head_batch or begin + batch >= windows:
+                    start = pending[0] if len(pending) == 1 else torch.cat(pending)
+                    pending = []
+                    yield self._head_values(start, entry)
+
+    def _cut_values(
+        self, cut_map: Tensor, plan: _Plan, patch: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """The head's input for each window: the clean cut map with the window's patch
+        pasted in, or the clean pooled vector corrected by the patch's change."""
+        engine = self.engine
+        device = patch.device
+        channels, height, width = cut_map.shape[1:]
+        flat = cut_map[0].permute(1, 2, 0).reshape(height * width, channels)
+        spots = patch_index(plan.axes[engine.graph.target], rows, cols, width, device)
+        b = patch.shape[0]
+        if self.pooled:
+            assert self.pooled_shape is not None
+            covered = flat.index_select(0, spots).view(b, -1, channels)
+            change = patch.sum((2, 3)) - covered.sum(1)
+            pooled = cut_map.mean((2, 3))
+            return (pooled + change / (height * width)).view(b, *self.pooled_shape[1:])
+        maps = flat.repeat(b, 1)
+        where = spots + torch.arange(b, device=device).repeat_interleave(spots.numel() // b) * (
+            height * width
+        )
+        maps.index_copy_(0, where, patch.permute(0, 2, 3, 1).reshape(-1, channels))
+        return maps.view(b, height, width, channels).permute(0, 3, 1, 2)

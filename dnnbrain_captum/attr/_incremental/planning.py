@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from dnnbrain_captum.attr._incremental.cost import DELTA_MOVE_COST, TRANSPOSED_PENALTY
 from dnnbrain_captum.attr._incremental.geometry import _Axis, _Edge, _edge, _through, _union
 from dnnbrain_captum.attr._incremental.nodes import IDENTITY, Channels, _Conv, _Input, _Node
 from dnnbrain_captum.attr._incremental.trace import _Graph
@@ -164,9 +165,12 @@ def _geometry(
             mine = axes[node.inputs[0]]
         axes.append(mine)  # type: ignore[arg-type]
         row_edges: list[tuple[_Edge, _Edge] | None] = []
+        # A position-wise operation (1x1 stride-1 convolutions too) reads its input's patch as
+        # it is where the patches coincide: no region to assemble.
+        pointwise = all(f.kernel == 1 and f.stride == 1 and f.padding == 0 for f in fp)
         for i in node.inputs:
             theirs = axes[i]
-            if node.footprint is None and all(
+            if pointwise and all(
                 theirs[a] is mine[a]
                 or (
                     theirs[a].length == mine[a].length
@@ -197,16 +201,29 @@ def _delta_pays(
 
     Its output patch = clean output + conv(new input patch − clean input patch); the
     change is zero outside the input patch, so the multiply-adds scale with the input
-    patch's area instead of the output patch's. Used for stride-1, ungrouped
-    convolutions computing all channels when the input patch is clearly smaller (the
-    transposed convolution runs at a lower rate per multiply-add).
+    patch's area instead of the output patch's, and the input region with its margin need not
+    be assembled. Possible for stride-1, ungrouped convolutions reading all their input's
+    channels (any selection of output channels); chosen when the cost model
+    (:mod:`~dnnbrain_captum.attr._incremental.cost`: multiply-adds, the transposed
+    convolution's lower rate, moved elements) says it is cheaper than the direct one.
     """
     module = node.module
     i = node.inputs[0]
     if tuple(module.stride) != (1, 1) or module.groups != 1:
         return False
-    if stored[k] is not None or stored[i] is not None or select[k][0] is not None:
+    if stored[i] is not None or select[k][0] is not None:
         return False
+    fp = node.footprint
+    assert fp is not None
+    c_in = module.in_channels
+    c_out = module.out_channels if stored[k] is None else len(stored[k])  # type: ignore[arg-type]
+    taps = fp[0].kernel * fp[1].kernel
     area_in = axes[i][0].length * axes[i][1].length
     area_out = axes[k][0].length * axes[k][1].length
-    return 1.5 * area_in < area_out
+    need = (axes[k][0].length + fp[0].span - 1) * (axes[k][1].length + fp[1].span - 1)
+    grown = (axes[i][0].length + fp[0].span - 1) * (axes[i][1].length + fp[1].span - 1)
+    direct = area_out * c_in * c_out * taps + DELTA_MOVE_COST * (need + area_in) * c_in
+    delta = TRANSPOSED_PENALTY * area_in * c_in * c_out * taps + DELTA_MOVE_COST * (
+        2 * area_in * c_in + (area_out + grown) * c_out
+    )
+    return delta < direct
