@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dnnbrain_captum import MinimalParcelImage
-from dnnbrain_captum.attr._incremental import regions
+from dnnbrain_captum.attr._incremental import cost, regions
 from dnnbrain_captum.attr._incremental.regions import ParcelRemovals, parcel_boxes
 from dnnbrain_captum.models import digits_cnn, digits_images
 
@@ -156,8 +156,9 @@ def test_auto_mixes_both_paths_in_a_round(
     """Groups the rule sends to the full path are scored there; the parcels stay the same."""
     # Tiny networks never pay on a CPU (data movement dominates): pretend small boxes do.
     monkeypatch.setattr(
-        regions, "incremental_pays", lambda inc, full, device, moved: inc < full / 3
+        regions, "incremental_pays", lambda inc, full, device, *rest: inc < full / 3
     )
+    monkeypatch.setattr(regions, "predicted_costs", lambda inc, full, *rest: (full, inc))
     monkeypatch.setattr(regions, "CALL_COST", 0)
     model = alexnet_like(3)
     x = images(1, 96, seed=2)
@@ -181,16 +182,20 @@ def test_cost_rule_literal(monkeypatch: pytest.MonkeyPatch) -> None:
         model, model[10], x, torch.zeros(1, 3, 1, 1), grid_labels(64, 16)[None], 3, "max",
         original, "auto", 64,
     )  # fmt: skip
-    table = {(8, 8): (10, 100, 0), (16, 16): (90, 100, 0)}  # (incremental, full, moved)
+    table = {  # incremental and full multiply-adds; nothing moved or written, no operations
+        (8, 8): regions._Costs(10, 100, 0, (0, 0), 0, 1),
+        (16, 16): regions._Costs(90, 100, 0, (0, 0), 0, 1),
+    }
     monkeypatch.setattr(removals, "_costs", lambda channel, window, size: table[window])
     monkeypatch.setattr(regions, "CALL_COST", 5)
+    monkeypatch.setattr(cost, "PATCH_PENALTY", 2.0)
     monkeypatch.setattr(
-        regions, "incremental_pays", lambda inc, full, device, moved: inc < full / 2
+        regions, "incremental_pays", lambda inc, full, device, *rest: inc < full / 2
     )
     small, big = ((8, 8), torch.arange(3)), ((16, 16), torch.arange(3, 5))
-    # 3 × (100 − 1.4·10) − 5 = 253 > 100 (a clean pass): the small boxes go incremental
+    # 3 × (100 − 2·10) − 5 = 235 > 100 (a clean pass): the small boxes go incremental
     assert removals._paying(3, [small, big], (64, 64)) == [small]
-    # 1 × 86 − 5 = 81 < 100: not worth a clean pass
+    # 1 × 80 − 5 = 75 < 100: not worth a clean pass
     assert removals._paying(3, [((8, 8), torch.arange(1)), big], (64, 64)) == []
 
 

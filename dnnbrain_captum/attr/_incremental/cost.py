@@ -84,6 +84,22 @@ def predicted_speedup(
     ``operations``: incremental operations per window (operations per batch / batch size);
     ``elements``: output elements written per window, (incremental, full).
     """
+    full, incremental = predicted_costs(incremental_macs, full_macs, moved, operations, elements)
+    return full / max(incremental, 1e-30)
+
+
+def predicted_costs(
+    incremental_macs: int,
+    full_macs: int,
+    moved: int = 0,
+    operations: float = 0.0,
+    elements: tuple[int, int] = (0, 0),
+) -> tuple[float, float]:
+    """Predicted time per window of (the full recompute, the incremental path), CPU.
+
+    In multiply-add equivalents (the module doc's model); arguments as
+    :func:`predicted_speedup`.
+    """
     full = full_macs + ELEMENT_COST * elements[1]
     incremental = (
         PATCH_PENALTY * incremental_macs
@@ -91,7 +107,7 @@ def predicted_speedup(
         + MOVE_COST * moved
         + OP_COST * operations
     )
-    return full / max(incremental, 1e-30)
+    return full, incremental
 
 
 def incremental_pays(

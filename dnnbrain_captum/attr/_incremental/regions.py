@@ -22,17 +22,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.targets import per_example_targets, reduce_per_example
 from dnnbrain_captum.attr._incremental.cost import (
-    MOVE_COST,
-    PATCH_PENALTY,
+    CPU_PATCH_BYTES,
     batch_size,
     incremental_pays,
+    predicted_costs,
 )
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion, _target_of
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
@@ -76,6 +76,17 @@ def parcel_boxes(labels: Tensor, count: int) -> Tensor:
         boxes.append((low.clamp_max(big - 1), (high - low + 1).clamp_min(0)))
     (top, height), (left, width) = boxes
     return torch.stack([top, left, height, width], 1)
+
+
+class _Costs(NamedTuple):
+    """One window's costs from the engine's plan (see ``engine.IncrementalOcclusion``)."""
+
+    incremental: int  # multiply-adds of the incremental patches
+    full: int  # multiply-adds of the full recompute
+    moved: int  # elements gathered and pasted
+    elements: tuple[int, int]  # output elements written (incremental, full)
+    operations: int  # incremental operations per batch
+    patch_bytes: int  # peak bytes of one window's patches
 
 
 class ParcelRemovals:
@@ -153,7 +164,7 @@ class ParcelRemovals:
         # candidates by each path, clean passes, and the multiply-adds of the incremental
         # candidates: as computed, and as the full path would have computed them
         self.stats = {"incremental": 0, "full": 0, "clean": 0, "macs": 0, "full_macs": 0}
-        self._cost_cache: dict[tuple[int, tuple[int, int]], tuple[int, int, int]] = {}
+        self._cost_cache: dict[tuple[int, tuple[int, int]], _Costs] = {}
         self._clean_check(0, x[:1])
 
     # -- the search's entry point -------------------------------------------------------------
@@ -216,10 +227,10 @@ class ParcelRemovals:
         groups: list[tuple[tuple[int, int], list[int]]] = []
         for j in order:
             own = windows[j]
-            cost = self._costs(channel, own, size)[0]  # type: ignore[arg-type]
+            cost = self._costs(channel, own, size).incremental  # type: ignore[arg-type]
             for window, members in groups:
                 fits = window[0] >= own[0] and window[1] >= own[1]
-                extra = self._costs(channel, window, size)[0] - cost
+                extra = self._costs(channel, window, size).incremental - cost
                 if fits and extra < min(CALL_COST, MERGE_SLACK * cost):
                     members.append(j)
                     break
@@ -235,32 +246,43 @@ class ParcelRemovals:
     ) -> list[tuple[tuple[int, int], Tensor]]:
         """The groups to compute incrementally in this round (the cost rule).
 
-        A group pays when :func:`incremental_pays` says so for its window; the round pays
-        when the groups that pay save more multiply-adds (less :data:`CALL_COST` per call)
+        A group pays when :func:`incremental_pays` says so for its window (the occlusion cost
+        model: arithmetic, written and moved elements, operations per batch); the round pays
+        when the groups that pay are predicted to save more (less :data:`CALL_COST` per call)
         than the clean pass costs (about one full forward).
         """
         if self.method == "incremental":
             return groups
         device = self.x.device
-        chosen, saved, clean = [], 0.0, 0
+        chosen, saved, clean = [], 0.0, 0.0
         for window, index in groups:
-            incremental, full, moved = self._costs(channel, window, size)
-            clean = max(clean, full)
-            if incremental_pays(incremental, full, device, moved):
+            cost = self._costs(channel, window, size)
+            batch = min(
+                self.batch,
+                batch_size(cost.patch_bytes, device, index.shape[0], CPU_PATCH_BYTES),
+            )
+            terms = (cost.moved, cost.operations / batch, cost.elements)
+            full_time, incremental_time = predicted_costs(cost.incremental, cost.full, *terms)
+            clean = max(clean, full_time)
+            if incremental_pays(cost.incremental, cost.full, device, *terms):
                 chosen.append((window, index))
-                each = full - PATCH_PENALTY * incremental - MOVE_COST * moved
-                saved += index.shape[0] * each - CALL_COST
+                saved += index.shape[0] * (full_time - incremental_time) - CALL_COST
         return chosen if saved > clean else []
 
-    def _costs(
-        self, channel: int, window: tuple[int, int], size: tuple[int, int]
-    ) -> tuple[int, int, int]:
-        """(incremental multiply-adds, full multiply-adds, moved elements) per candidate."""
+    def _costs(self, channel: int, window: tuple[int, int], size: tuple[int, int]) -> _Costs:
+        """What one candidate's window costs on each path (from the engine's plan)."""
         key = (channel, window)
         if key not in self._cost_cache:
             plan = self._plan(channel, window, size)
             incremental, full = self.engine.macs_per_window(plan)
-            self._cost_cache[key] = (incremental, full, self.engine.moved_per_window(plan))
+            self._cost_cache[key] = _Costs(
+                incremental,
+                full,
+                self.engine.moved_per_window(plan),
+                self.engine.elements_per_window(plan),
+                len(plan.order),
+                self.engine.patch_bytes(plan),
+            )
         return self._cost_cache[key]
 
     def _plan(self, channel: int, window: tuple[int, int], size: tuple[int, int]) -> _Plan:
@@ -349,8 +371,10 @@ class ParcelRemovals:
         rows = boxes[:, 0].clamp_max(h - window[0]).to(device)
         cols = boxes[:, 1].clamp_max(w - window[1]).to(device)
         fill = self._fill(example)
-        per_window = engine.patch_bytes(plan)
-        step = min(self.batch, batch_size(per_window, device, members.shape[0]))
+        cost = self._costs(channel, window, (h, w))
+        step = min(
+            self.batch, batch_size(cost.patch_bytes, device, members.shape[0], CPU_PATCH_BYTES)
+        )
         ah, aw = plan.axes[engine.graph.target]
         out = []
         for start in range(0, members.shape[0], step):
@@ -361,9 +385,8 @@ class ParcelRemovals:
             patch = engine.occluded(plan, r, c, fill, padded, in_patch=in_patch)[:, 0]
             maps = _pasted(target_map, patch, ah.start.to(device)[r], aw.start.to(device)[c])
             out.append(_reduce(maps, self.criterion, unit))
-        incremental, full, _ = self._costs(channel, window, (h, w))
-        self.stats["macs"] += members.shape[0] * incremental
-        self.stats["full_macs"] += members.shape[0] * full
+        self.stats["macs"] += members.shape[0] * cost.incremental
+        self.stats["full_macs"] += members.shape[0] * cost.full
         return torch.cat(out)
 
 
