@@ -329,6 +329,24 @@ def test_fewer_multiply_adds_than_full_at_alexnet_conv3() -> None:
     assert lengths == [6, 6, 4, 8, 8, 5, 7]
 
 
+def test_padded_clean_maps_are_contiguous_rows_of_channels() -> None:
+    """Every clean map the patches gather from is (H·W, C) rows stored one after another.
+
+    A strided (channels-first) view gives the same values but makes each row gather C
+    scattered elements: on AlexNet's 3-channel image 15x slower, 12 % of a conv5 map.
+    """
+    torch.manual_seed(0)
+    model = alexnet().eval()
+    engine = IncrementalOcclusion(model, model.features[10])
+    with torch.no_grad():
+        engine.clean_targets(torch.rand(1, 3, 224, 224), 0, "mean")
+    plan = engine.plan([0], (11, 11), (2, 2), (107, 107))
+    padded = engine._padded_clean(plan)
+    assert padded  # conv1's image, conv2 and conv5's deltas at least
+    for key, rows in padded.items():
+        assert rows.dim() == 2 and rows.is_contiguous(), (key, rows.stride())
+
+
 @pytest.mark.slow
 def test_alexnet_224_default_grid_float32() -> None:
     torch.manual_seed(0)
