@@ -29,8 +29,6 @@ slower per window there), an eighth of the free memory on an accelerator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
@@ -156,11 +154,6 @@ def batch_size(
     if device.type == "cpu" and MIN_CPU_BATCH * bytes_per_window <= 2 * budget:
         fits = max(fits, MIN_CPU_BATCH)
     return int(max(1, min(windows, MAX_BATCH, fits)))
-
-
-def patch_bytes(patches: Sequence[tuple[int, int, int]], element_size: int) -> int:
-    """Bytes of one window's patches: (channels, height, width) per operation."""
-    return element_size * sum(c * h * w for c, h, w in patches)
 
 
 def peak_bytes(model: nn.Module, layer: nn.Module | None, image: Tensor) -> int:

@@ -78,11 +78,6 @@ class _Conv(_Node):
         m = self.module
         return F.conv2d(values[0], *self.folded, m.stride, m.padding, m.dilation, m.groups)
 
-    @property
-    def weight(self) -> Tensor:
-        """The kernel (with a folded batch norm's scale)."""
-        return self.module.weight if self.folded is None else self.folded[0]
-
     def fold(self, bn: nn.BatchNorm2d) -> None:
         """Compute ``bn(conv(x))`` as one convolution (eval batch norm: an affine map)."""
         self.bn = bn
