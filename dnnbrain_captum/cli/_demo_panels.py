@@ -73,23 +73,28 @@ def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
     import torch
 
     from dnnbrain_captum.cli._common import _resolve_layer
-    from dnnbrain_captum.visualization import (
-        activation_map_figure,
-        occlusion_figure,
-        saliency_figure,
-    )
 
     assert ctx.images is not None and ctx.display is not None
-    images, display, model = ctx.images, ctx.display, ctx.model
+    images, model = ctx.images, ctx.model
     with torch.no_grad():
         classes = model(images).argmax(dim=1).tolist()
     conv5 = _resolve_layer(model, "conv5")
     c5 = _demo_channel(ctx, "conv5")
     base = f"{PROG} {{}} --digits {n}"
+    yield from _saliency_panels(ctx, n, classes, conv5, c5, base)
+    yield _upsample_panel(ctx, n, conv5, c5, base)
+    yield _occlusion_panel(ctx, n, classes, base)
+    yield from _demo_extra_panels(ctx, n, c5, base)
 
-    def per_image(stem: str, make: Callable[[int], Any]) -> list[str]:
-        return _per_image(ctx, n, stem, make)
 
+def _saliency_panels(
+    ctx: RunContext, n: int, classes: list[int], conv5: Any, c5: int, base: str
+) -> Iterator[PanelSpec]:
+    """The vanilla, guided (one conv5 channel) and SmoothGrad saliency panels."""
+    from dnnbrain_captum.visualization import saliency_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    images, display, model = ctx.images, ctx.display, ctx.model
     smooth = ctx.record["demo_smooth"]
     saliency_panels = (  # title, explanation, CLI options, stem, layer, target, title, options
         (
@@ -127,7 +132,9 @@ def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
         def saliency(spec: tuple[Any, ...] = spec) -> list[str]:
             stem, layer, target, label, kwargs = spec
             grads = saliency_arrays(model, layer, images, target, **kwargs)
-            return per_image(
+            return _per_image(
+                ctx,
+                n,
                 stem,
                 lambda k: saliency_figure(
                     grads[k],
@@ -139,16 +146,26 @@ def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
         out = stem.removeprefix("saliency_").replace("vanilla", "saliency")
         yield (title, explanation, base.format("saliency") + f"{options} --out {out}/", saliency)
 
+
+def _upsample_panel(ctx: RunContext, n: int, conv5: Any, c5: int, base: str) -> PanelSpec:
+    """One conv5 channel's map upsampled to the image."""
+    from dnnbrain_captum.visualization import activation_map_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    images, display, model = ctx.images, ctx.display, ctx.model
+
     def upsample() -> list[str]:
         from dnnbrain_captum.attr import UpsamplingActivationMapping
 
         maps = UpsamplingActivationMapping(model, conv5).attribute(images, target=c5)
-        return per_image(
+        return _per_image(
+            ctx,
+            n,
             "upsample",
             lambda k: activation_map_figure(maps[k], display[k], title=f"conv5 channel {c5}"),
         )
 
-    yield (
+    return (
         f"Upsampled activation map, conv5 channel {c5}",
         "The 8x8 map of one conv5 channel interpolated (bicubic) to the 32x32 image: where "
         "in the image this unit responds.",
@@ -156,27 +173,36 @@ def demo_panels(ctx: RunContext, n: int) -> Iterator[PanelSpec]:
         upsample,
     )
 
+
+def _occlusion_panel(ctx: RunContext, n: int, classes: list[int], base: str) -> PanelSpec:
+    """An 8x8 occluder slid over each digit, scored on the predicted class."""
+    from dnnbrain_captum.visualization import occlusion_figure
+
+    assert ctx.images is not None and ctx.display is not None
+    images, display, model = ctx.images, ctx.display, ctx.model
+
     def occlusion() -> list[str]:
         from dnnbrain_captum.attr import OccluderDiscrepancyMapping
 
         grid = OccluderDiscrepancyMapping(model).attribute(
             images, target=classes, sliding_window_shapes=(8, 8), strides=(2, 2)
         )
-        return per_image(
+        return _per_image(
+            ctx,
+            n,
             "occlusion",
             lambda k: occlusion_figure(
                 grid[k], display[k], (8, 8), (2, 2), title=f"class {classes[k]}"
             ),
         )
 
-    yield (
+    return (
         "Occlusion",
         "An 8x8 black square slides over the image in steps of 2 pixels; red marks where "
         "covering the image lowers the predicted class's logit most.",
         base.format("occlusion") + " --window 8 --stride 2 --out occlusion/",
         occlusion,
     )
-    yield from _demo_extra_panels(ctx, n, c5, base)
 
 
 def _available(module: str) -> bool:
@@ -192,9 +218,27 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
     """Panels of the receptive-field, synthesis, masked and minimal-image algorithms."""
     import torch
 
+    assert ctx.images is not None and ctx.display is not None
+    theoretical = _theoretical_rf_panel(ctx)
+    if _available("dnnbrain_captum.optim"):
+        yield _synthesis_panel(ctx)
+    with torch.no_grad():
+        classes = ctx.model(ctx.images).argmax(dim=1).tolist()
+    if "mask" in SUBCOMMANDS:
+        yield _mei_mask_panel(ctx)
+    if "minimal" in SUBCOMMANDS:
+        yield _minimal_parcels_panel(ctx, n, classes, base)
+        yield _minimal_components_panel(ctx, n, classes, base)
+    if "empirical-rf" in SUBCOMMANDS:
+        yield _empirical_rf_panel(ctx)
+    yield theoretical
+
+
+def _theoretical_rf_panel(ctx: RunContext) -> PanelSpec:
+    """Theoretical fields of a middle unit of conv1, conv3 and conv5 on the first digit."""
     from dnnbrain_captum.visualization import receptive_field_figure
 
-    assert ctx.images is not None and ctx.display is not None
+    assert ctx.display is not None
     model, display = ctx.model, ctx.display
 
     def theoretical() -> list[str]:
@@ -209,139 +253,147 @@ def _demo_extra_panels(ctx: RunContext, n: int, c5: int, base: str) -> Iterator[
         ctx.save_figure("rf_theoretical.png", receptive_field_figure(display[0], regions, labels))
         return ["rf_theoretical.png"]
 
-    if _available("dnnbrain_captum.optim"):
-
-        def synthesis() -> list[str]:
-            from dnnbrain_captum.optim import SynthesisImage, random_images
-            from dnnbrain_captum.visualization import synthesis_grid
-
-            classes = list(range(10))
-            result = SynthesisImage(model).attribute(
-                random_images(10, ctx.image_size),
-                target=classes,
-                n_iter=ctx.record["demo_steps"],
-                return_history=True,
-            )
-            titles = [
-                f"class {c}: {v:.0f}"
-                for c, v in zip(classes, result.activation[:, -1].tolist(), strict=True)
-            ]
-            fig = synthesis_grid(result.images.detach().clamp(0, 1), titles, ncols=5)
-            ctx.save_figure("synthesis.png", fig)
-            return ["synthesis.png"]
-
-        yield (
-            "Synthesised images (activation maximisation)",
-            "For each digit class, an image optimised from grey to maximise the class logit "
-            "(Fourier parametrisation, random jitter/scale/rotation, "
-            f"{ctx.record['demo_steps']} Adam steps); the "
-            "title gives the logit reached.",
-            f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} --out synthesis/",
-            synthesis,
-        )
-
-    with torch.no_grad():
-        classes = model(ctx.images).argmax(dim=1).tolist()
-
-    if "mask" in SUBCOMMANDS:
-        yield _mei_mask_panel(ctx)
-
-    if "minimal" in SUBCOMMANDS:
-
-        def minimal_parcels() -> list[str]:
-            from dnnbrain_captum.attr.minimal import MinimalParcelImage
-
-            result = MinimalParcelImage(model).attribute(
-                ctx.images,
-                target=classes,
-                segmentation="slic",
-                segmentation_kwargs={"n_segments": 30},
-                search_criterion="removal",
-            )
-            return _minimal_figures(
-                ctx,
-                n,
-                "minimal_parcels",
-                result,
-                lambda k: f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
-            )
-
-        yield (
-            "Minimal image (superpixels)",
-            "The digit cut into about 30 SLIC superpixels; superpixels are removed (set to "
-            "black) as long as the predicted class keeps 90 % of its logit.",
-            base.format("minimal") + " --method slic --segment n_segments=30 --search removal "
-            "--out minimal/",
-            minimal_parcels,
-        )
-
-        def minimal_components() -> list[str]:
-            from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
-
-            result = MinimalComponentImage(model).attribute(
-                ctx.images,
-                target=classes,
-                decomposition="pca",
-                patch_size=4,
-                search_criterion="threshold",
-            )
-            total = int(result.selected.shape[1])
-            return _minimal_figures(
-                ctx,
-                n,
-                "minimal_components",
-                result,
-                lambda k: f"mean + {int(result.n_selected[k])} of {total} PCA components",
-                kept=False,
-            )
-
-        yield (
-            "Minimal image (PCA components)",
-            "The digit rebuilt from the fewest principal components of its 4x4 tiles, "
-            "ranked by the logit each one alone gives, that keep 90 % of the class logit.",
-            base.format("minimal") + " --method pca --patch-size 4 --search threshold "
-            "--out minimal_pca/",
-            minimal_components,
-        )
-
-    if "empirical-rf" in SUBCOMMANDS:
-        c3 = _demo_channel(ctx, "conv3")
-
-        def empirical() -> list[str]:
-            from dnnbrain_captum.attr import UpsamplingActivationMapping
-            from dnnbrain_captum.models import digits_images
-            from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
-            from dnnbrain_captum.visualization import empirical_rf_figure
-
-            many, _ = digits_images(n=ctx.record["demo_rf_images"])
-            measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
-            result = measure.attribute(many.to(ctx.device), target=c3)
-            theory = measure.theoretical((3, *ctx.image_size)).size
-            fig = empirical_rf_figure(
-                result.map,
-                result.size.tolist(),
-                title=f"conv3 channel {c3}, {many.shape[0]} digits (theoretical {theory[0]} px)",
-            )
-            ctx.save_figure("rf_empirical.png", fig)
-            return ["rf_empirical.png"]
-
-        yield (
-            "Empirical receptive field",
-            f"The upsampled map of one conv3 channel on {ctx.record['demo_rf_images']} digits, "
-            "each cut out over the "
-            "theoretical field of the image's most active unit and averaged: the part of the "
-            "field the channel actually uses (dashed: half-maximum extent).",
-            f"{PROG} empirical-rf --digits {ctx.record['demo_rf_images']} --layer conv3 "
-            f"--channel {c3} --out erf/",
-            empirical,
-        )
-
-    yield (
+    return (
         "Theoretical receptive fields",
         "The pixels one unit in the middle of conv1, conv3 and conv5 can see, from the "
         "network's computation graph (fields grow with depth; conv5's covers the digit).",
         f"{PROG} rf --digits 1 --layer conv5 --unit 4 4 --out rf/",
         theoretical,
+    )
+
+
+def _synthesis_panel(ctx: RunContext) -> PanelSpec:
+    """One image per digit class, optimised to maximise that class's logit."""
+    model = ctx.model
+
+    def synthesis() -> list[str]:
+        from dnnbrain_captum.optim import SynthesisImage, random_images
+        from dnnbrain_captum.visualization import synthesis_grid
+
+        classes = list(range(10))
+        result = SynthesisImage(model).attribute(
+            random_images(10, ctx.image_size),
+            target=classes,
+            n_iter=ctx.record["demo_steps"],
+            return_history=True,
+        )
+        titles = [
+            f"class {c}: {v:.0f}"
+            for c, v in zip(classes, result.activation[:, -1].tolist(), strict=True)
+        ]
+        fig = synthesis_grid(result.images.detach().clamp(0, 1), titles, ncols=5)
+        ctx.save_figure("synthesis.png", fig)
+        return ["synthesis.png"]
+
+    return (
+        "Synthesised images (activation maximisation)",
+        "For each digit class, an image optimised from grey to maximise the class logit "
+        "(Fourier parametrisation, random jitter/scale/rotation, "
+        f"{ctx.record['demo_steps']} Adam steps); the "
+        "title gives the logit reached.",
+        f"{PROG} synthesize --channel 0-9 --n-iter {ctx.record['demo_steps']} --out synthesis/",
+        synthesis,
+    )
+
+
+def _minimal_parcels_panel(ctx: RunContext, n: int, classes: list[int], base: str) -> PanelSpec:
+    """Minimal image over about 30 SLIC superpixels, removal search."""
+    model = ctx.model
+
+    def minimal_parcels() -> list[str]:
+        from dnnbrain_captum.attr.minimal import MinimalParcelImage
+
+        result = MinimalParcelImage(model).attribute(
+            ctx.images,
+            target=classes,
+            segmentation="slic",
+            segmentation_kwargs={"n_segments": 30},
+            search_criterion="removal",
+        )
+        return _minimal_figures(
+            ctx,
+            n,
+            "minimal_parcels",
+            result,
+            lambda k: f"{int(result.n_selected[k])} of {int(result.n_parcels[k])} parcels",
+        )
+
+    return (
+        "Minimal image (superpixels)",
+        "The digit cut into about 30 SLIC superpixels; superpixels are removed (set to "
+        "black) as long as the predicted class keeps 90 % of its logit.",
+        base.format("minimal") + " --method slic --segment n_segments=30 --search removal "
+        "--out minimal/",
+        minimal_parcels,
+    )
+
+
+def _minimal_components_panel(ctx: RunContext, n: int, classes: list[int], base: str) -> PanelSpec:
+    """Minimal image over the PCA components of 4x4 tiles, threshold search."""
+    model = ctx.model
+
+    def minimal_components() -> list[str]:
+        from dnnbrain_captum.attr.minimal_component import MinimalComponentImage
+
+        result = MinimalComponentImage(model).attribute(
+            ctx.images,
+            target=classes,
+            decomposition="pca",
+            patch_size=4,
+            search_criterion="threshold",
+        )
+        total = int(result.selected.shape[1])
+        return _minimal_figures(
+            ctx,
+            n,
+            "minimal_components",
+            result,
+            lambda k: f"mean + {int(result.n_selected[k])} of {total} PCA components",
+            kept=False,
+        )
+
+    return (
+        "Minimal image (PCA components)",
+        "The digit rebuilt from the fewest principal components of its 4x4 tiles, "
+        "ranked by the logit each one alone gives, that keep 90 % of the class logit.",
+        base.format("minimal") + " --method pca --patch-size 4 --search threshold "
+        "--out minimal_pca/",
+        minimal_components,
+    )
+
+
+def _empirical_rf_panel(ctx: RunContext) -> PanelSpec:
+    """Empirical receptive field of the most active conv3 channel over many digits."""
+    model = ctx.model
+    c3 = _demo_channel(ctx, "conv3")
+
+    def empirical() -> list[str]:
+        from dnnbrain_captum.attr import UpsamplingActivationMapping
+        from dnnbrain_captum.models import digits_images
+        from dnnbrain_captum.receptive_field import EmpiricalReceptiveField
+        from dnnbrain_captum.visualization import empirical_rf_figure
+
+        many, _ = digits_images(n=ctx.record["demo_rf_images"])
+        measure = EmpiricalReceptiveField(UpsamplingActivationMapping(model, "conv3"))
+        result = measure.attribute(many.to(ctx.device), target=c3)
+        theory = measure.theoretical((3, *ctx.image_size)).size
+        fig = empirical_rf_figure(
+            result.map,
+            result.size.tolist(),
+            title=f"conv3 channel {c3}, {many.shape[0]} digits (theoretical {theory[0]} px)",
+        )
+        ctx.save_figure("rf_empirical.png", fig)
+        return ["rf_empirical.png"]
+
+    return (
+        "Empirical receptive field",
+        f"The upsampled map of one conv3 channel on {ctx.record['demo_rf_images']} digits, "
+        "each cut out over the "
+        "theoretical field of the image's most active unit and averaged: the part of the "
+        "field the channel actually uses (dashed: half-maximum extent).",
+        f"{PROG} empirical-rf --digits {ctx.record['demo_rf_images']} --layer conv3 "
+        f"--channel {c3} --out erf/",
+        empirical,
     )
 
 
