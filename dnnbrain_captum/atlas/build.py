@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -23,9 +22,9 @@ from dnnbrain_captum.atlas._pieces import (
     MinimalImages,
     Picked,
     Stacked,
-    base_dataset,
 )
-from dnnbrain_captum.atlas._plans import LayerPlan, plan_layers, transform_names
+from dnnbrain_captum.atlas._plans import LayerPlan, transform_names
+from dnnbrain_captum.atlas._prepare import atlas_request, plan_stimuli
 from dnnbrain_captum.attr.occlusion import OccluderDiscrepancyMapping
 from dnnbrain_captum.attr.upsampling import UpsamplingActivationMapping
 from dnnbrain_captum.optim.synthesis import SynthesisImage, random_images
@@ -171,15 +170,9 @@ def build_atlas(
     top_k = positive_int(top_k, "top_k")
     n_syntheses = positive_int(n_syntheses, "n_syntheses")
     batch_size = positive_int(batch_size, "batch_size")
-    data = base_dataset(stimuli)
-    n = len(data)
-    if n == 0:
-        raise ValueError("stimuli is empty")
-    example = Picked(data, [0])[0][None]
-    plans, activations = plan_layers(model, layers, example, channels, reduction, reshape_transform)
-    if top_k > n:
-        raise ValueError(f"top_k={top_k} exceeds the {n} stimuli")
-    _check_fields(model, plans, tuple(example.shape[1:]))
+    data, n, example, plans, activations = plan_stimuli(
+        model, layers, stimuli, channels, reduction, reshape_transform, top_k
+    )
     settings = _settings(
         tuple(example.shape[-2:]),
         top_k,
@@ -195,47 +188,28 @@ def build_atlas(
         seed,
     )
     settings["reshape_transform"] = transform_names(reshape_transform)
-    layers_json = [{"name": p.name, "path": p.path, "channels": p.channels} for p in plans]
-    request = {"model": type(model).__name__, "n_stimuli": n, "layers": layers_json, **settings}
-    request = json.loads(json.dumps(request, default=str))
+    request = atlas_request(model, n, plans, settings)
     folder = AtlasFolder(Path(out))
     ranks = Ranks()
     with ranks.session():
         _claim(folder, ranks, request, overwrite)
-        common = {
-            "batch_size": batch_size,
-            "seed": seed,
-            "show_progress": show_progress,
-            "overwrite": overwrite,
-        }
-        run_over(
+        values = _run_layers(
+            model,
+            plans,
             activations,
             stimuli,
-            out=folder.run_folder("activations", ranks.rank == 0),
-            ids=ids,
-            **common,
+            data,
+            ids,
+            folder,
+            ranks.rank == 0,
+            settings,
+            show_progress,
+            overwrite,
         )
-        values = np.asarray(read_results(folder.out / "runs" / "activations"))
-        for plan in plans:
-            columns = values[:, plan.offset + np.asarray(plan.channels)]
-            plan.top, plan.bottom = rank_stimuli(columns, top_k)
-            _run_pieces(model, plan, data, folder, ranks.rank == 0, settings, common)
         if ranks.rank == 0:
-            from dnnbrain_captum.atlas._site import write_site
-
-            write_site(
-                model,
-                plans,
-                activations.last,
-                data,
-                values,
-                folder,
-                settings,
-                mean,
-                std,
-                show_progress,
+            _write_site(
+                model, plans, activations, data, values, folder, settings, mean, std, show_progress
             )
-            folder.seal()
     return AtlasSummary(
         folder.out,
         n,
@@ -244,6 +218,72 @@ def build_atlas(
         ranks.rank,
         ranks.world,
     )
+
+
+def _run_layers(
+    model: nn.Module,
+    plans: Sequence[LayerPlan],
+    activations: ChannelActivations,
+    stimuli: Tensor | Any,
+    data: Any,
+    ids: Sequence[Any] | None,
+    folder: AtlasFolder,
+    writer: bool,
+    settings: dict[str, Any],
+    show_progress: bool,
+    overwrite: bool,
+) -> np.ndarray:
+    """The activations run over every stimulus, then each layer's top/bottom stimuli and its
+    per-channel pieces; returns the activations (n_stimuli, n_columns)."""
+    common = {
+        "batch_size": settings["batch_size"],
+        "seed": settings["seed"],
+        "show_progress": show_progress,
+        "overwrite": overwrite,
+    }
+    run_over(
+        activations,
+        stimuli,
+        out=folder.run_folder("activations", writer),
+        ids=ids,
+        **common,
+    )
+    values = np.asarray(read_results(folder.out / "runs" / "activations"))
+    for plan in plans:
+        columns = values[:, plan.offset + np.asarray(plan.channels)]
+        plan.top, plan.bottom = rank_stimuli(columns, settings["top_k"])
+        _run_pieces(model, plan, data, folder, writer, settings, common)
+    return values
+
+
+def _write_site(
+    model: nn.Module,
+    plans: Sequence[LayerPlan],
+    activations: ChannelActivations,
+    data: Any,
+    values: np.ndarray,
+    folder: AtlasFolder,
+    settings: dict[str, Any],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    show_progress: bool,
+) -> None:
+    """Rank 0's last step: the pages of the atlas, then the sealed list of its files."""
+    from dnnbrain_captum.atlas._site import write_site
+
+    write_site(
+        model,
+        plans,
+        activations.last,
+        data,
+        values,
+        folder,
+        settings,
+        mean,
+        std,
+        show_progress,
+    )
+    folder.seal()
 
 
 def _settings(
@@ -300,25 +340,6 @@ def _synthesis_batch(synthesis: Mapping[str, Any], s: int, batch_size: int) -> i
     if float(synthesis.get("diversity", 0.0) or 0.0) > 0:
         return s
     return s * max(1, batch_size // s)
-
-
-def _check_fields(model: nn.Module, plans: Sequence[LayerPlan], size: tuple[int, ...]) -> None:
-    """Refuse, before any work, a layer without a regular receptive field (every page draws
-    one, and the empirical field aligns on it)."""
-    for plan in plans:
-        engine = UpsamplingActivationMapping(model, plan.module, plan.transform)
-        try:
-            entry = EmpiricalReceptiveField(engine).theoretical(size)  # type: ignore[arg-type]
-        except ValueError as error:
-            reason = str(error)
-        else:
-            if all(getattr(entry, key, None) is not None for key in ("stride", "padding")):
-                continue
-            reason = f"layer {plan.name!r} has no regular receptive field (uneven fields)"
-        raise ValueError(
-            f"{reason}. The atlas draws every channel's receptive field: choose another "
-            f"layer than {plan.name!r}"
-        )
 
 
 def _claim(folder: AtlasFolder, ranks: Ranks, request: dict[str, Any], overwrite: bool) -> None:
