@@ -16,6 +16,7 @@ from dnnbrain_captum._utils.validation import check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
 from dnnbrain_captum.attr._search import (
     SEARCHES,
+    Composer,
     TargetScorer,
     check_batch_size,
     check_ratio,
@@ -258,25 +259,15 @@ class MinimalComponentImage(LayerPerturbation):
             components; ``activation_ratio`` outside (0, 1).
         """
         x = check_image_batch(inputs)
-        if decomposition not in DECOMPOSITIONS:
-            raise ValueError(
-                f"decomposition must be one of {DECOMPOSITIONS}, got {decomposition!r}"
-            )
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if search_criterion not in SEARCHES:
-            raise ValueError(
-                f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}"
-            )
-        positive_int(patch_size, "patch_size")
-        if max_components is not None:
-            positive_int(max_components, "max_components")
-        if candidates_per_step is not None:
-            positive_int(candidates_per_step, "candidates_per_step")
-        if n_components is not None and (
-            isinstance(n_components, bool) or not isinstance(n_components, int)
-        ):
-            raise TypeError(f"n_components must be None or an int, got {n_components!r}")
+        _check_options(
+            decomposition,
+            sampling,
+            search_criterion,
+            patch_size,
+            max_components,
+            candidates_per_step,
+            n_components,
+        )
         ratio = check_ratio(activation_ratio, "activation_ratio")
         batch = check_batch_size(perturbations_per_eval)
         n = x.shape[0]
@@ -297,29 +288,18 @@ class MinimalComponentImage(LayerPerturbation):
         try:
             with torch.no_grad():
                 original = score(x, everything)
-                if search_criterion == "removal":
-                    chosen, activation = removal_search(
-                        score,
-                        parts.compose,
-                        counts,
-                        original,
-                        ratio,
-                        batch,
-                        bar,
-                        candidates_per_step,
-                    )
-                else:
-                    chosen, activation = prefix_search(
-                        score,
-                        parts.compose,
-                        counts,
-                        original,
-                        search_criterion,
-                        ratio,
-                        max_components,
-                        batch,
-                        bar,
-                    )
+                chosen, activation = _search(
+                    score,
+                    parts.compose,
+                    counts,
+                    original,
+                    search_criterion,
+                    ratio,
+                    max_components,
+                    candidates_per_step,
+                    batch,
+                    bar,
+                )
                 images = parts.compose(everything, chosen)
                 full = parts.compose(everything, torch.ones_like(chosen))
         finally:
@@ -332,3 +312,69 @@ class MinimalComponentImage(LayerPerturbation):
             original_activation=original.to(x.dtype),
             full_reconstruction=full,
         )
+
+
+def _check_options(
+    decomposition: str,
+    sampling: str,
+    search_criterion: str,
+    patch_size: int,
+    max_components: int | None,
+    candidates_per_step: int | None,
+    n_components: int | None,
+) -> None:
+    """Refuse an unknown decomposition, sampling or search, or a malformed count
+    (``ValueError``/``TypeError`` naming the value)."""
+    if decomposition not in DECOMPOSITIONS:
+        raise ValueError(f"decomposition must be one of {DECOMPOSITIONS}, got {decomposition!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if search_criterion not in SEARCHES:
+        raise ValueError(f"search_criterion must be one of {SEARCHES}, got {search_criterion!r}")
+    positive_int(patch_size, "patch_size")
+    if max_components is not None:
+        positive_int(max_components, "max_components")
+    if candidates_per_step is not None:
+        positive_int(candidates_per_step, "candidates_per_step")
+    if n_components is not None and (
+        isinstance(n_components, bool) or not isinstance(n_components, int)
+    ):
+        raise TypeError(f"n_components must be None or an int, got {n_components!r}")
+
+
+def _search(
+    score: TargetScorer,
+    compose: Composer,
+    counts: list[int],
+    original: Tensor,
+    search_criterion: str,
+    ratio: float,
+    max_components: int | None,
+    candidates_per_step: int | None,
+    batch: int,
+    bar: Any,
+) -> tuple[Tensor, Tensor]:
+    """Run ``search_criterion`` over the components: the selection (N, K) bool and its
+    activation (N,)."""
+    if search_criterion == "removal":
+        return removal_search(
+            score,
+            compose,
+            counts,
+            original,
+            ratio,
+            batch,
+            bar,
+            candidates_per_step,
+        )
+    return prefix_search(
+        score,
+        compose,
+        counts,
+        original,
+        search_criterion,
+        ratio,
+        max_components,
+        batch,
+        bar,
+    )
