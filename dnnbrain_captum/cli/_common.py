@@ -222,23 +222,14 @@ def _targets_for(ctx: RunContext, channel: int | None, batch: Tensor) -> Any:
 def _make_context(
     args: argparse.Namespace, command: Subcommand, load_images: bool = True
 ) -> RunContext:
+    """The run context of ``command`` from the parsed ``args``: the model on its device, the
+    layer, the preprocessing and (with ``load_images``) the images; checks the channel/unit."""
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
         raise CLIError(f"unknown --device {args.device!r}") from None
     seed = getattr(args, "seed", 0)
-    model = load_model(args.model, args.weights, seed=seed)
-    entry = _weights_entry(args.model, args.weights)
-    random_weights = args.model != "digits" and args.weights is None
-    if random_weights and not args.quiet:
-        sys.stderr.write(
-            f"{PROG} {args.command}: note: {args.model} has random weights (seeded with --seed "
-            f"{seed}); pass --weights for trained ones\n"
-        )
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as err:
-        raise CLIError(f"--device {args.device}: {_one_line(err)}") from None
+    model, entry, random_weights = _model_on_device(args, device, seed)
     layer = _resolve_layer(model, args.layer)
     if command.needs_layer and layer is None:
         from dnnbrain_captum._utils.layers import layer_names
@@ -268,6 +259,36 @@ def _make_context(
     )
     if ctx.max_figures is not None and ctx.max_figures < 0:
         raise CLIError(f"--max-figures must be >= 0, got {ctx.max_figures}")
+    _record_setup(ctx, step, entry, random_weights, seed)
+    if command.takes_images and load_images:
+        _attach_images(ctx, args, command, geometry, normalize)
+    _check_targets(ctx, args)
+    return ctx
+
+
+def _model_on_device(
+    args: argparse.Namespace, device: torch.device, seed: int
+) -> tuple[nn.Module, Any, bool]:
+    """``--model``/``--weights`` loaded and moved to ``device``; also its weights entry and
+    whether its weights are random (noted on stderr unless ``--quiet``)."""
+    model = load_model(args.model, args.weights, seed=seed)
+    entry = _weights_entry(args.model, args.weights)
+    random_weights = args.model != "digits" and args.weights is None
+    if random_weights and not args.quiet:
+        sys.stderr.write(
+            f"{PROG} {args.command}: note: {args.model} has random weights (seeded with --seed "
+            f"{seed}); pass --weights for trained ones\n"
+        )
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as err:
+        raise CLIError(f"--device {args.device}: {_one_line(err)}") from None
+    return model, entry, random_weights
+
+
+def _record_setup(ctx: RunContext, step: Any, entry: Any, random_weights: bool, seed: int) -> None:
+    """Record the preprocessing, the seed of random weights and the model's class names (when
+    it has them)."""
     ctx.record["preprocessing"] = {
         "resize_shorter_side": step.size,
         "center_crop": step.crop,
@@ -282,21 +303,33 @@ def _make_context(
     categories = class_names(entry)
     if categories is not None:
         ctx.record["class_names"] = categories
-    if command.takes_images and load_images:
-        images, display, sources, names = _load_images(args, geometry, normalize)
-        if command.needs_images and images.shape[0] == 0:
-            raise CLIError(f"{command.name} needs images: give files or folders, or --digits N")
-        if images.shape[0] > 0:
-            ctx.images = images.to(device)
-            ctx.display = display
-            ctx.sources, ctx.names = sources, names
+
+
+def _attach_images(
+    ctx: RunContext,
+    args: argparse.Namespace,
+    command: Subcommand,
+    geometry: Any,
+    normalize: Callable[[Tensor], Tensor],
+) -> None:
+    """Load the command's images into ``ctx`` (refused when it needs some and there are none)."""
+    images, display, sources, names = _load_images(args, geometry, normalize)
+    if command.needs_images and images.shape[0] == 0:
+        raise CLIError(f"{command.name} needs images: give files or folders, or --digits N")
+    if images.shape[0] > 0:
+        ctx.images = images.to(ctx.device)
+        ctx.display = display
+        ctx.sources, ctx.names = sources, names
+
+
+def _check_targets(ctx: RunContext, args: argparse.Namespace) -> None:
+    """Refuse a ``--channel`` or ``--unit`` that the chosen layer (or the output) lacks."""
     channel = getattr(args, "channel", None)
     if channel is not None:
         _check_channels(ctx, channel if isinstance(channel, list) else [channel])
     unit = getattr(args, "unit", None)
     if unit is not None:
         _check_unit(ctx, unit)
-    return ctx
 
 
 def _arguments_record(args: argparse.Namespace) -> dict[str, Any]:
