@@ -15,7 +15,6 @@ import torch
 from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
@@ -28,14 +27,17 @@ from dnnbrain_captum._utils.targets import (
     layer_output,
     select_layer_target,
 )
-from dnnbrain_captum._utils.validation import check_image_batch, non_negative, positive_int
-from dnnbrain_captum.optim._objectives import (
-    FOURIER_VARIANTS,
-    REGULARIZERS,
-    check_regularizers,
-    diversity_penalty,
+from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.optim._loop import (
+    History,
+    Options,
+    resolve_options,
+    update,
+    view,
+    weighted_penalty,
 )
-from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam, ValueRange, random_images
+from dnnbrain_captum.optim._objectives import diversity_penalty
+from dnnbrain_captum.optim._param import ImageParam, ValueRange, random_images
 from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu
 from dnnbrain_captum.optim._settings import (
     LOW_PRECISION,
@@ -43,9 +45,12 @@ from dnnbrain_captum.optim._settings import (
     adam_kernel,
     refusing_low_precision,
 )
-from dnnbrain_captum.optim._transforms import Transform, resolve_transforms
+from dnnbrain_captum.optim._transforms import Transform
 
 __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
+
+#: ``(target, reduction, additional_forward_args)`` of one ``attribute`` call.
+_Task = tuple[Any, str, Any]
 
 
 class SynthesisResult(NamedTuple):
@@ -334,146 +339,135 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         """
         x = check_image_batch(inputs)
         check_reduction(reduction)
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        settings = PRESETS[preset]
-        param = settings["param"] if param is None else param
-        if decorrelate is None:  # a preset's colour decorrelation applies to RGB images only
-            decorrelate = bool(settings["decorrelate"]) and x.shape[1] == 3
-        transforms = settings["transforms"] if transforms is None else transforms
-        lr = settings["lr"] if lr is None else lr
-        n_iter = settings["n_iter"] if n_iter is None else n_iter
-        regularizers = settings["regularizers"] if regularizers is None else regularizers
-        blur_sigma = settings["blur_sigma"] if blur_sigma is None else blur_sigma
-        fourier_factor = settings["fourier_factor"] if fourier_factor is None else fourier_factor
-        redirect_relu = settings["redirect_relu"] if redirect_relu is None else redirect_relu
-        polish = settings["polish"] if polish is None else polish
-        diversity = non_negative(diversity, "diversity")
-        if diversity > 0 and self.layer is None:
-            raise ValueError("diversity needs a layer (it compares the layer's feature maps)")
-        if not isinstance(redirect_relu, bool):
-            raise TypeError(f"redirect_relu must be a bool, got {redirect_relu!r}")
-
-        if param not in PARAMETRIZATIONS:
-            raise ValueError(
-                f"unknown parametrisation param={param!r}; choose from {PARAMETRIZATIONS}"
-            )
-        if not isinstance(decorrelate, bool):
-            raise TypeError(f"decorrelate must be a bool, got {decorrelate!r}")
-        if decorrelate and x.shape[1] != 3:
-            raise ValueError(
-                f"decorrelate=True needs 3-channel (RGB) images, got {x.shape[1]} channels"
-            )
-        n_iter = positive_int(n_iter, "n_iter")
-        polish = non_negative(polish, "polish")
-        if polish > 1:
-            raise ValueError(f"polish must be a fraction in [0, 1], got {polish}")
-        n_polish = round(polish * n_iter)
-        lr = non_negative(lr, "lr")
-        if lr == 0:
-            raise ValueError("lr must be > 0, got 0")
-        weights = check_regularizers(regularizers)
-        blur_sigma = non_negative(blur_sigma, "blur_sigma")
-        blur_every = positive_int(blur_every, "blur_every")
-        fourier_factor = non_negative(fourier_factor, "fourier_factor")
-        if fourier_variant not in FOURIER_VARIANTS:
-            raise ValueError(
-                f"fourier_variant must be one of {FOURIER_VARIANTS}, got {fourier_variant!r}"
-            )
-        if snapshot_every is not None:
-            snapshot_every = positive_int(snapshot_every, "snapshot_every")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        size = (x.shape[-2], x.shape[-1])
-        steps = resolve_transforms(transforms, size)
+        values = {
+            "param": param,
+            "decorrelate": decorrelate,
+            "transforms": transforms,
+            "lr": lr,
+            "n_iter": n_iter,
+            "regularizers": regularizers,
+            "blur_sigma": blur_sigma,
+            "fourier_factor": fourier_factor,
+            "redirect_relu": redirect_relu,
+            "polish": polish,
+        }
+        options = resolve_options(
+            x,
+            self.layer is not None,
+            preset,
+            values,
+            blur_every,
+            fourier_variant,
+            diversity,
+            snapshot_every,
+            seed,
+        )
         # Low-precision models: the parameters, FFTs and colour mixing stay in float32 (CPU
         # has no half kernels for them); only the forward pass runs in the model's dtype.
         work = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
         scale = ValueRange(x.shape[1], mean, std, value_range, work, x.device)
         warn_if_training(self.forward_func)
 
-        image = ImageParam(x.to(work), param, decorrelate, scale, clamp)
-        optimizer = torch.optim.Adam([image.tensor], lr=lr, **adam_kernel(image.tensor))
-        generator = torch.Generator().manual_seed(seed)
-        activations: list[Tensor] = []
-        penalties: list[Tensor] = []
-        snapshots: list[Tensor] = []
-        snapshot_steps: list[int] = []
+        image = ImageParam(x.to(work), options.param, options.decorrelate, scale, clamp)
+        optimizer = torch.optim.Adam([image.tensor], lr=options.lr, **adam_kernel(image.tensor))
+        task = (target, reduction, additional_forward_args)
+        history = self._optimise(image, optimizer, x.dtype, work, options, task, show_progress)
+        result = image.result().to(x.dtype)
+        if not return_history and options.snapshot_every is None:
+            return result
+        return self._with_history(result, history, work, options, task)
 
-        def penalty_of(rendered: Tensor) -> Tensor:
-            total = torch.zeros(rendered.shape[0], dtype=rendered.dtype, device=rendered.device)
-            for name, weight in weights.items():
-                if weight:
-                    total = total + weight * REGULARIZERS[name](rendered)
-            return total
-
-        bar = tqdm(range(n_iter), desc="Synthesis", disable=not show_progress)
-        model = self.forward_func
-        redirect = (lambda: redirected_relu(model)) if redirect_relu else nullcontext
-        # A target behind a ReLU layer: a silent example climbs its closest unit (._relu).
-        rectified = (
-            redirect_relu
-            and diversity == 0
+    def _rectifies(self, target: Any, options: Options) -> bool:
+        """Whether a silent example climbs its closest unit: a ReLU layer's channel or unit."""
+        return (
+            options.redirect_relu
+            and options.diversity == 0
             and isinstance(self.layer, nn.ReLU)
             and not (callable(target) and not isinstance(target, Tensor))
         )
+
+    def _objective(
+        self,
+        seen: Tensor,
+        rendered: Tensor,
+        task: _Task,
+        options: Options,
+        rectified: bool,
+        work: torch.dtype,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step's ``(activation, penalty, objective)``, each (N,) in ``work`` dtype.
+
+        ``seen`` is the transformed image in the model's dtype, ``rendered`` the untransformed
+        one the regularisers measure; the loss is ``Σ (penalty − objective)``.
+        """
+        target, reduction, args = task
+        if options.diversity > 0:
+            output = self._layer_output(seen, args)
+            activation = select_layer_target(output, target, reduction).to(work)
+            spread = options.diversity * diversity_penalty(output.to(work))
+            return activation, weighted_penalty(rendered, options.weights) + spread, activation
+        if rectified:
+            value, surrogate = self._rectified(seen, target, reduction, args)
+            activation, objective = value.to(work), surrogate.to(work)
+            return activation, weighted_penalty(rendered, options.weights), objective
+        activation = self._evaluate(seen, target, reduction, args).to(work)
+        return activation, weighted_penalty(rendered, options.weights), activation
+
+    def _optimise(
+        self,
+        image: ImageParam,
+        optimizer: torch.optim.Optimizer,
+        dtype: torch.dtype,
+        work: torch.dtype,
+        options: Options,
+        task: _Task,
+        show_progress: bool,
+    ) -> History:
+        """Run the ``n_iter`` steps on ``image``; the history of each step (see Notes)."""
+        generator = torch.Generator().manual_seed(options.seed)
+        history = History()
+        bar = tqdm(range(options.n_iter), desc="Synthesis", disable=not show_progress)
+        model = self.forward_func
+        redirect = (lambda: redirected_relu(model)) if options.redirect_relu else nullcontext
+        rectified = self._rectifies(task[0], options)
+        transformed_steps = options.n_iter - options.n_polish
         for step in bar:
-            if snapshot_every is not None and step % snapshot_every == 0:
-                snapshots.append(image.result().to(x.dtype))
-                snapshot_steps.append(step)
+            if options.snapshot_every is not None and step % options.snapshot_every == 0:
+                history.snapshot(image.result().to(dtype), step)
+            transforms = options.transforms if step < transformed_steps else ()
             with torch.enable_grad(), redirect():
                 rendered = image.render()
-                seen = rendered
-                for transform in steps if step < n_iter - n_polish else ():
-                    seen = transform(seen, generator)
-                if tuple(seen.shape[-2:]) != size:
-                    seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False)
-                if diversity > 0:
-                    output = self._layer_output(seen.to(x.dtype), additional_forward_args)
-                    activation = select_layer_target(output, target, reduction).to(work)
-                    spread = diversity * diversity_penalty(output.to(work))
-                    penalty, objective = penalty_of(rendered) + spread, activation
-                elif rectified:
-                    value, surrogate = self._rectified(
-                        seen.to(x.dtype), target, reduction, additional_forward_args
-                    )
-                    activation, objective = value.to(work), surrogate.to(work)
-                    penalty = penalty_of(rendered)
-                else:
-                    activation = self._evaluate(
-                        seen.to(x.dtype), target, reduction, additional_forward_args
-                    ).to(work)
-                    penalty, objective = penalty_of(rendered), activation
+                seen = view(rendered, transforms, generator, options.size).to(dtype)
+                activation, penalty, objective = self._objective(
+                    seen, rendered, task, options, rectified, work
+                )
                 loss = (penalty - objective).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
-            activations.append(activation.detach())
-            penalties.append(penalty.detach())
-            if fourier_factor > 0:
-                grad = image.smooth_gradient(grad, fourier_factor, fourier_variant)
-            image.tensor.grad = grad.contiguous()
-            optimizer.step()
-            image.tensor.grad = None
-            if blur_sigma > 0 and (step + 1) % blur_every == 0:
-                image.blur_(blur_sigma)
-            image.project_()
+            history.record(activation, penalty)
+            update(image, optimizer, grad, step, options)
             if show_progress:
                 bar.set_postfix(activation=float(activation.detach().mean()))
         bar.close()
+        return history
 
-        result = image.result().to(x.dtype)
-        if not return_history and snapshot_every is None:
-            return result
-        if snapshot_every is not None and n_iter % snapshot_every == 0:
-            snapshots.append(result)
-            snapshot_steps.append(n_iter)
+    def _with_history(
+        self,
+        result: Tensor,
+        history: History,
+        work: torch.dtype,
+        options: Options,
+        task: _Task,
+    ) -> SynthesisResult:
+        """Close ``history`` with the returned image (N, C, H, W) and stack it."""
+        if options.snapshot_every is not None and options.n_iter % options.snapshot_every == 0:
+            history.snapshot(result, options.n_iter)
         with torch.no_grad():
-            final = self._evaluate(result, target, reduction, additional_forward_args).to(work)
-        activations.append(final.detach())
-        penalties.append(penalty_of(result.to(work)).detach())
+            final = self._evaluate(result, *task).to(work)
+        history.record(final, weighted_penalty(result.to(work), options.weights))
         return SynthesisResult(
             images=result,
-            activation=torch.stack(activations, dim=1),
-            penalty=torch.stack(penalties, dim=1),
-            snapshots=torch.stack(snapshots, dim=1) if snapshots else None,
-            snapshot_steps=tuple(snapshot_steps),
+            activation=torch.stack(history.activations, dim=1),
+            penalty=torch.stack(history.penalties, dim=1),
+            snapshots=torch.stack(history.snapshots, dim=1) if history.snapshots else None,
+            snapshot_steps=tuple(history.snapshot_steps),
         )
