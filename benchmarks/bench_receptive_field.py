@@ -23,9 +23,20 @@ sys.path.insert(0, str(ROOT))
 
 from dnnbrain_captum import TheoreticalReceptiveField  # noqa: E402
 
-MODELS = ["alexnet", "vgg16", "resnet50", "googlenet", "inception_v3", "densenet121",
-          "efficientnet_b0", "convnext_tiny", "mobilenet_v3_large", "regnet_y_400mf",
-          "shufflenet_v2_x1_0", "squeezenet1_1"]
+MODELS = [
+    "alexnet",
+    "vgg16",
+    "resnet50",
+    "googlenet",
+    "inception_v3",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "mobilenet_v3_large",
+    "regnet_y_400mf",
+    "shufflenet_v2_x1_0",
+    "squeezenet1_1",
+]
 
 
 def best(fn, repeats: int) -> float:
@@ -46,8 +57,11 @@ def main() -> None:
     print("| model | input | layers in table | table (s) | one forward (s) |")
     print("|---|---|---|---|---|")
     for name in MODELS:
-        kwargs = {"aux_logits": False, "init_weights": False} if name in (
-            "googlenet", "inception_v3") else {}
+        kwargs = (
+            {"aux_logits": False, "init_weights": False}
+            if name in ("googlenet", "inception_v3")
+            else {}
+        )
         model = getattr(tm, name)(**kwargs).eval()
         side = max(args.size, 299) if name == "inception_v3" else args.size
         size = (3, side, side)

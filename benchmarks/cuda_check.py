@@ -27,8 +27,13 @@ def tensors(result: Any) -> list[torch.Tensor]:
     return []
 
 
-def compare(name: str, run: Callable[[torch.nn.Module, torch.Tensor], Any], x: torch.Tensor,
-            model_factory: Callable[[], torch.nn.Module], atol: float = 1e-3) -> bool:
+def compare(
+    name: str,
+    run: Callable[[torch.nn.Module, torch.Tensor], Any],
+    x: torch.Tensor,
+    model_factory: Callable[[], torch.nn.Module],
+    atol: float = 1e-3,
+) -> bool:
     device = torch.device("cuda")
     torch.manual_seed(0)
     cpu = tensors(run(model_factory().double(), x.double()))
@@ -56,26 +61,58 @@ def main() -> int:
     x, labels = digits_images(n=3)
     t = labels.tolist()
     cases: list[tuple[str, Callable[[Any, torch.Tensor], Any]]] = [
-        ("VanillaSaliencyImage", lambda m, x: dc.VanillaSaliencyImage(m, "conv3").attribute(
-            x, target=t)),
+        (
+            "VanillaSaliencyImage",
+            lambda m, x: dc.VanillaSaliencyImage(m, "conv3").attribute(x, target=t),
+        ),
         ("GuidedSaliencyImage", lambda m, x: dc.GuidedSaliencyImage(m).attribute(x, target=t)),
-        ("NoiseTunnel(Guided)", lambda m, x: NoiseTunnel(dc.GuidedSaliencyImage(m, "conv4"))
-         .attribute(x, nt_samples=4, stdevs=0.0, target=t)),
-        ("UpsamplingActivationMapping", lambda m, x: dc.UpsamplingActivationMapping(m, "conv5")
-         .attribute(x, target=t, threshold=0.5)),
-        ("Occlusion full", lambda m, x: dc.OccluderDiscrepancyMapping(m, "conv3").attribute(
-            x, target=t, sliding_window_shapes=5, strides=3, method="full")),
-        ("Occlusion incremental", lambda m, x: dc.OccluderDiscrepancyMapping(m, "conv3")
-         .attribute(x, target=t, sliding_window_shapes=5, strides=3, method="incremental")),
-        ("Occlusion noise", lambda m, x: dc.OccluderDiscrepancyMapping(m).attribute(
-            x, target=t, sliding_window_shapes=8, strides=8, baselines="noise")),
+        (
+            "NoiseTunnel(Guided)",
+            lambda m, x: NoiseTunnel(dc.GuidedSaliencyImage(m, "conv4")).attribute(
+                x, nt_samples=4, stdevs=0.0, target=t
+            ),
+        ),
+        (
+            "UpsamplingActivationMapping",
+            lambda m, x: dc.UpsamplingActivationMapping(m, "conv5").attribute(
+                x, target=t, threshold=0.5
+            ),
+        ),
+        (
+            "Occlusion full",
+            lambda m, x: dc.OccluderDiscrepancyMapping(m, "conv3").attribute(
+                x, target=t, sliding_window_shapes=5, strides=3, method="full"
+            ),
+        ),
+        (
+            "Occlusion incremental",
+            lambda m, x: dc.OccluderDiscrepancyMapping(m, "conv3").attribute(
+                x, target=t, sliding_window_shapes=5, strides=3, method="incremental"
+            ),
+        ),
+        (
+            "Occlusion noise",
+            lambda m, x: dc.OccluderDiscrepancyMapping(m).attribute(
+                x, target=t, sliding_window_shapes=8, strides=8, baselines="noise"
+            ),
+        ),
         ("MaskedImage", lambda m, x: dc.MaskedImage(m).attribute(x, target=t)),
-        ("MinimalParcelImage", lambda m, x: dc.MinimalParcelImage(m).attribute(
-            x, target=t, segmentation="slic", segmentation_kwargs={"n_segments": 20})),
-        ("MinimalComponentImage", lambda m, x: dc.MinimalComponentImage(m).attribute(
-            x, target=t, patch_size=4)),
-        ("EmpiricalReceptiveField", lambda m, x: dc.EmpiricalReceptiveField(
-            dc.UpsamplingActivationMapping(m, "conv3")).attribute(x, target=5)),
+        (
+            "MinimalParcelImage",
+            lambda m, x: dc.MinimalParcelImage(m).attribute(
+                x, target=t, segmentation="slic", segmentation_kwargs={"n_segments": 20}
+            ),
+        ),
+        (
+            "MinimalComponentImage",
+            lambda m, x: dc.MinimalComponentImage(m).attribute(x, target=t, patch_size=4),
+        ),
+        (
+            "EmpiricalReceptiveField",
+            lambda m, x: dc.EmpiricalReceptiveField(
+                dc.UpsamplingActivationMapping(m, "conv3")
+            ).attribute(x, target=5),
+        ),
     ]
     results = [compare(name, run, x, digits_cnn) for name, run in cases]
     # SynthesisImage starts from noise: from the digits (flat backgrounds, exact ties in 41 %
@@ -84,13 +121,26 @@ def main() -> int:
     # 1e-15 change of a digit start moves the result by 0.29, and fused, foreach and loop Adam
     # differ by 4e-16. From noise a 1e-12 change moves it by 1e-10 (5 and 32 steps).
     noise = dc.random_images(3, 32, kind="uniform", seed=0)
-    results.append(compare("SynthesisImage (noise start)", lambda m, x: dc.SynthesisImage(
-        m, "conv5").attribute(x, target=t, n_iter=32), noise, digits_cnn, atol=1e-6))
+    results.append(
+        compare(
+            "SynthesisImage (noise start)",
+            lambda m, x: dc.SynthesisImage(m, "conv5").attribute(x, target=t, n_iter=32),
+            noise,
+            digits_cnn,
+            atol=1e-6,
+        )
+    )
     y = torch.rand(2, 3, 64, 64)
-    results.append(compare("Occlusion incremental resnet18 layer2", lambda m, x: dc
-                           .OccluderDiscrepancyMapping(m, "layer2").attribute(
-                               x, target=3, sliding_window_shapes=9, strides=5),
-                           y, lambda: resnet18().eval()))
+    results.append(
+        compare(
+            "Occlusion incremental resnet18 layer2",
+            lambda m, x: dc.OccluderDiscrepancyMapping(m, "layer2").attribute(
+                x, target=3, sliding_window_shapes=9, strides=5
+            ),
+            y,
+            lambda: resnet18().eval(),
+        )
+    )
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     return 0 if all(results) else 1
 

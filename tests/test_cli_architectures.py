@@ -156,9 +156,7 @@ def test_saliency_of_a_vit_feature_is_autograd_of_its_token_grid_mean(
     leaf = weights_preprocessed(photo, "vit_b_16").requires_grad_(True)
     grid = vit_grid(layer_out(rebuilt(narrow_vit), VIT_LAYER, leaf))
     (expected,) = torch.autograd.grad(grid[:, 3].mean(), leaf)
-    np.testing.assert_allclose(
-        np.load(out / "result.npy"), expected.numpy(), rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(np.load(out / "result.npy"), expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_occlusion_of_a_vit_feature_equals_brute_force(

@@ -53,13 +53,18 @@ def test_alexnet_table_matches_dnnbrain(alexnet_rf: TheoreticalReceptiveField) -
     table = alexnet_rf.compute()
     # behaviour file §10.4: (map, start, jump, rf) per layer, 224 x 224
     reference = {
-        "conv1": (55, 3.5, 4, 11), "conv1_relu": (55, 3.5, 4, 11),
+        "conv1": (55, 3.5, 4, 11),
+        "conv1_relu": (55, 3.5, 4, 11),
         "conv1_maxpool": (27, 7.5, 8, 19),
-        "conv2": (27, 7.5, 8, 51), "conv2_relu": (27, 7.5, 8, 51),
+        "conv2": (27, 7.5, 8, 51),
+        "conv2_relu": (27, 7.5, 8, 51),
         "conv2_maxpool": (13, 15.5, 16, 67),
-        "conv3": (13, 15.5, 16, 99), "conv3_relu": (13, 15.5, 16, 99),
-        "conv4": (13, 15.5, 16, 131), "conv4_relu": (13, 15.5, 16, 131),
-        "conv5": (13, 15.5, 16, 163), "conv5_relu": (13, 15.5, 16, 163),
+        "conv3": (13, 15.5, 16, 99),
+        "conv3_relu": (13, 15.5, 16, 99),
+        "conv4": (13, 15.5, 16, 131),
+        "conv4_relu": (13, 15.5, 16, 131),
+        "conv5": (13, 15.5, 16, 163),
+        "conv5_relu": (13, 15.5, 16, 163),
         "conv5_maxpool": (6, 31.5, 32, 195),
     }
     for alias, (n, start, jump, size) in reference.items():
@@ -83,9 +88,11 @@ def test_alexnet_find_region_examples(alexnet_rf: TheoreticalReceptiveField) -> 
     assert rf.find_region("conv5_maxpool", (0, 0)) == [(0, 129), (0, 129)]
     assert rf.find_region("conv5_maxpool", (5, 5)) == [(94, 224), (94, 224)]
     # conv5 units 5..7 are the only un-clipped ones (per axis)
-    unclipped = [i for i in range(13)
-                 if rf.find_region("conv5", (i, 0))[0][1] - rf.find_region("conv5", (i, 0))[0][0]
-                 == 163]
+    unclipped = [
+        i
+        for i in range(13)
+        if rf.find_region("conv5", (i, 0))[0][1] - rf.find_region("conv5", (i, 0))[0][0] == 163
+    ]
     assert unclipped == [5, 6, 7]
     # module objects, paths and aliases all work
     model = rf.model
@@ -98,30 +105,127 @@ def _sizes(table, keys: list[str]) -> list[int]:
 
 def test_vgg_tables_match_dnnbrain() -> None:
     vgg11 = TheoreticalReceptiveField(_meta(tm.vgg11), (3, 224, 224)).compute()
-    names = ["conv1", "conv1_maxpool", "conv2", "conv2_maxpool", "conv3", "conv4",
-             "conv4_maxpool", "conv5", "conv6", "conv6_maxpool", "conv7", "conv8",
-             "conv8_maxpool"]
+    names = [
+        "conv1",
+        "conv1_maxpool",
+        "conv2",
+        "conv2_maxpool",
+        "conv3",
+        "conv4",
+        "conv4_maxpool",
+        "conv5",
+        "conv6",
+        "conv6_maxpool",
+        "conv7",
+        "conv8",
+        "conv8_maxpool",
+    ]
     assert _sizes(vgg11, names) == [3, 4, 8, 10, 18, 26, 30, 46, 62, 70, 102, 134, 150]
     assert [vgg11[k].stride[0] for k in names] == [1, 2, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32]
-    starts = [vgg11[k].start[0] for k in ["conv1", "conv1_maxpool", "conv2_maxpool",
-                                          "conv4_maxpool", "conv6_maxpool", "conv8_maxpool"]]
+    starts = [
+        vgg11[k].start[0]
+        for k in [
+            "conv1",
+            "conv1_maxpool",
+            "conv2_maxpool",
+            "conv4_maxpool",
+            "conv6_maxpool",
+            "conv8_maxpool",
+        ]
+    ]
     assert starts == [0.5, 1, 2, 4, 8, 16]
-    assert [vgg11[k].output_size[0] for k in ["conv1", "conv2", "conv3", "conv5", "conv7",
-                                              "conv8_maxpool"]] == [224, 112, 56, 28, 14, 7]
+    assert [
+        vgg11[k].output_size[0]
+        for k in ["conv1", "conv2", "conv3", "conv5", "conv7", "conv8_maxpool"]
+    ] == [224, 112, 56, 28, 14, 7]
 
     vgg16 = TheoreticalReceptiveField(_meta(tm.vgg16), (3, 224, 224)).compute()
-    keys16 = ["conv1", "conv2", "conv2_maxpool", "conv3", "conv4", "conv4_maxpool", "conv5",
-              "conv6", "conv7", "conv7_maxpool", "conv8", "conv9", "conv10", "conv10_maxpool",
-              "conv11", "conv12", "conv13", "conv13_maxpool"]
-    assert _sizes(vgg16, keys16) == [3, 5, 6, 10, 14, 16, 24, 32, 40, 44, 60, 76, 92, 100, 132,
-                                     164, 196, 212]
+    keys16 = [
+        "conv1",
+        "conv2",
+        "conv2_maxpool",
+        "conv3",
+        "conv4",
+        "conv4_maxpool",
+        "conv5",
+        "conv6",
+        "conv7",
+        "conv7_maxpool",
+        "conv8",
+        "conv9",
+        "conv10",
+        "conv10_maxpool",
+        "conv11",
+        "conv12",
+        "conv13",
+        "conv13_maxpool",
+    ]
+    assert _sizes(vgg16, keys16) == [
+        3,
+        5,
+        6,
+        10,
+        14,
+        16,
+        24,
+        32,
+        40,
+        44,
+        60,
+        76,
+        92,
+        100,
+        132,
+        164,
+        196,
+        212,
+    ]
 
     vgg19 = TheoreticalReceptiveField(_meta(tm.vgg19_bn), (3, 224, 224)).compute()
-    keys19 = ["conv1", "conv2", "conv2_maxpool", "conv3", "conv4", "conv4_maxpool", "conv5",
-              "conv6", "conv7", "conv8", "conv8_maxpool", "conv9", "conv10", "conv11", "conv12",
-              "conv12_maxpool", "conv13", "conv14", "conv15", "conv16"]
-    assert _sizes(vgg19, keys19) == [3, 5, 6, 10, 14, 16, 24, 32, 40, 48, 52, 68, 84, 100, 116,
-                                     124, 156, 188, 220, 252]
+    keys19 = [
+        "conv1",
+        "conv2",
+        "conv2_maxpool",
+        "conv3",
+        "conv4",
+        "conv4_maxpool",
+        "conv5",
+        "conv6",
+        "conv7",
+        "conv8",
+        "conv8_maxpool",
+        "conv9",
+        "conv10",
+        "conv11",
+        "conv12",
+        "conv12_maxpool",
+        "conv13",
+        "conv14",
+        "conv15",
+        "conv16",
+    ]
+    assert _sizes(vgg19, keys19) == [
+        3,
+        5,
+        6,
+        10,
+        14,
+        16,
+        24,
+        32,
+        40,
+        48,
+        52,
+        68,
+        84,
+        100,
+        116,
+        124,
+        156,
+        188,
+        220,
+        252,
+    ]
     assert vgg19["conv16_maxpool"].size == (268, 268)
     assert vgg19["conv1_bn"].size == vgg19["conv1_relu"].size == (3, 3)
 
@@ -168,21 +272,42 @@ def test_irregular_adaptive_pooling_has_exact_regions_but_no_affine_form() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    "alexnet", "vgg16", "resnet50", "googlenet", "inception_v3", "mobilenet_v2",
-    "mobilenet_v3_small", "mobilenet_v3_large", "densenet121", "efficientnet_b0",
-    "convnext_tiny", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0", "regnet_x_400mf",
-    "regnet_y_400mf",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alexnet",
+        "vgg16",
+        "resnet50",
+        "googlenet",
+        "inception_v3",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "densenet121",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "squeezenet1_0",
+        "squeezenet1_1",
+        "shufflenet_v2_x1_0",
+        "regnet_x_400mf",
+        "regnet_y_400mf",
+    ],
+)
 def test_probe_agrees_on_every_torchvision_classifier(name: str) -> None:
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet",
-                                                                      "inception_v3") else {}
+    kwargs = (
+        {"aux_logits": False, "init_weights": False}
+        if name in ("googlenet", "inception_v3")
+        else {}
+    )
     model = getattr(tm, name)(**kwargs).eval()
     size = (3, 160, 160) if name == "inception_v3" else (3, 128, 128)
     table = TheoreticalReceptiveField(model, size).compute()
     accelerator = getattr(torch, "accelerator", None)
-    device = accelerator.current_accelerator() if accelerator is not None and (
-        accelerator.is_available()) else "cpu"
+    device = (
+        accelerator.current_accelerator()
+        if accelerator is not None and (accelerator.is_available())
+        else "cpu"
+    )
     assert disagreements(model, size, table, torch.float64, device) == []
 
 
@@ -205,8 +330,8 @@ def test_resnet_reused_relu_gets_one_row_per_call_and_containers() -> None:
 
 def test_dilation_ceil_mode_and_crop_by_hand() -> None:
     model = nn.Sequential(
-        nn.Conv2d(1, 1, 3, dilation=2),                 # r 5, j 1
-        nn.MaxPool2d(2, ceil_mode=True),                # r 6, j 2
+        nn.Conv2d(1, 1, 3, dilation=2),  # r 5, j 1
+        nn.MaxPool2d(2, ceil_mode=True),  # r 6, j 2
         nn.Conv2d(1, 1, (1, 3), stride=(3, 1), padding=(0, 2)),
     )
     table = TheoreticalReceptiveField(model, (1, 10, 11)).compute()
@@ -283,15 +408,20 @@ def test_value_dependent_forward_names_the_cause_and_the_module() -> None:
             return x * 2 if float(x.sum()) > 0 else x
 
     model = nn.Sequential(nn.Conv2d(1, 1, 3), ValueDependent())
-    with pytest.raises(UnsupportedOperationError,
-                       match=r"module '1' \(ValueDependent\).*reads tensor values.*shape-only"):
+    with pytest.raises(
+        UnsupportedOperationError,
+        match=r"module '1' \(ValueDependent\).*reads tensor values.*shape-only",
+    ):
         TheoreticalReceptiveField(model, (1, 8, 8)).compute()
 
 
 def test_wrong_number_of_input_channels_names_input_size_and_the_module() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    with pytest.raises(ValueError, match=r"input_size=\(1, 8, 8\).*1 input channel.*'0' "
-                                         r"\(Conv2d\) expects 3.*\(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"input_size=\(1, 8, 8\).*1 input channel.*'0' "
+        r"\(Conv2d\) expects 3.*\(3, 8, 8\)",
+    ):
         TheoreticalReceptiveField(model, (1, 8, 8)).compute()
     with pytest.raises(ValueError, match=r"'conv1' \(Conv2d\) expects 3"):
         TheoreticalReceptiveField(tm.resnet18(), (4, 32, 32)).compute()
@@ -368,8 +498,7 @@ def test_text_table_lists_layers_and_aliases(alexnet_rf: TheoreticalReceptiveFie
     lines = text.splitlines()
     assert lines[0].startswith("receptive fields of AlexNet for input (3, 224, 224)")
     row = next(line for line in lines if line.startswith("features.10"))
-    assert row.split() == ["features.10", "conv5", "Conv2d", "13x13", "163x163", "16x16",
-                           "66x66"]
+    assert row.split() == ["features.10", "conv5", "Conv2d", "13x13", "163x163", "16x16", "66x66"]
     assert any(line.split()[:2] == ["classifier.6", "fc3"] and "flat" in line for line in lines)
     assert str(alexnet_rf.compute()) == text
 

@@ -52,8 +52,10 @@ def _loop(attribution, images, targets, batch, **kwargs) -> np.ndarray:  # noqa:
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     return {
-        p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(
-            p.read_bytes()).hexdigest() if p.is_file() else "dir")
+        p.relative_to(folder).as_posix(): (
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+        )
         for p in sorted(folder.rglob("*"))
     }
 
@@ -81,14 +83,21 @@ def test_saliency_equals_loop_of_attribute_calls(model, data, tmp_path) -> None:
 def test_occlusion_upsampling_guided_tuple_items_and_loader(model, data, tmp_path) -> None:  # noqa: ANN001
     images, labels = data
     occlusion = OccluderDiscrepancyMapping(model, "conv5")
-    run_over(occlusion, TensorDataset(images, labels), targets=7, out=tmp_path / "occ",
-             batch_size=3, **OCC)
+    run_over(
+        occlusion,
+        TensorDataset(images, labels),
+        targets=7,
+        out=tmp_path / "occ",
+        batch_size=3,
+        **OCC,
+    )
     assert np.array_equal(read_results(tmp_path / "occ"), _loop(occlusion, images, 7, 3, **OCC))
 
     upsample = UpsamplingActivationMapping(model, "conv3")
     loader = DataLoader(TensorDataset(images, labels), batch_size=5)  # batch size from loader
-    run_over(upsample, loader, targets=labels.numpy(), out=tmp_path / "up",
-             interpolate_mode="bilinear")
+    run_over(
+        upsample, loader, targets=labels.numpy(), out=tmp_path / "up", interpolate_mode="bilinear"
+    )
     expected = _loop(upsample, images, labels.tolist(), 5, interpolate_mode="bilinear")
     assert np.array_equal(read_results(tmp_path / "up"), expected)
     assert read_manifest(tmp_path / "up")["request"]["chunk_size"] == 5
@@ -134,14 +143,23 @@ def test_manifest_records_the_run(model, data, tmp_path) -> None:  # noqa: ANN00
     images, labels = data
     occlusion = OccluderDiscrepancyMapping(model, "conv5")
     ids = [f"stim{i:02d}.png" for i in range(10)]
-    run_over(occlusion, images, targets=labels, out=tmp_path, batch_size=4, ids=ids,
-             baselines=torch.zeros(1, 3, 1, 1), **OCC)
+    run_over(
+        occlusion,
+        images,
+        targets=labels,
+        out=tmp_path,
+        batch_size=4,
+        ids=ids,
+        baselines=torch.zeros(1, 3, 1, 1),
+        **OCC,
+    )
     text = (tmp_path / "manifest.json").read_text()
     manifest = json.loads(text)
     request = manifest["request"]
     assert manifest["format"] == "dnnbrain_captum.run" and manifest["status"] == "complete"
     assert request["attribution"]["class"] == (
-        "dnnbrain_captum.attr.occlusion.OccluderDiscrepancyMapping")
+        "dnnbrain_captum.attr.occlusion.OccluderDiscrepancyMapping"
+    )
     assert request["attribution"]["layer"] == "features.10"
     assert request["attribution"]["model"] == "dnnbrain_captum.models.digits.DigitsCNN"
     assert len(request["attribution"]["model_sha256"]) == 64
@@ -157,7 +175,9 @@ def test_manifest_records_the_run(model, data, tmp_path) -> None:  # noqa: ANN00
     assert "NaN" in text  # fill value written as a string: strict JSON
 
 
-def test_resume_skips_done_chunks_and_equals_uninterrupted(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
+def test_resume_skips_done_chunks_and_equals_uninterrupted(
+    model, data, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001, E501
     images, labels = data
     saliency = VanillaSaliencyImage(model, "conv5")
     run_over(saliency, images, targets=labels, out=tmp_path / "whole", batch_size=3)
@@ -226,11 +246,12 @@ def test_resume_mixes_chunk_files_and_in_place_rows(model, data, tmp_path, monke
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_over(saliency, images, targets=labels, out=out, batch_size=3, assemble=second)
         assert sorted(p.name for p in (out / "chunks").iterdir()) == [
-            f"chunk-00000{int(first)}.json", f"chunk-00000{int(first)}.npy"]
+            f"chunk-00000{int(first)}.json",
+            f"chunk-00000{int(first)}.npy",
+        ]
         assert _logged(out) == [int(not first)]
         monkeypatch.setattr(VanillaSaliencyImage, "attribute", original)
-        summary = run_over(saliency, images, targets=labels, out=out, batch_size=3,
-                           assemble=first)
+        summary = run_over(saliency, images, targets=labels, out=out, batch_size=3, assemble=first)
         assert (summary.reused, summary.computed) == (6, 4)
         assert np.allclose(read_results(out), whole, atol=1e-6)
         expected = ["manifest.json", "result.npy"] if first else ["chunks", "manifest.json"]
@@ -240,7 +261,9 @@ def test_resume_mixes_chunk_files_and_in_place_rows(model, data, tmp_path, monke
             assert names == [f"chunk-00000{k}.{e}" for k in range(4) for e in ("json", "npy")]
 
 
-def test_done_log_without_its_result_file_counts_nothing(model, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
+def test_done_log_without_its_result_file_counts_nothing(
+    model, data, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001, E501
     images, labels = data
     saliency = VanillaSaliencyImage(model, "conv5")
     original = VanillaSaliencyImage.attribute
@@ -270,15 +293,23 @@ def test_different_run_is_refused_and_folder_unchanged(model, data, tmp_path, mo
     run_over(occlusion, images, targets=labels, out=tmp_path, batch_size=4, **OCC)
     before = _snapshot(tmp_path)
     cases = [
-        (dict(targets=labels, batch_size=4, sliding_window_shapes=(8, 8), strides=(2, 2)),
-         occlusion, "parameters.strides"),
+        (
+            dict(targets=labels, batch_size=4, sliding_window_shapes=(8, 8), strides=(2, 2)),
+            occlusion,
+            "parameters.strides",
+        ),
         (dict(targets=3, batch_size=4, **OCC), occlusion, "targets"),
         (dict(targets=labels, batch_size=5, **OCC), occlusion, "chunk_size"),
-        (dict(targets=labels, batch_size=4, **OCC), OccluderDiscrepancyMapping(model, "conv4"),
-         "attribution.layer"),
-        (dict(targets=labels, batch_size=4, **OCC),
-         OccluderDiscrepancyMapping(digits_cnn(pretrained=False), "conv5"),
-         "attribution.model_sha256"),
+        (
+            dict(targets=labels, batch_size=4, **OCC),
+            OccluderDiscrepancyMapping(model, "conv4"),
+            "attribution.layer",
+        ),
+        (
+            dict(targets=labels, batch_size=4, **OCC),
+            OccluderDiscrepancyMapping(digits_cnn(pretrained=False), "conv5"),
+            "attribution.model_sha256",
+        ),
     ]
     for kwargs, attribution, culprit in cases:
         with pytest.raises(ValueError, match=culprit.replace(".", r"\.")) as info:
@@ -286,8 +317,15 @@ def test_different_run_is_refused_and_folder_unchanged(model, data, tmp_path, mo
         assert "nothing was changed" in str(info.value)
         assert _snapshot(tmp_path) == before
     with pytest.raises(ValueError, match="stimulus_ids"):
-        run_over(occlusion, images, targets=labels, out=tmp_path, batch_size=4,
-                 ids=[f"x{i}" for i in range(10)], **OCC)
+        run_over(
+            occlusion,
+            images,
+            targets=labels,
+            out=tmp_path,
+            batch_size=4,
+            ids=[f"x{i}" for i in range(10)],
+            **OCC,
+        )
     assert _snapshot(tmp_path) == before
 
     # an interrupted run is protected the same way
@@ -314,10 +352,19 @@ def test_different_run_is_refused_and_folder_unchanged(model, data, tmp_path, mo
         run_over(occlusion, images, targets=labels, out=part, batch_size=4, baselines=0.5, **OCC)
     assert _snapshot(part) == partial
     # overwrite=True replaces the run with the new one
-    run_over(occlusion, images, targets=labels, out=part, batch_size=4, baselines=0.5,
-             overwrite=True, **OCC)
-    assert np.array_equal(read_results(part), _loop(occlusion, images, labels.tolist(), 4,
-                                                     baselines=0.5, **OCC))
+    run_over(
+        occlusion,
+        images,
+        targets=labels,
+        out=part,
+        batch_size=4,
+        baselines=0.5,
+        overwrite=True,
+        **OCC,
+    )
+    assert np.array_equal(
+        read_results(part), _loop(occlusion, images, labels.tolist(), 4, baselines=0.5, **OCC)
+    )
 
 
 def _digit_folder(folder: Path, images: torch.Tensor) -> None:
@@ -339,8 +386,15 @@ def test_corrupt_image_is_named_and_others_kept(model, data, tmp_path) -> None: 
         run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3)
     # the chunk before the bad one was kept; a rerun with on_error="skip" resumes
     assert _logged(tmp_path / "out") == [0]
-    summary = run_over(saliency, dataset, targets=1, out=tmp_path / "out", batch_size=3,
-                       on_error="skip", num_workers=2)  # loading in worker processes
+    summary = run_over(
+        saliency,
+        dataset,
+        targets=1,
+        out=tmp_path / "out",
+        batch_size=3,
+        on_error="skip",
+        num_workers=2,
+    )  # loading in worker processes
     assert summary.reused == 3 and summary.computed == 7
     assert [(s["index"], s["id"]) for s in summary.skipped] == [(4, "digit04.png")]
     assert "digit04.png" in summary.skipped[0]["error"]
@@ -367,8 +421,9 @@ def test_all_items_of_a_chunk_unreadable(model, data, tmp_path) -> None:  # noqa
     upsample = UpsamplingActivationMapping(model, "conv2")
     for assemble in (True, False):
         out = tmp_path / f"out{assemble}"
-        summary = run_over(upsample, dataset, targets=0, out=out, batch_size=2, on_error="skip",
-                           assemble=assemble)
+        summary = run_over(
+            upsample, dataset, targets=0, out=out, batch_size=2, on_error="skip", assemble=assemble
+        )
         result = np.asarray(read_results(out))
         assert [s["id"] for s in summary.skipped] == ["digit00.png", "digit01.png"]
         assert result.shape == (5, 32, 32) and np.isnan(result[:2]).all()
@@ -406,7 +461,10 @@ def test_output_opens_with_plain_numpy_and_json(model, data, tmp_path) -> None: 
         copy = tmp_path / f"copy{assemble}.npy"
         done = subprocess.run(
             [sys.executable, "-I", "-c", _PLAIN_READER, str(out), str(copy)],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
@@ -420,8 +478,7 @@ def test_progress_and_summary_logging(model, data, tmp_path, caplog, capsys) -> 
     images, labels = data
     saliency = VanillaSaliencyImage(model, "conv5")
     with caplog.at_level(logging.INFO, logger="dnnbrain_captum.runner"):
-        run_over(saliency, images, targets=labels, out=tmp_path, batch_size=4,
-                 show_progress=True)
+        run_over(saliency, images, targets=labels, out=tmp_path, batch_size=4, show_progress=True)
     assert "10 items in" in caplog.text and "items/s" in caplog.text
     assert "10/10" in capsys.readouterr().err
 

@@ -96,15 +96,34 @@ def test_torchrun_two_ranks_equals_single_process(
     n, batch = 22, 4  # 6 chunks, the last one short; rank 0 gets 3 chunks (12), rank 1 3 (10)
     one, two = tmp_path / "one_host", tmp_path / "two_hosts"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-         str(JOB), str(one), method, str(n), str(batch), "--then-fake-hosts", str(two)],
-        capture_output=True, text=True, timeout=180, env=_env(), cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            str(JOB),
+            str(one),
+            method,
+            str(n),
+            str(batch),
+            "--then-fake-hosts",
+            str(two),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(),
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summaries = sorted(_summaries(done.stdout), key=lambda s: s["rank"])
     assert [(s["rank"], s["world"], s["computed"]) for s in summaries] == [
-        (0, 2, 12), (0, 2, 12), (1, 2, 10), (1, 2, 10)
+        (0, 2, 12),
+        (0, 2, 12),
+        (1, 2, 10),
+        (1, 2, 10),
     ]
     _single_process(method, n, batch, tmp_path / "single")
     for out in (one, two):
@@ -117,13 +136,22 @@ def test_killed_run_resumes_to_the_uninterrupted_result(method: str, tmp_path: P
     out = tmp_path / "killed"
     done = subprocess.run(
         [sys.executable, str(JOB), str(out), method, str(n), str(batch), "--die-after", "2"],
-        capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        cwd=tmp_path,
     )
     assert done.returncode == 3, done.stderr[-3000:]  # died abruptly inside the third chunk
     left = sorted(p.name for p in out.iterdir())
     # a killed run leaves its lock (no longer held) and its private folder, taken over next time
-    assert left == [".dnnbrain-run.lock", ".dnnbrain-run.tmp", "manifest.json",
-                    "result.partial.done", "result.partial.npy"]
+    assert left == [
+        ".dnnbrain-run.lock",
+        ".dnnbrain-run.tmp",
+        "manifest.json",
+        "result.partial.done",
+        "result.partial.npy",
+    ]
     logged = (out / "result.partial.done").read_text().splitlines()
     assert [json.loads(line)["chunk"] for line in logged] == [0, 1]
     assert read_manifest(out)["status"] == "running"

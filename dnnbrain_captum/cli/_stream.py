@@ -54,7 +54,8 @@ class _Stimuli(torch.utils.data.Dataset):
             ImageFolderDataset(
                 images, transform=Preprocess(size.size, size.crop, mean, std, size.interpolation)
             )
-            if images else None
+            if images
+            else None
         )
         self.size = size
         self.digits = digits
@@ -191,8 +192,9 @@ def _stream_saliency(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
     attribution: Any
     if args.smooth > 0:
         attribution = _SmoothGradSaliency(ctx.model, ctx.layer, args.method)
-        kwargs.update(smooth=args.smooth, sigma_multiplier=args.sigma_multiplier,
-                      noise_seed=args.seed)
+        kwargs.update(
+            smooth=args.smooth, sigma_multiplier=args.sigma_multiplier, noise_seed=args.seed
+        )
     else:
         cls = GuidedSaliencyImage if args.method == "guided" else VanillaSaliencyImage
         attribution = cls(ctx.model, ctx.layer)
@@ -200,7 +202,9 @@ def _stream_saliency(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
     if args.smooth:
         label += f" SmoothGrad x{args.smooth}"
     return StreamJob(
-        attribution, kwargs, _positive(args.batch_size, "--batch-size"),
+        attribution,
+        kwargs,
+        _positive(args.batch_size, "--batch-size"),
         _stream_target(ctx, args.channel),
         lambda row, shown, t: saliency_figure(
             row, shown, sign="absolute_value", title=f"{label}, {_what(ctx, t)}"
@@ -222,12 +226,15 @@ def _stream_occlusion(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
         )
     record = {"options": {k: v for k, v in options.items() if k != "perturbations_per_eval"}}
     return StreamJob(
-        OccluderDiscrepancyMapping(ctx.model, ctx.layer), options,
-        _positive(args.batch_size, "--batch-size"), _stream_target(ctx, args.channel),
+        OccluderDiscrepancyMapping(ctx.model, ctx.layer),
+        options,
+        _positive(args.batch_size, "--batch-size"),
+        _stream_target(ctx, args.channel),
         lambda row, shown, t: occlusion_figure(
             row, shown, window, options["strides"], title=f"occlusion, {_what(ctx, t)}"
         ),
-        "occlusion", record,
+        "occlusion",
+        record,
     )
 
 
@@ -241,11 +248,16 @@ def _stream_upsample(args: argparse.Namespace, ctx: RunContext) -> StreamJob:
         raise CLIError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.binarize and args.threshold is None:
         raise CLIError("--binarize needs --threshold")
-    kwargs = {"interpolate_mode": args.interpolate, "threshold": args.threshold,
-              "binarize": args.binarize}
+    kwargs = {
+        "interpolate_mode": args.interpolate,
+        "threshold": args.threshold,
+        "binarize": args.binarize,
+    }
     return StreamJob(
-        UpsamplingActivationMapping(ctx.model, ctx.layer), kwargs,
-        _positive(args.batch_size, "--batch-size"), args.channel,
+        UpsamplingActivationMapping(ctx.model, ctx.layer),
+        kwargs,
+        _positive(args.batch_size, "--batch-size"),
+        args.channel,
         lambda row, shown, t: activation_map_figure(
             row, shown, title=f"{ctx.layer_name} channel {t}"
         ),

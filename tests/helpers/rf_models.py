@@ -111,7 +111,7 @@ class SquareDetector(nn.Module):
         margin = (kernel - side) // 2
         with torch.no_grad():
             self.conv.weight.zero_()
-            self.conv.weight[:, :, margin:margin + side, margin:margin + side] = 1.0
+            self.conv.weight[:, :, margin : margin + side, margin : margin + side] = 1.0
             self.head.weight.fill_(1.0)
             self.head.bias.zero_()
 
@@ -127,7 +127,7 @@ def square_images(n: int, height: int, width: int, side: int, seed: int = 0) -> 
     for k in range(n):
         top = int(torch.randint(side, height - 2 * side + 1, (1,), generator=generator))
         left = int(torch.randint(side, width - 2 * side + 1, (1,), generator=generator))
-        images[k, :, top:top + side, left:left + side] = 1.0
+        images[k, :, top : top + side, left : left + side] = 1.0
     return images
 
 
@@ -165,15 +165,24 @@ class TinyUNet(nn.Module):
 # ----------------------------------------------------------------------------- the probe
 
 
-def _linear_pool(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 dilation: Any = 1, ceil_mode: bool = False, **_: Any) -> Tensor:
+def _linear_pool(
+    x: Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    **_: Any,
+) -> Tensor:
     """A sum over the same windows as ``max_pool2d`` (positive weights, same geometry)."""
     target = F.max_pool2d(x.detach(), kernel_size, stride, padding, dilation, ceil_mode).shape
     k = _two(kernel_size)
     s = _two(stride) if stride not in (None, [], ()) else k
     p, d = _two(padding), _two(dilation)
-    extra = [max(0, (target[-2 + a] - 1) * s[a] + d[a] * (k[a] - 1) + 1
-                 - (x.shape[-2 + a] + 2 * p[a])) for a in range(2)]
+    extra = [
+        max(0, (target[-2 + a] - 1) * s[a] + d[a] * (k[a] - 1) + 1 - (x.shape[-2 + a] + 2 * p[a]))
+        for a in range(2)
+    ]
     padded = F.pad(x, (p[1], p[1] + extra[1], p[0], p[0] + extra[0]))
     channels = x.shape[-3]
     weight = torch.ones(channels, 1, *k, dtype=x.dtype, device=x.device)
@@ -188,17 +197,42 @@ def _two(value: Any) -> tuple[int, int]:
 
 
 _IDENTITY = {
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "gelu", "silu", "silu_", "hardswish",
-    "hardswish_", "hardsigmoid", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "mish",
-    "dropout", "dropout2d", "batch_norm", "layer_norm", "group_norm", "instance_norm",
+    "relu",
+    "relu_",
+    "relu6",
+    "hardtanh",
+    "hardtanh_",
+    "gelu",
+    "silu",
+    "silu_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "sigmoid",
+    "tanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "mish",
+    "dropout",
+    "dropout2d",
+    "batch_norm",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
 }
 
 
 class _Linearise(TorchFunctionMode):
     """Activations, normalisations and dropout become identities; max pooling a window sum."""
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name in _IDENTITY:
@@ -206,13 +240,13 @@ class _Linearise(TorchFunctionMode):
         if name in ("max_pool2d", "max_pool2d_with_indices"):
             return _linear_pool(*args, **kwargs)
         if name in ("adaptive_max_pool2d",):
-            return F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1
-                                         else kwargs["output_size"])
+            return F.adaptive_avg_pool2d(
+                args[0], args[1] if len(args) > 1 else kwargs["output_size"]
+            )
         return func(*args, **kwargs)
 
 
-def linearised(model: nn.Module, dtype: torch.dtype = torch.float64
-               ) -> tuple[nn.Module, list[str]]:
+def linearised(model: nn.Module, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[str]]:
     """An eval-mode copy with positive weights (scaled 1/fan-in), no SE gates and
     uniform attention (query and key projections zeroed).
 
@@ -253,8 +287,9 @@ def _uniform_attention(module: nn.Module) -> None:
         if module.in_proj_bias is not None:
             module.in_proj_bias[:width] = 0.0
     projection = None
-    if isinstance(module, (swin_transformer.ShiftedWindowAttention,
-                           swin_transformer.ShiftedWindowAttentionV2)):
+    if isinstance(
+        module, (swin_transformer.ShiftedWindowAttention, swin_transformer.ShiftedWindowAttentionV2)
+    ):
         projection = module.qkv
     elif isinstance(module, maxvit.RelativePositionalMultiHeadAttention):
         projection = module.to_qkv
@@ -282,14 +317,26 @@ def _bbox(mask: Tensor) -> list[tuple[int, int]]:
 
 def probe_units(n_h: int, n_w: int) -> list[tuple[int, int]]:
     """Corners, centre and near-corner units of an n_h × n_w map (distinct)."""
-    picks = [(0, 0), (n_h - 1, n_w - 1), (0, n_w - 1), (n_h - 1, 0), (n_h // 2, n_w // 2),
-             (min(1, n_h - 1), max(n_w - 2, 0)), (max(n_h - 2, 0), min(1, n_w - 1))]
+    picks = [
+        (0, 0),
+        (n_h - 1, n_w - 1),
+        (0, n_w - 1),
+        (n_h - 1, 0),
+        (n_h // 2, n_w // 2),
+        (min(1, n_h - 1), max(n_w - 2, 0)),
+        (max(n_h - 2, 0), min(1, n_w - 1)),
+    ]
     return list(dict.fromkeys(picks))
 
 
-def gradient_support(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                     dtype: torch.dtype = torch.float64, device: Any = "cpu",
-                     threshold: float = 0.0) -> dict[str, list[tuple[Any, Any, Any]]]:
+def gradient_support(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    table: Any,
+    dtype: torch.dtype = torch.float64,
+    device: Any = "cpu",
+    threshold: float = 0.0,
+) -> dict[str, list[tuple[Any, Any, Any]]]:
     """Probe every (spatial or flat) table entry of a linearised copy of ``model``.
 
     Returns ``{key: [(unit or None, probed box, box from the table), ...]}``; entries
@@ -306,9 +353,14 @@ def gradient_support(model: nn.Module, input_size: tuple[int, int, int], table: 
         torch.set_num_threads(threads)
 
 
-def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                      dtype: torch.dtype, device: Any, threshold: float
-                      ) -> dict[str, list[tuple[Any, Any, Any]]]:
+def _gradient_support(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    table: Any,
+    dtype: torch.dtype,
+    device: Any,
+    threshold: float,
+) -> dict[str, list[tuple[Any, Any, Any]]]:
     lin, removed = linearised(model, dtype)
     lin = lin.to(device)
     outputs: dict[str, Tensor] = {}
@@ -319,15 +371,20 @@ def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             k = counts.get(path, 0)
             counts[path] = k + 1
-            tensor = output if isinstance(output, Tensor) else next(
-                (o for o in output if isinstance(o, Tensor)), None) if isinstance(
-                output, (tuple, list)) else None
+            tensor = (
+                output
+                if isinstance(output, Tensor)
+                else next((o for o in output if isinstance(o, Tensor)), None)
+                if isinstance(output, (tuple, list))
+                else None
+            )
             if tensor is not None:
                 outputs[f"{path}:{k}" if k else path] = tensor
                 if tensor is output:
                     # Later in-place operations (``out += identity``) must not rewrite it.
                     return tensor.clone()
             return None
+
         return hook
 
     for path, module in lin.named_modules():
@@ -357,13 +414,16 @@ def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table:
             axis, extra = entry.tokens
             assert axis == 1, key
 
-            def pick(b: int, i: int, j: int, out: Tensor = out, extra: int = extra,
-                     n_w: int = n_w) -> Tensor:
+            def pick(
+                b: int, i: int, j: int, out: Tensor = out, extra: int = extra, n_w: int = n_w
+            ) -> Tensor:
                 return out[b, extra + i * n_w + j]
         elif tuple(out.shape[-2:]) == (n_h, n_w):
+
             def pick(b: int, i: int, j: int, out: Tensor = out) -> Tensor:
                 return out[b, ..., i, j]
         elif out.dim() == 4 and tuple(out.shape[1:3]) == (n_h, n_w):
+
             def pick(b: int, i: int, j: int, out: Tensor = out) -> Tensor:
                 return out[b, i, j]
         else:
@@ -371,35 +431,46 @@ def _gradient_support(model: nn.Module, input_size: tuple[int, int, int], table:
         units = probe_units(n_h, n_w)
         total = sum(pick(b, i, j).sum() for b, (i, j) in enumerate(units))
         (grad,) = torch.autograd.grad(total, x, retain_graph=True)
-        results[key] = [((i, j), _bbox(_support(grad[b], threshold)),
-                         table.find_region(key, (i, j)))
-                        for b, (i, j) in enumerate(units)]
+        results[key] = [
+            ((i, j), _bbox(_support(grad[b], threshold)), table.find_region(key, (i, j)))
+            for b, (i, j) in enumerate(units)
+        ]
     return results
 
 
 def formula_box(entry: Any, unit: tuple[int, int]) -> list[tuple[int, int]]:
     """The unclipped Araujo box ``[i*j - P, i*j - P + r)`` per axis."""
-    return [(unit[a] * entry.stride[a] - entry.padding[a],
-             unit[a] * entry.stride[a] - entry.padding[a] + entry.size[a]) for a in range(2)]
+    return [
+        (
+            unit[a] * entry.stride[a] - entry.padding[a],
+            unit[a] * entry.stride[a] - entry.padding[a] + entry.size[a],
+        )
+        for a in range(2)
+    ]
 
 
-def disagreements(model: nn.Module, input_size: tuple[int, int, int], table: Any,
-                  dtype: torch.dtype = torch.float64, device: Any = "cpu",
-                  threshold: float = 0.0) -> list[str]:
+def disagreements(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    table: Any,
+    dtype: torch.dtype = torch.float64,
+    device: Any = "cpu",
+    threshold: float = 0.0,
+) -> list[str]:
     """Every probed unit whose gradient-support box differs from the table's box, and every
     interior unit (formula box inside the image) whose box differs from the formula."""
     problems = []
     _, height, width = input_size
-    for key, rows in gradient_support(model, input_size, table, dtype, device,
-                                      threshold).items():
+    for key, rows in gradient_support(model, input_size, table, dtype, device, threshold).items():
         entry = table[key]
         for unit, probed, box in rows:
             if probed != box:
                 problems.append(f"{key} unit {unit}: probe {probed} vs table {box}")
             if unit is not None and entry.size is not None:
                 fb = formula_box(entry, unit)
-                inside = fb[0][0] >= 0 and fb[1][0] >= 0 and fb[0][1] <= height and (
-                    fb[1][1] <= width)
+                inside = (
+                    fb[0][0] >= 0 and fb[1][0] >= 0 and fb[0][1] <= height and (fb[1][1] <= width)
+                )
                 if inside and fb != probed:
                     problems.append(f"{key} unit {unit}: probe {probed} vs formula {fb}")
     return problems
