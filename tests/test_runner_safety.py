@@ -232,6 +232,26 @@ def test_lock_names_its_holder_and_a_stale_lock_is_taken_over(
         _run(job, out)
 
 
+def test_a_lock_taken_a_moment_ago_still_names_its_holder(tmp_path: Path) -> None:
+    """The holder writes who it is just after taking the lock: a run that meets the lock in
+    between waits for those bytes instead of naming "another process" (seen in CI: two runs
+    started together)."""
+    import threading
+
+    from dnnbrain_captum.runner import _lock
+
+    lock = tmp_path / ".dnnbrain-run.lock"
+    lock.touch()  # taken, not yet written
+    info = json.dumps({"pid": 4242, "host": "elsewhere", "started": "now"})
+    writer = threading.Timer(0.15, lock.write_text, args=(info,))
+    writer.start()
+    try:
+        message = str(_lock._busy(tmp_path, lock))
+    finally:
+        writer.join()
+    assert "in use by another run: process 4242 on elsewhere (since now)" in message
+
+
 def _other_file_system(tmp_path: Path) -> Path:
     """A folder on another file system than ``tmp_path`` when this machine has one (the tmpfs
     /dev/shm), else beside it (the symlink is then tested within one file system)."""

@@ -27,6 +27,7 @@ import secrets
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,12 +48,24 @@ class FolderBusyError(RuntimeError):
     """The output folder is locked by another run; the message names the holder."""
 
 
-def _holder_text(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {info['pid']} on {info['host']} (since {info['started']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+HOLDER_WAIT = 1.0  # seconds to wait for a new holder to write who it is
+
+
+def _holder_text(path: Path, wait: float = HOLDER_WAIT) -> str:
+    """Who holds the lock file ``path``: its process, host and start time.
+
+    A holder writes these just after taking the lock; a lock met in between is read again
+    for up to ``wait`` seconds before the holder is called "another process".
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            return f"process {info['pid']} on {info['host']} (since {info['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another process"
+            time.sleep(0.02)
 
 
 def _busy(folder: Path, path: Path) -> FolderBusyError:
