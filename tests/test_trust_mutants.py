@@ -22,6 +22,7 @@ from dnnbrain_captum._utils.validation import (
     pair,
     positive_int,
 )
+from tests.helpers.models import TokenNet
 
 
 def _raises(error: type[Exception], message: str):
@@ -231,27 +232,8 @@ def test_evaluate_target_errors_and_unbatched_layer_input() -> None:
         targets.evaluate_target(_Hooked(lin), lin, (torch.rand(2, 4, 3),), 1, "max")
 
 
-class _ToTokens(nn.Module):
-    def forward(self, h: Tensor) -> Tensor:
-        return h.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
-
-
-class _TokenNet(nn.Module):
-    """A 4x4 patch embedding, its tokens, and a Linear on the tokens (a ViT in miniature)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.embed = nn.Conv2d(3, 4, 4, stride=4)
-        self.to_tokens = _ToTokens()
-        self.proj = nn.Linear(4, 3)
-
-    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
-        return self.proj(self.to_tokens(self.embed(x * scale)))
-
-
 def test_layer_output_layouts_inputs_arguments_and_taps() -> None:
-    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    model, x = TokenNet().eval(), torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         grid = model.embed(x)  # (2, 4, 2, 2)
         tokens = model.proj(model.to_tokens(grid))  # (2, 4, 3)

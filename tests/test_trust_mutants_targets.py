@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._utils import hooks, targets
 from dnnbrain_captum._utils.baselines import baseline_images
+from tests.helpers.models import TokenNet
 
 
 def _raises(error: type[Exception], message: str):
@@ -33,25 +34,6 @@ class _Scaled(nn.Module):
 
     def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
         return self.head(self.conv(x * scale))
-
-
-class _ToTokens(nn.Module):
-    def forward(self, h: Tensor) -> Tensor:
-        return h.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
-
-
-class _TokenNet(nn.Module):
-    """A 4x4 patch embedding, its tokens, and a Linear on the tokens (a ViT in miniature)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.embed = nn.Conv2d(3, 4, 4, stride=4)
-        self.to_tokens = _ToTokens()
-        self.proj = nn.Linear(4, 3)
-
-    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
-        return self.proj(self.to_tokens(self.embed(x * scale)))
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -129,7 +111,7 @@ def test_attribute_to_layer_input_reads_the_input(target: int | tuple[int, ...])
 
 def test_the_input_of_a_layer_has_its_own_layout() -> None:
     # to_tokens takes a channels-first grid and returns tokens: its input is read as it is
-    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    model, x = TokenNet().eval(), torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         grid = model.embed(x)
         got = targets.evaluate_target(
@@ -140,7 +122,7 @@ def test_the_input_of_a_layer_has_its_own_layout() -> None:
 
 def test_extra_arguments_skip_the_shape_only_pass() -> None:
     # without a shape-only pass, a Linear's 3-D output is refused by its type
-    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    model, x = TokenNet().eval(), torch.rand(2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"layer 'proj' \(Linear\) has shape \(2, 4, 3\)"):
         targets.evaluate_target(model, model.proj, (x,), 1, "mean", (2.0,))
 
@@ -168,7 +150,7 @@ def test_fast_path_checks_the_batch_of_the_layer_input() -> None:
 
 
 def test_callable_targets_see_the_raw_output_or_the_users_transform() -> None:
-    model, x = _TokenNet().eval(), torch.rand(2, 3, 8, 8)
+    model, x = TokenNet().eval(), torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         tokens = model(x)  # (2, 4, 3): 4 tokens on a 2x2 grid, 3 features
         raw = targets.evaluate_target(model, model.proj, (x,), lambda o: o[:, 3, 2], "max")

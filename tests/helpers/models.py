@@ -65,3 +65,24 @@ class TwoChannel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.relu(self.conv(x)).mean((2, 3))
+
+
+class ToTokens(nn.Module):
+    """(N, C, H, W) maps to (N, H*W, C) tokens."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
+
+
+class TokenNet(nn.Module):
+    """A 4x4 patch embedding, its tokens, and a Linear on the tokens (a ViT in miniature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, 4, 4, stride=4)
+        self.to_tokens = ToTokens()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        return self.proj(self.to_tokens(self.embed(x * scale)))
