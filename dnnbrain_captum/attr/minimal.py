@@ -15,6 +15,7 @@ from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.layouts import reads_channels_first
 from dnnbrain_captum._utils.validation import check_finite, check_image_batch, positive_int
 from dnnbrain_captum.attr._base import LayerPerturbation
+from dnnbrain_captum.attr._incremental.fallback import refuse_or_fall_back
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
 from dnnbrain_captum.attr._incremental.regions import ParcelRemovals
 from dnnbrain_captum.attr._search import (
@@ -440,9 +441,5 @@ class MinimalParcelImage(LayerPerturbation):
                 batch,
             )
         except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
-            if not isinstance(reason, IncrementalUnsupported):
-                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
-            if method == "incremental":
-                raise ValueError(f"method='incremental' is not possible here: {reason}") from None
-            logger.debug("removal search by the full path: %s", reason)
+            refuse_or_fall_back(reason, method, logger, "removal search by the full path")
             return None

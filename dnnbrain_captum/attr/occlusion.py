@@ -34,6 +34,7 @@ from dnnbrain_captum.attr._incremental.cost import (
     incremental_pays,
     peak_bytes,
 )
+from dnnbrain_captum.attr._incremental.fallback import refuse_or_fall_back
 
 __all__ = ["OccluderDiscrepancyMapping", "occlusion_grid_shape"]
 
@@ -314,11 +315,7 @@ class OccluderDiscrepancyMapping(LayerPerturbation):
         try:
             values = self._incremental_values(method, *args)
         except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
-            if not isinstance(reason, IncrementalUnsupported):
-                reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
-            if method == "incremental":
-                raise ValueError(f"method='incremental' is not possible here: {reason}") from None
-            logger.debug("occlusion map by full recompute: %s", reason)
+            refuse_or_fall_back(reason, method, logger, "occlusion map by full recompute")
             return None
         logger.debug("occlusion map by incremental inference")
         return values

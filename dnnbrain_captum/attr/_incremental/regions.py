@@ -35,6 +35,7 @@ from dnnbrain_captum.attr._incremental.cost import (
     predicted_costs,
 )
 from dnnbrain_captum.attr._incremental.engine import IncrementalOcclusion, _target_of
+from dnnbrain_captum.attr._incremental.fallback import refuse_or_fall_back
 from dnnbrain_captum.attr._incremental.nodes import IncrementalUnsupported
 from dnnbrain_captum.attr._incremental.planning import _Plan
 
@@ -176,13 +177,9 @@ class ParcelRemovals:
             try:
                 self._removals(example, kept, members, values, done)
             except Exception as reason:  # noqa: BLE001 - whatever went wrong, the full path is exact
-                if not isinstance(reason, IncrementalUnsupported):
-                    reason = IncrementalUnsupported(f"{type(reason).__name__}: {reason}")
-                if self.method == "incremental":
-                    raise ValueError(
-                        f"method='incremental' is not possible here: {reason}"
-                    ) from None
-                logger.debug("parcel removals by the full path from now on: %s", reason)
+                refuse_or_fall_back(
+                    reason, self.method, logger, "parcel removals by the full path from now on"
+                )
                 self.disabled = True
                 done[:] = False
         self.stats["incremental"] += int(done.sum())
