@@ -160,6 +160,26 @@ def write_site(
     folder.write_text("index.html", _index_page(atlas))
 
 
+def _read_layer_runs(
+    plan: Any, data: Any, folder: AtlasFolder, settings: dict[str, Any]
+) -> tuple[Any, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+    """One layer's stored results: maps, occlusion pixel maps, fields, syntheses, minimal images."""
+    runs = folder.out / RUNS / plan.folder
+    maps = read_results(runs / "maps")
+    grids = np.array(read_results(runs / "occlusion"))
+    if shared_sweep(settings["occlusion"]):  # (distinct top stimuli, M, rows, cols)
+        grids = top_grids(grids, plan.top, np.unique(plan.top))
+    grids = torch.from_numpy(np.ascontiguousarray(grids))
+    size = tuple(Picked(data, [0])[0].shape[-2:])
+    occlusion = settings["occlusion"]
+    window, stride = (tuple(occlusion[key])[-2:] for key in ("sliding_window_shapes", "strides"))
+    occluded = occlusion_pixel_map(grids, size, window, stride).numpy()  # type: ignore[arg-type]
+    fields = np.asarray(read_results(runs / "empirical_rf"))
+    syntheses = torch.from_numpy(np.array(read_results(runs / "syntheses")))
+    minimal = torch.from_numpy(np.array(read_results(runs / "minimal")))
+    return maps, occluded, fields, syntheses, minimal
+
+
 def _layer_channels(
     model: nn.Module,
     plan: Any,
@@ -173,20 +193,8 @@ def _layer_channels(
     show_progress: bool,
 ) -> list[dict[str, Any]]:
     """Pictures, page and ``atlas.json`` record of every selected channel of one layer."""
-    k, s, runs = settings["top_k"], settings["n_syntheses"], folder.out / RUNS / plan.folder
-    maps = read_results(runs / "maps")
-    grids = np.array(read_results(runs / "occlusion"))
-    if shared_sweep(settings["occlusion"]):  # (distinct top stimuli, M, rows, cols)
-        grids = top_grids(grids, plan.top, np.unique(plan.top))
-    grids = torch.from_numpy(np.ascontiguousarray(grids))
-    size = tuple(Picked(data, [0])[0].shape[-2:])
-    occlusion = settings["occlusion"]
-    window, stride = (tuple(occlusion[key])[-2:] for key in ("sliding_window_shapes", "strides"))
-    occluded = occlusion_pixel_map(grids, size, window, stride).numpy()  # type: ignore[arg-type]
-    fields = np.asarray(read_results(runs / "empirical_rf"))
-    syntheses = torch.from_numpy(np.array(read_results(runs / "syntheses")))
-    minimal = torch.from_numpy(np.array(read_results(runs / "minimal")))
-    m = len(plan.channels)
+    k, s, m = settings["top_k"], settings["n_syntheses"], len(plan.channels)
+    maps, occluded, fields, syntheses, minimal = _read_layer_runs(plan, data, folder, settings)
     top_images = torch.stack([Picked(data, [int(i)])[0] for i in plan.top.reshape(-1)])
     units, covered = _best_units(model, plan, top_images, entry, k)
     repeated = [c for c in plan.channels for _ in range(s)]
@@ -232,6 +240,14 @@ def _layer_channels(
             "page": f"{plan.folder}/{channel}.html",
         }
         records.append(record)
+    _write_pages(plan, records, settings, folder)
+    return records
+
+
+def _write_pages(
+    plan: Any, records: list[dict[str, Any]], settings: dict[str, Any], folder: AtlasFolder
+) -> None:
+    """Write every channel's page, each linked to its layer's previous and next channel."""
     pages = {}
     for j, record in enumerate(records):
         before = records[j - 1]["channel"] if j > 0 else None
@@ -239,7 +255,6 @@ def _layer_channels(
         page = _channel_page(plan, record, settings, before, after)
         pages[record["page"]] = page.encode("utf-8")
     folder.write_all(pages)
-    return records
 
 
 def _channel_page(

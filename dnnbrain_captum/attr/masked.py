@@ -29,6 +29,38 @@ __all__ = ["MaskedImage", "MaskedImages", "contrast_hull", "reference_colour"]
 _LUMINANCE = (0.2125, 0.7154, 0.0721)  # scikit-image's rgb2gray weights
 
 
+def _warn_of_outcomes(
+    non_positive: list[int], not_reached: list[int], stop: str, ratio: float, max_iter: int
+) -> None:
+    """Warn (at the caller of ``attribute``) of examples whose erosion did not end as asked."""
+    if non_positive:
+        warnings.warn(
+            f"the baseline activation is not positive for example(s) {non_positive}: a "
+            f"fraction of it is no reduction, so the hull mask is returned uneroded",
+            UserWarning,
+            stacklevel=4,
+        )
+    if not_reached:
+        chosen = "with the lowest activation" if stop == "drop" else "deepest non-empty"
+        warnings.warn(
+            f"the activation did not fall {'to' if stop == 'drop' else 'below'} {ratio} × "
+            f"baseline within max_iter={max_iter} erosions (or before the mask vanished) "
+            f"for example(s) {not_reached}; the mask {chosen} is returned",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _fallback_depth(activation: Tensor, stop: str, vanished: bool) -> int:
+    """The depth returned when no erosion crossed the level: see ``stop`` in ``attribute``."""
+    if activation.shape[0] == 1:
+        return 0
+    if stop == "keep":
+        return activation.shape[0] - (2 if vanished else 1)
+    deeper = activation[1:].flip(0)
+    return activation.shape[0] - 1 - int(deeper.argmin())
+
+
 class MaskedImages(NamedTuple):
     """Result of :meth:`MaskedImage.attribute` with ``return_masks=True``.
 
@@ -353,22 +385,7 @@ class MaskedImage(LayerPerturbation):
                 elif outcome[-1] == "not reached":
                     not_reached.append(k)
                 results.append(outcome[:-1])  # type: ignore[arg-type]
-        if non_positive:
-            warnings.warn(
-                f"the baseline activation is not positive for example(s) {non_positive}: a "
-                f"fraction of it is no reduction, so the hull mask is returned uneroded",
-                UserWarning,
-                stacklevel=3,
-            )
-        if not_reached:
-            chosen = "with the lowest activation" if stop == "drop" else "deepest non-empty"
-            warnings.warn(
-                f"the activation did not fall {'to' if stop == 'drop' else 'below'} {ratio} × "
-                f"baseline within max_iter={max_iter} erosions (or before the mask vanished) "
-                f"for example(s) {not_reached}; the mask {chosen} is returned",
-                UserWarning,
-                stacklevel=3,
-            )
+        _warn_of_outcomes(non_positive, not_reached, stop, ratio, max_iter)
         images = torch.cat([r[0] for r in results])
         if not return_masks:
             return images
@@ -441,13 +458,7 @@ class MaskedImage(LayerPerturbation):
         activation = torch.cat(values)
         all_masks = torch.cat(masks)
         if chosen < 0:
-            if activation.shape[0] == 1:
-                chosen = 0
-            elif stop == "keep":
-                chosen = activation.shape[0] - (2 if vanished else 1)
-            else:
-                deeper = activation[1:].flip(0)
-                chosen = activation.shape[0] - 1 - int(deeper.argmin())
+            chosen = _fallback_depth(activation, stop, vanished)
         mask = all_masks[chosen : chosen + 1]
         return (
             mask * image + (1 - mask) * fill,
