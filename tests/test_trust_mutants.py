@@ -382,8 +382,8 @@ def test_warn_if_training_once_per_model() -> None:
     model = nn.Linear(1, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hooks.warn_if_training(model, stacklevel=2)
-        hooks.warn_if_training(model, stacklevel=2)
+        hooks.warn_if_training(model)
+        hooks.warn_if_training(model)
         hooks.warn_if_training(nn.Linear(1, 1).eval())
         hooks.warn_if_training(lambda x: x)
     assert len(caught) == 1
@@ -391,7 +391,7 @@ def test_warn_if_training_once_per_model() -> None:
         "Linear is in training mode: dropout and batch norm make the attributions random; "
         "call model.eval() first if that is not intended"
     )
-    assert caught[0].category is UserWarning  # (stacklevel: mutmut adds a frame, not checked)
+    assert caught[0].category is UserWarning
 
 
 class _TwoArgs(nn.Module):

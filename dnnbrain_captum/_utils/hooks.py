@@ -13,7 +13,6 @@ input (``x.mul_(2)``) never changes the caller's batch or the images a method de
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from dnnbrain_captum._utils.caller import warn_at_caller
 
 __all__ = [
     "LayerCapture",
@@ -54,19 +55,16 @@ def removing(handles: list[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
         handles.clear()
 
 
-def warn_if_training(model: Any, stacklevel: int = 4) -> None:
+def warn_if_training(model: Any) -> None:
     """Warn once per model that it is in training mode (dropout, batch statistics).
 
-    The default ``stacklevel`` points at the user's call of an ``attribute`` method decorated
-    with ``captum.log.log_usage`` (which adds one frame).
+    The warning points at the user's line (:func:`~dnnbrain_captum._utils.caller.warn_at_caller`).
     """
     if isinstance(model, nn.Module) and model.training and model not in _WARNED_TRAINING:
         _WARNED_TRAINING.add(model)
-        warnings.warn(
+        warn_at_caller(
             f"{type(model).__name__} is in training mode: dropout and batch norm make the "
-            "attributions random; call model.eval() first if that is not intended",
-            UserWarning,
-            stacklevel=stacklevel,
+            "attributions random; call model.eval() first if that is not intended"
         )
 
 

@@ -9,7 +9,6 @@ Everything here is torch only and batched: candidates of every example are score
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from dnnbrain_captum._utils.baselines import baseline_images
+from dnnbrain_captum._utils.caller import warn_at_caller
 from dnnbrain_captum._utils.layouts import ReshapeTransform
 from dnnbrain_captum._utils.targets import (
     channel_maps,
@@ -206,11 +206,9 @@ def plateau_index(curve: Tensor, tolerance: float = 0.05) -> int:
 
 def _warn_non_positive(examples: list[int], values: Tensor, what: str) -> None:
     shown = ", ".join(f"{k} ({float(values[k]):.4g})" for k in examples[:5])
-    warnings.warn(
+    warn_at_caller(
         f"the original activation is not positive for example(s) {shown}: a fraction of it is "
         f"no reduction, so {what}",
-        UserWarning,
-        stacklevel=4,
     )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dnnbrain_captum._utils.caller import warn_at_caller
+
 __all__ = ["SEGMENTATIONS", "fit_components", "segment"]
 
 SEGMENTATIONS = {
@@ -117,11 +119,9 @@ def fit_components(
             )
             sources = ica.fit_transform(coefficients @ rotation)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            warnings.warn(
+            warn_at_caller(
                 f"FastICA did not converge in {max_iter} iterations; the components are "
                 "approximate (reconstruction from all of them is still exact up to rounding)",
-                UserWarning,
-                stacklevel=3,
             )
         # data = mean + scores @ basis, scores @ rotation = sources @ mixing.T + ica.mean_
         basis = rotation.T @ basis  # orthogonal: scores = (scores @ rotation) @ rotation.T

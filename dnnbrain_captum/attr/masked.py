@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -12,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
+from dnnbrain_captum._utils.caller import warn_at_caller
 from dnnbrain_captum._utils.filters import gaussian_blur
 from dnnbrain_captum._utils.hooks import warn_if_training
 from dnnbrain_captum._utils.targets import (
@@ -34,20 +34,16 @@ def _warn_of_outcomes(
 ) -> None:
     """Warn (at the caller of ``attribute``) of examples whose erosion did not end as asked."""
     if non_positive:
-        warnings.warn(
+        warn_at_caller(
             f"the baseline activation is not positive for example(s) {non_positive}: a "
             f"fraction of it is no reduction, so the hull mask is returned uneroded",
-            UserWarning,
-            stacklevel=4,
         )
     if not_reached:
         chosen = "with the lowest activation" if stop == "drop" else "deepest non-empty"
-        warnings.warn(
+        warn_at_caller(
             f"the activation did not fall {'to' if stop == 'drop' else 'below'} {ratio} × "
             f"baseline within max_iter={max_iter} erosions (or before the mask vanished) "
             f"for example(s) {not_reached}; the mask {chosen} is returned",
-            UserWarning,
-            stacklevel=4,
         )
 
 

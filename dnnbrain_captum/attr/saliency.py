@@ -7,7 +7,6 @@ level from :func:`smoothgrad_stdev`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from dnnbrain_captum._compat import TargetType, format_output, is_tuple
 from dnnbrain_captum._utils.aliases import captum_keyword_aliases
+from dnnbrain_captum._utils.caller import warn_at_caller
 from dnnbrain_captum._utils.hooks import LayerCapture, guided_relu, warn_if_training
 from dnnbrain_captum._utils.layers import LayerSpec, resolve_layer
 from dnnbrain_captum._utils.layouts import (
@@ -289,9 +289,7 @@ class GuidedSaliencyImage(VanillaSaliencyImage):
 
     def _check_relu_calls(self, calls: int) -> None:
         if calls == 0:
-            warnings.warn(
+            warn_at_caller(
                 "no nn.ReLU module ran before the explained layer, so the guided rule was not "
                 "applied (functional F.relu is not hooked); the result is the vanilla gradient",
-                UserWarning,
-                stacklevel=4,
             )
