@@ -195,6 +195,18 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
         default="0",
         help="value of removed pixels in model space, or 'mean' (parcels)",
     )
+    _add_component_options(parser)
+    parser.add_argument(
+        "--perturbations-per-eval",
+        type=int,
+        default=64,
+        metavar="K",
+        help="candidate images per forward pass",
+    )
+
+
+def _add_component_options(parser: argparse.ArgumentParser) -> None:
+    """Options of ``minimal`` that only the image components (pca, ica) read."""
     parser.add_argument(
         "--sampling",
         choices=("patches", "pixels"),
@@ -207,13 +219,6 @@ def _add_minimal(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="components per image for pca/ica (default: full rank)",
-    )
-    parser.add_argument(
-        "--perturbations-per-eval",
-        type=int,
-        default=64,
-        metavar="K",
-        help="candidate images per forward pass",
     )
 
 
