@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -147,6 +148,24 @@ def parcel_labels(
             "a feature_mask with several labels"
         )
     return labels
+
+
+def _parcel_composer(
+    x: Tensor, fill: Tensor, flat_labels: Tensor
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``compose(examples, selection)``: images keeping the selected parcels, the rest ``fill``.
+
+    ``x`` (N, C, H, W), ``fill`` (1 or N, C, H, W), ``flat_labels`` (N, H·W); ``examples`` (B,)
+    indexes the images and ``selection`` (B, P) is True for every parcel kept.
+    """
+
+    def compose(example: Tensor, selection: Tensor) -> Tensor:
+        keep = torch.gather(selection, 1, flat_labels[example])
+        keep = keep.view(example.shape[0], 1, *x.shape[-2:])
+        background = fill[example] if fill.shape[0] > 1 else fill
+        return torch.where(keep, x[example], background)
+
+    return compose
 
 
 @captum_keyword_aliases
@@ -357,12 +376,7 @@ class MinimalParcelImage(LayerPerturbation):
         counts = (labels.flatten(1).amax(1) + 1).tolist()
         flat_labels = labels.flatten(1)
 
-        def compose(example: Tensor, selection: Tensor) -> Tensor:
-            keep = torch.gather(selection, 1, flat_labels[example])
-            keep = keep.view(example.shape[0], 1, *x.shape[-2:])
-            background = fill[example] if fill.shape[0] > 1 else fill
-            return torch.where(keep, x[example], background)
-
+        compose = _parcel_composer(x, fill, flat_labels)
         bar = tqdm(desc="Minimal parcel image", disable=not show_progress, unit="image")
         try:
             with torch.no_grad():
