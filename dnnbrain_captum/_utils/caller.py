@@ -17,35 +17,28 @@ from types import FrameType
 import captum
 import torch
 
-__all__ = ["warn_at_caller"]
+__all__ = ["NOT_THE_CALLER", "warn_at_caller"]
 
 
-def _folder(path: str) -> str:
-    return os.path.dirname(os.path.realpath(path)) + os.sep
-
-
-#: Folders whose frames are not the user's: this package, Captum (its wrappers call ours) and
-#: PyTorch (``torch.no_grad`` used as a decorator adds frames).
-_INTERNAL = tuple(
-    _folder(path) for path in (os.path.dirname(__file__), captum.__file__, torch.__file__)
-)
+#: Files standing for the folders whose frames are not the user's: this package, Captum (its
+#: wrappers call ours) and PyTorch (``torch.no_grad`` used as a decorator adds frames).
+NOT_THE_CALLER: list[str] = [os.path.dirname(__file__), captum.__file__, torch.__file__]
 
 
 def _is_internal(frame: FrameType) -> bool:
-    return os.path.realpath(frame.f_code.co_filename).startswith(_INTERNAL)
+    folders = tuple(os.path.dirname(os.path.realpath(f)) + os.sep for f in NOT_THE_CALLER)
+    return os.path.realpath(frame.f_code.co_filename).startswith(folders)
 
 
-def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn(message, category)`` located at the first frame outside the package.
+def warn_at_caller(message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` located at the first frame outside the package.
 
     Parameters
     ----------
     message : str
         The warning's text.
-    category : type of Warning
-        Its class.
     """
     level, frame = 2, sys._getframe(1)
     while frame.f_back is not None and _is_internal(frame):
         level, frame = level + 1, frame.f_back
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, stacklevel=level)  # category: UserWarning, the default
