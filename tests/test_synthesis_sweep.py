@@ -44,15 +44,27 @@ def _best_digit(model: torch.nn.Module, name: str, images: torch.Tensor) -> torc
         return run_to_layer(model, resolve_layer(model, name), (images,)).mean(dim=(2, 3)).amax(0)
 
 
+#: Channels that are 0 after their ReLU on every held-out digit and that nothing has made fire
+#: (the default synthesis from grey and noise, the hard searches of bench_synthesis.py --silent
+#: and helper searches; benchmarks/README.md): only these may tie with the data at exactly 0.
+#: No bound proves them dead either (CROWN bounds are far above 0).
+NEVER_FIRED = {
+    "conv4_relu": {1, 3, 42, 44, 60},
+    "conv5_relu": {6, 7, 33, 38, 45, 46},
+}
+
+
 def _check_against_data(reached: torch.Tensor, best: torch.Tensor, where: str) -> None:
     margin = reached - best
-    tie = margin == 0
+    layer = where.split()[0]
     assert bool((margin >= 0).all()), f"{where}: channels lose {margin.lt(0).nonzero().tolist()}"
-    # A tie is allowed only where the channel is exactly 0 on every digit and on the synthesis.
-    assert bool((best[tie] == 0).all() and (reached[tie] == 0).all()), where
-    fires = best > 0
-    assert bool((margin[fires] > 0).all()), where
-    if not where.split()[0].endswith("_relu"):  # before the ReLU there is no tie
+    # A tie (exactly 0 on every digit and on the synthesis) only on a channel nobody has fired.
+    ties = set(margin.eq(0).nonzero().flatten().tolist())
+    assert bool((best[list(ties)] == 0).all() and (reached[list(ties)] == 0).all()), where
+    unexplained = sorted(ties - NEVER_FIRED.get(layer, set()))
+    assert not unexplained, f"{where}: data-silent channels that stay at 0: {unexplained}"
+    assert bool((margin > 0).sum() == len(margin) - len(ties)), where
+    if not layer.endswith("_relu"):  # before the ReLU there is no tie
         assert bool((margin > 0).all()), f"{where}: {margin.min()}"
 
 
@@ -113,6 +125,26 @@ def test_a_silent_channel_is_not_trapped_on_one_unit(
     assert float(reached[0]) > float(best)
 
 
+@pytest.mark.parametrize(
+    ("name", "channel", "kind"),
+    [("conv3_relu", 10, "grey"), ("conv3_relu", 10, "uniform"), ("conv5_relu", 16, "uniform")],
+)
+def test_default_synthesis_fires_a_data_silent_channel(
+    model: torch.nn.Module, held_out: torch.Tensor, name: str, channel: int, kind: str
+) -> None:
+    # These channels are exactly 0 on every held-out digit, so beating the data means firing.
+    # The sweep's start for the channel (seed 1); batched and single runs are the same run.
+    # Before: the default left each at exactly 0 (a tie); a longer search makes them fire.
+    assert float(_best_digit(model, name, held_out)[channel]) == 0.0
+    n = {"conv3_relu": 48, "conv5_relu": 64}[name]
+    start = random_images(n, 32, kind=kind, seed=1)[channel : channel + 1]
+    result = SynthesisImage(model, name).attribute(start, target=[channel], return_history=True)
+    with torch.no_grad():
+        reached = evaluate_target(model, resolve_layer(model, name), (result.images,), [channel])
+    assert float(reached[0]) > 0.0
+    assert float(result.activation[0, -1]) == float(reached[0])  # the true value is reported
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["grey", "uniform"])
 @pytest.mark.parametrize("name", LAYERS)
@@ -131,13 +163,30 @@ def test_the_surrogate_gradient_is_finite_when_other_channels_are_large() -> Non
     from dnnbrain_captum.optim._relu import rectified_objective
 
     pre = torch.tensor([[[[-1.0, -3.0]], [[200.0, 150.0]]]], requires_grad=True)
-    value, objective = rectified_objective(pre, 0, "mean")
+    value, objective = rectified_objective(pre, 0, "mean", tau=0.5)
     (grad,) = torch.autograd.grad(objective.sum(), [pre])
     assert float(value.detach()) == 0.0
-    # max(z) + τ log(e^(-1/τ) + e^(-3/τ)) with τ = 0.5: -1 + (-1 + 0.5 log(1 + e^-4))
-    expected = torch.tensor([-2.0 + 0.5 * float(np.log1p(np.exp(-4.0)))])
+    # τ log(e^(-1/τ) + e^(-3/τ)) with τ = 0.5: -1 + 0.5 log(1 + e^-4)
+    expected = torch.tensor([-1.0 + 0.5 * float(np.log1p(np.exp(-4.0)))])
     torch.testing.assert_close(objective.detach(), expected)
     assert bool(torch.isfinite(grad).all())
     assert float(grad[0, 1].abs().sum()) == 0.0
-    for unit, twice in (((0, 0, 0), -2.0), ((0, 0, 1), -6.0)):  # a silent unit: 2 z
-        assert float(rectified_objective(pre.detach(), [unit], "mean")[1]) == twice
+    for unit, z in (((0, 0, 0), -1.0), ((0, 0, 1), -3.0)):  # a silent unit: its pre-activation
+        assert float(rectified_objective(pre.detach(), [unit], "mean")[1]) == z
+
+
+def test_the_surrogate_gradient_reaches_the_largest_unit() -> None:
+    # The soft maximum's gradient is the softmax over the target's units. The stable form
+    # clamped (z - max) / τ at 0 with clamp(max=0), whose gradient at exactly 0 is 0: the
+    # largest unit, the one closest to firing, got no gradient at all (a hard maximum, τ → 0,
+    # then never moved; conv5_relu channel 16 from noise stayed at -0.43 after 256 + 768 steps).
+    from dnnbrain_captum.optim._relu import soft_maximum
+
+    pre = torch.tensor([[[[-1.0, -3.0]]]], requires_grad=True)
+    for tau in (0.5, 0.01):
+        (grad,) = torch.autograd.grad(soft_maximum(pre, 0, tau).sum(), [pre])
+        weights = torch.softmax(torch.tensor([-1.0, -3.0]) / tau, 0)
+        torch.testing.assert_close(grad[0, 0, 0], weights)
+    per_example = torch.tensor([0.5])  # one temperature per example gives the same
+    (grad,) = torch.autograd.grad(soft_maximum(pre, 0, per_example).sum(), [pre])
+    torch.testing.assert_close(grad[0, 0, 0], torch.softmax(torch.tensor([-2.0, -6.0]), 0))

@@ -29,16 +29,25 @@ from dnnbrain_captum._utils.targets import (
 )
 from dnnbrain_captum._utils.validation import check_image_batch
 from dnnbrain_captum.optim._loop import (
+    IGNITION_COPIES,
     History,
     Options,
+    focus_bias,
+    ignite,
     resolve_options,
+    subset_task,
     update,
     view,
     weighted_penalty,
 )
 from dnnbrain_captum.optim._objectives import diversity_penalty
 from dnnbrain_captum.optim._param import ImageParam, ValueRange, random_images
-from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu
+from dnnbrain_captum.optim._relu import (
+    rectified_objective,
+    redirected_relu,
+    soft_maximum,
+    temperature,
+)
 from dnnbrain_captum.optim._settings import (
     LOW_PRECISION,
     PRESETS,
@@ -187,10 +196,14 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         )
 
     def _rectified(
-        self, images: Tensor, target: Any, reduction: str, args: Any
+        self, images: Tensor, target: Any, reduction: str, args: Any, tau: float
     ) -> tuple[Tensor, Tensor]:
         """For a ReLU layer: the target's true value and the objective (:mod:`._relu`)."""
-        pre = refusing_low_precision(
+        return rectified_objective(self._pre_activation(images, args), target, reduction, tau)
+
+    def _pre_activation(self, images: Tensor, args: Any) -> Tensor:
+        """For a ReLU layer: its input (the pre-activation), channels-first."""
+        return refusing_low_precision(
             images,
             lambda: layer_output(
                 self.forward_func,
@@ -201,7 +214,6 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 on_input=True,
             ),
         )
-        return rectified_objective(pre, target, reduction)
 
     def _layer_output(self, images: Tensor, args: Any) -> Tensor:
         """The target layer's output (for the diversity term), one tensor (N, C, ...)."""
@@ -235,6 +247,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         fourier_variant: str = "fftfreq",
         redirect_relu: bool | None = None,
         polish: float | None = None,
+        silent_steps: int | None = None,
         diversity: float = 0.0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
@@ -350,6 +363,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             "fourier_factor": fourier_factor,
             "redirect_relu": redirect_relu,
             "polish": polish,
+            "silent_steps": silent_steps,
         }
         options = resolve_options(
             x,
@@ -373,6 +387,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         task = (target, reduction, additional_forward_args)
         history = self._optimise(image, optimizer, x.dtype, work, options, task, show_progress)
         result = image.result().to(x.dtype)
+        if options.silent_steps and self._rectifies(target, options):
+            result = self._ignite(image, result, x, work, options, task)
         if not return_history and options.snapshot_every is None:
             return result
         return self._with_history(result, history, work, options, task)
@@ -394,6 +410,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         options: Options,
         rectified: bool,
         work: torch.dtype,
+        tau: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One step's ``(activation, penalty, objective)``, each (N,) in ``work`` dtype.
 
@@ -407,7 +424,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             spread = options.diversity * diversity_penalty(output.to(work))
             return activation, weighted_penalty(rendered, options.weights) + spread, activation
         if rectified:
-            value, surrogate = self._rectified(seen, target, reduction, args)
+            value, surrogate = self._rectified(seen, target, reduction, args, tau)
             activation, objective = value.to(work), surrogate.to(work)
             return activation, weighted_penalty(rendered, options.weights), objective
         activation = self._evaluate(seen, target, reduction, args).to(work)
@@ -431,24 +448,100 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         redirect = (lambda: redirected_relu(model)) if options.redirect_relu else nullcontext
         rectified = self._rectifies(task[0], options)
         transformed_steps = options.n_iter - options.n_polish
+        # Rectified targets at exactly 0 on the last step (at first: all); they see the image
+        # untransformed, so what climbs towards firing is the image that is returned.
+        silent = torch.ones(image.shape[0], dtype=torch.bool) if rectified else None
         for step in bar:
             if options.snapshot_every is not None and step % options.snapshot_every == 0:
                 history.snapshot(image.result().to(dtype), step)
             transforms = options.transforms if step < transformed_steps else ()
             with torch.enable_grad(), redirect():
                 rendered = image.render()
-                seen = view(rendered, transforms, generator, options.size).to(dtype)
+                seen = view(rendered, transforms, generator, options.size)
+                if silent is not None and transforms:
+                    seen = torch.where(silent.to(seen.device).view(-1, 1, 1, 1), rendered, seen)
                 activation, penalty, objective = self._objective(
-                    seen, rendered, task, options, rectified, work
+                    seen.to(dtype),
+                    rendered,
+                    task,
+                    options,
+                    rectified,
+                    work,
+                    temperature(step, options.n_iter),
                 )
                 loss = (penalty - objective).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
+            if rectified:
+                silent = activation.detach() == 0
             history.record(activation, penalty)
             update(image, optimizer, grad, step, options)
             if show_progress:
                 bar.set_postfix(activation=float(activation.detach().mean()))
         bar.close()
         return history
+
+    def _ignite(
+        self,
+        image: ImageParam,
+        result: Tensor,
+        start: Tensor,
+        work: torch.dtype,
+        options: Options,
+        task: _Task,
+    ) -> Tensor:
+        """``result`` with each still-silent target's image replaced if extra searches fire it.
+
+        The searches start again from ``start`` (the caller's images) with a fresh Adam, in
+        ``image``'s parametrisation; see :func:`._loop.ignite`.
+        """
+        dtype = start.dtype
+        target, reduction, args = task
+        with torch.no_grad():
+            value = self._evaluate(result, target, reduction, args)
+        index = (value == 0).nonzero().flatten()
+        if index.numel() == 0:
+            return result
+        rows = index.repeat(len(IGNITION_COPIES))
+        part_target, part_args = subset_task(target, args, rows, result.shape[0])
+        best, reached = ignite(
+            ImageParam(
+                start[rows].to(work), image.kind, image.decorrelate, image.range, image.clamp
+            ),
+            lambda rendered, tau, beta, focus: self._ignition_objective(
+                rendered.to(dtype), (part_target, reduction, part_args), tau, beta, focus, work
+            ),
+            options,
+            len(index),
+        )
+        fired = reached > 0
+        result = result.clone()
+        result[index[fired]] = best[fired].to(dtype)
+        return result
+
+    def _ignition_objective(
+        self,
+        images: Tensor,
+        task: _Task,
+        tau: Tensor,
+        beta: Tensor,
+        focus: Tensor,
+        work: torch.dtype,
+    ) -> tuple[Tensor, Tensor]:
+        """One extra step's true value and objective (N,): softplus copies climb the soft max."""
+        target, reduction, args = task
+        softened = torch.isfinite(beta)
+        with redirected_relu(self.forward_func, beta if bool(softened.any()) else None):
+            pre = self._pre_activation(images, args)
+        value = select_layer_target(pre.clamp(min=0), target, reduction)
+        climb = soft_maximum(pre + focus_bias(pre, focus), target, tau)
+        objective = torch.where(value > 0, value, climb)
+        if bool(softened.any()):  # their pre-activation is the continuation's, not the model's
+            objective = torch.where(softened, climb, objective)
+            with torch.no_grad():
+                value = torch.where(
+                    softened, self._evaluate(images, target, reduction, args), value
+                )
+        return value.to(work), objective.to(work)
 
     def _with_history(
         self,
