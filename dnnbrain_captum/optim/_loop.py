@@ -6,8 +6,7 @@ order and messages) is documented there.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -15,7 +14,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from dnnbrain_captum._utils.targets import per_example_targets
 from dnnbrain_captum._utils.validation import non_negative, positive_int
 from dnnbrain_captum.optim._objectives import (
     FOURIER_VARIANTS,
@@ -23,28 +21,10 @@ from dnnbrain_captum.optim._objectives import (
     check_regularizers,
 )
 from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam
-from dnnbrain_captum.optim._relu import TEMPERATURE_END
-from dnnbrain_captum.optim._settings import PRESETS, adam_kernel
+from dnnbrain_captum.optim._settings import PRESETS
 from dnnbrain_captum.optim._transforms import Transform, resolve_transforms
 
-__all__ = [
-    "FIRED_STEPS",
-    "FOCUS",
-    "focus_bias",
-    "IGNITION_COPIES",
-    "History",
-    "Options",
-    "ignite",
-    "resolve_options",
-    "subset_task",
-    "update",
-    "view",
-    "weighted_penalty",
-]
-
-#: In the extra steps of a still-silent target, an example stops once its target has fired on
-#: this many steps (the best image seen is kept, so the margin above 0 can only grow).
-FIRED_STEPS = 32
+__all__ = ["History", "Options", "resolve_options", "update", "view", "weighted_penalty"]
 
 
 class Options(NamedTuple):
@@ -154,6 +134,8 @@ def resolve_options(
     in :data:`PRESETS`); ``x`` is the checked (N, C, H, W) batch. Checks run in the documented
     order, so the first wrong argument is the one named.
     """
+    values = dict(values)
+    silent_steps = values.pop("silent_steps")
     v = _from_preset(preset, x.shape[1], values)
     diversity = non_negative(diversity, "diversity")
     if diversity > 0 and not has_layer:
@@ -162,7 +144,8 @@ def resolve_options(
         raise TypeError(f"redirect_relu must be a bool, got {v['redirect_relu']!r}")
     _check_image_param(v["param"], v["decorrelate"], x.shape[1])
     n_iter, n_polish, lr = _schedule(v["n_iter"], v["polish"], v["lr"])
-    silent_steps = v["silent_steps"]
+    if silent_steps is None:  # the preset's multiple of the steps
+        silent_steps = PRESETS[preset]["silent_multiple"] * n_iter
     if isinstance(silent_steps, bool) or not isinstance(silent_steps, int) or silent_steps < 0:
         raise ValueError(f"silent_steps must be an int >= 0, got {silent_steps!r}")
     weights = check_regularizers(v["regularizers"])
@@ -235,120 +218,3 @@ def update(
     if options.blur_sigma > 0 and (step + 1) % options.blur_every == 0:
         image.blur_(options.blur_sigma)
     image.project_()
-
-
-def subset_task(target: Any, args: Any, index: Tensor, n: int) -> tuple[Any, Any]:
-    """``(target, additional_forward_args)`` of the examples ``index`` of a batch of ``n``.
-
-    A per-example target keeps the selected entries; a tensor argument whose first dimension
-    is ``n`` keeps the selected rows; anything else applies to every example and is kept.
-    """
-    entries = per_example_targets(target, n)
-    picked = target if entries is None else [entries[int(i)] for i in index]
-
-    def rows(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-            return value[index.to(value.device)]
-        return value
-
-    if isinstance(args, tuple):
-        return picked, tuple(rows(a) for a in args)
-    return picked, rows(args)
-
-
-#: ``objective(rendered, tau, beta, focus) -> (true value, objective)``, each (N,); ``tau``,
-#: ``beta`` (the softplus sharpness of the model's ReLUs, inf: the ReLU itself) and ``focus``
-#: (which of the target's units the soft maximum reads: :data:`FOCUS`) are (N,).
-_StepObjective = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
-#: The units of a spatial target that a copy's soft maximum reads.
-FOCUS = ("all", "border", "interior")
-
-#: The copies that each still-silent example runs in its extra steps, ``(τ at the first step,
-#: softplus continuation)``; τ falls geometrically to 0.01. The continued copy sees every ReLU
-#: of the model as ``softplus(β x) / β``, β rising from 1 to 100 over the first 70 % of the
-#: steps, then the ReLU (Lucid-style redirected): dead units still pass a gradient.
-IGNITION_COPIES = (
-    (0.3, False, "all"),
-    (0.3, True, "all"),
-    (0.01, False, "all"),
-    (0.3, False, "border"),
-    (0.3, True, "border"),
-    (0.3, False, "interior"),
-)
-_SOFT_FRACTION = 0.7
-_SOFT_END = 100.0
-
-
-def _schedules(step: int, steps: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-row ``(tau, beta)`` at ``step`` for ``n`` examples copied as in IGNITION_COPIES."""
-    start = torch.tensor([c[0] for c in IGNITION_COPIES], dtype=torch.float64)
-    tau = start * (TEMPERATURE_END / start) ** (step / max(steps - 1, 1))
-    soft_steps = _SOFT_FRACTION * steps
-    sharp = _SOFT_END ** (step / soft_steps) if step < soft_steps else math.inf
-    beta = torch.tensor([sharp if c[1] else math.inf for c in IGNITION_COPIES])
-    return (
-        tau.repeat_interleave(n).to(device=device),
-        beta.repeat_interleave(n).to(device=device),
-    )
-
-
-def ignite(
-    image: ImageParam,
-    objective: _StepObjective,
-    options: Options,
-    n: int,
-) -> tuple[Tensor, Tensor]:
-    """The extra steps of ``n`` examples whose rectified target is still 0: best images seen.
-
-    ``image`` holds the examples' start once per entry of :data:`IGNITION_COPIES`
-    (copy-major, ``len(IGNITION_COPIES) * n`` rows). Up to ``options.silent_steps``
-    untransformed steps of a fresh Adam (learning rate and step rules as :func:`update`);
-    an example stops once one of its copies has fired (true value > 0) on :data:`FIRED_STEPS`
-    steps, the loop once every example has. Returns, per example, the image (n, C, H, W) with
-    the highest true value seen on any copy and step, and that value (n,): 0 if none fired.
-    """
-    copies = len(IGNITION_COPIES)
-    focus = torch.tensor([FOCUS.index(c[2]) for c in IGNITION_COPIES]).repeat_interleave(n)
-    optimizer = torch.optim.Adam([image.tensor], lr=options.lr, **adam_kernel(image.tensor))
-    best = image.result()
-    best_value = best.new_zeros(best.shape[0])
-    fired = torch.zeros(best.shape[0], dtype=torch.long, device=best.device)
-    for step in range(options.silent_steps):
-        tau, beta = _schedules(step, options.silent_steps, n, best.device)
-        with torch.enable_grad():
-            rendered = image.render()
-            value, goal = objective(
-                rendered, tau.to(rendered.dtype), beta.to(rendered.dtype), focus
-            )
-            value = value.detach()
-            better = value > best_value
-            if bool(better.any()):
-                best = torch.where(better.view(-1, 1, 1, 1), image.result(), best)
-                best_value = torch.maximum(best_value, value)
-            fired += value > 0
-            active = ~(fired.view(copies, n) >= FIRED_STEPS).any(0).repeat(copies)
-            if not bool(active.any()):
-                break
-            loss = (weighted_penalty(rendered, options.weights) - goal)[active].sum()
-            (grad,) = torch.autograd.grad(loss, [image.tensor])
-        update(image, optimizer, grad, step, options)
-    pick = best_value.view(copies, n).argmax(0)
-    rows = pick * n + torch.arange(n, device=pick.device)
-    return best[rows], best_value[rows]
-
-
-def focus_bias(pre: Tensor, focus: Tensor) -> Tensor:
-    """0 on the units each example's soft maximum reads, −1e4 elsewhere: (N, 1, H, W) or 0.
-
-    ``focus`` (N,) indexes :data:`FOCUS`: every unit, the units on the map's frame, or the
-    others (maps smaller than 3 × 3, and outputs without two spatial dimensions: every unit).
-    """
-    if pre.dim() != 4 or min(pre.shape[-2:]) < 3:
-        return pre.new_zeros(())
-    height, width = pre.shape[-2:]
-    frame = torch.ones(height, width, dtype=torch.bool, device=pre.device)
-    frame[1:-1, 1:-1] = False
-    code = focus.to(pre.device).view(-1, 1, 1)
-    reads = (code == 0) | ((code == 1) & frame) | ((code == 2) & ~frame)
-    return torch.where(reads, 0.0, -1e4).to(pre.dtype).unsqueeze(1)

@@ -28,26 +28,18 @@ from dnnbrain_captum._utils.targets import (
     select_layer_target,
 )
 from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.optim._ignite import ignition_objective, reignite
 from dnnbrain_captum.optim._loop import (
-    IGNITION_COPIES,
     History,
     Options,
-    focus_bias,
-    ignite,
     resolve_options,
-    subset_task,
     update,
     view,
     weighted_penalty,
 )
 from dnnbrain_captum.optim._objectives import diversity_penalty
 from dnnbrain_captum.optim._param import ImageParam, ValueRange, random_images
-from dnnbrain_captum.optim._relu import (
-    rectified_objective,
-    redirected_relu,
-    soft_maximum,
-    temperature,
-)
+from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu, temperature
 from dnnbrain_captum.optim._settings import (
     LOW_PRECISION,
     PRESETS,
@@ -137,7 +129,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
 
     * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms for
       the first half of the steps and none for the second (``polish=0.5``), Adam lr 0.3,
-      256 steps, redirected ReLU gradients.
+      256 steps, redirected ReLU gradients; a target behind a ReLU that is still 0 after
+      them gets up to 3 × 256 extra steps (``silent_steps``).
     * ``"lucent"``: as Lucent's ``render_vis``: FFT + decorrelation, standard transforms,
       lr 0.05, 512 steps.
     * ``"dnnbrain"``: the DNNBrain paper's figures: pixels, no transforms, TV λ = 0.1,
@@ -304,10 +297,19 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
             :mod:`._relu`); forward values are unchanged. When ``layer`` is itself an
             ``nn.ReLU`` (and the target a channel or unit, without diversity), an example whose
-            target is exactly 0 maximises instead the largest pre-activation of its target
-            (the unit closest to firing) plus a soft maximum (log-sum-exp) of all its units'
-            pre-activations, until it fires (:func:`._relu.rectified_objective`);
-            the activation reported in the history is always the true rectified value.
+            target is exactly 0 maximises instead a soft maximum (τ·log-sum-exp, τ falling
+            from 0.3 to 0.01 over the steps) of its target's pre-activations, on the image
+            without transforms, until it fires (:func:`._relu.rectified_objective`); the
+            activation reported in the history is always the true rectified value.
+        silent_steps : int
+            Only with a rectified target as above: if an example's target is still exactly 0
+            on the image after the ``n_iter`` steps, up to this many extra steps search again
+            from its start, as 6 copies in one batch (different temperatures, a softplus
+            continuation of the model's ReLUs, the target's border or interior units: see
+            :data:`._ignite.IGNITION_COPIES`), stopping once it has fired for 32 steps; the image
+            is replaced only if the target fired, by the image with the highest true value.
+            Default: 3 × ``n_iter`` for the ``"default"`` preset, 0 (off) for the others.
+            These steps are not in the history; its last entry is the returned image's value.
         polish : float
             Fraction in [0, 1] of the steps, at the end, taken without the random transforms,
             on the image exactly as it is returned (``round(polish * n_iter)`` steps).
@@ -388,7 +390,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         history = self._optimise(image, optimizer, x.dtype, work, options, task, show_progress)
         result = image.result().to(x.dtype)
         if options.silent_steps and self._rectifies(target, options):
-            result = self._ignite(image, result, x, work, options, task)
+            result = self._ignite(image, result, x, options, task)
         if not return_history and options.snapshot_every is None:
             return result
         return self._with_history(result, history, work, options, task)
@@ -481,67 +483,28 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         return history
 
     def _ignite(
-        self,
-        image: ImageParam,
-        result: Tensor,
-        start: Tensor,
-        work: torch.dtype,
-        options: Options,
-        task: _Task,
+        self, image: ImageParam, result: Tensor, start: Tensor, options: Options, task: _Task
     ) -> Tensor:
-        """``result`` with each still-silent target's image replaced if extra searches fire it.
-
-        The searches start again from ``start`` (the caller's images) with a fresh Adam, in
-        ``image``'s parametrisation; see :func:`._loop.ignite`.
-        """
-        dtype = start.dtype
+        """``result``, each still-silent target searched again from ``start`` (:mod:`._ignite`)."""
         target, reduction, args = task
+        work = image.tensor.dtype
         with torch.no_grad():
             value = self._evaluate(result, target, reduction, args)
-        index = (value == 0).nonzero().flatten()
-        if index.numel() == 0:
-            return result
-        rows = index.repeat(len(IGNITION_COPIES))
-        part_target, part_args = subset_task(target, args, rows, result.shape[0])
-        best, reached = ignite(
-            ImageParam(
-                start[rows].to(work), image.kind, image.decorrelate, image.range, image.clamp
-            ),
-            lambda rendered, tau, beta, focus: self._ignition_objective(
-                rendered.to(dtype), (part_target, reduction, part_args), tau, beta, focus, work
-            ),
-            options,
-            len(index),
-        )
-        fired = reached > 0
-        result = result.clone()
-        result[index[fired]] = best[fired].to(dtype)
-        return result
 
-    def _ignition_objective(
-        self,
-        images: Tensor,
-        task: _Task,
-        tau: Tensor,
-        beta: Tensor,
-        focus: Tensor,
-        work: torch.dtype,
-    ) -> tuple[Tensor, Tensor]:
-        """One extra step's true value and objective (N,): softplus copies climb the soft max."""
-        target, reduction, args = task
-        softened = torch.isfinite(beta)
-        with redirected_relu(self.forward_func, beta if bool(softened.any()) else None):
-            pre = self._pre_activation(images, args)
-        value = select_layer_target(pre.clamp(min=0), target, reduction)
-        climb = soft_maximum(pre + focus_bias(pre, focus), target, tau)
-        objective = torch.where(value > 0, value, climb)
-        if bool(softened.any()):  # their pre-activation is the continuation's, not the model's
-            objective = torch.where(softened, climb, objective)
-            with torch.no_grad():
-                value = torch.where(
-                    softened, self._evaluate(images, target, reduction, args), value
-                )
-        return value.to(work), objective.to(work)
+        def objective(
+            images: Tensor, part: Any, part_args: Any, schedule: tuple[Tensor, Tensor, Tensor]
+        ) -> tuple[Tensor, Tensor]:
+            pair = ignition_objective(
+                self.forward_func,
+                lambda seen: self._pre_activation(seen, part_args),
+                lambda seen: self._evaluate(seen, part, reduction, part_args),
+                images,
+                (part, reduction),
+                schedule,
+            )
+            return pair[0].to(work), pair[1].to(work)
+
+        return reignite(result, value, start.to(work), image, options, task, objective)
 
     def _with_history(
         self,
