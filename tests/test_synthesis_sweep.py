@@ -2,14 +2,13 @@
 
 The criterion (issue 15): the channel-mean activation of the default synthesis (preset
 ``"default"``, its default steps, all channels of the layer in one batch, grey or uniform-noise
-start) is strictly above the best of the 360 held-out digits. Measured (benchmarks/README.md,
-``bench_synthesis.py --sweep``): every channel wins strictly except channels that are exactly 0
-after their ReLU on every held-out digit *and* stay at 0 on the synthesis (a tie: 1–2 of conv3's,
-7–8 of conv4's, 7–9 of conv5's; ``bench_synthesis.py --silent``: a search without the defaults
-makes 4 of those fire, 11 stay open, none is provably dead). What the tests assert: no
-channel ever loses; a channel that fires on some held-out digit wins strictly; a tie happens
-only at exactly 0 on a channel that is silent on every digit. The full sweep (API and CLI) is
-``-m slow``; the default suite runs one layer of each kind.
+start) is strictly above the best of the 359 held-out digits. 53 channels are exactly 0 after
+their ReLU on every held-out digit: for them, beating the data means firing (a true rectified
+channel mean > 0). What the tests assert: no channel ever loses; every channel wins strictly,
+except a tie at exactly 0 on a data-silent channel listed in :data:`NEVER_FIRED` (no search
+has made it fire) or :data:`SEARCH_ONLY` (only a dedicated per-unit search has); measured in
+benchmarks/README.md (``bench_synthesis.py --silent``). The full sweep (API and CLI) is
+``-m slow``; the default suite runs one layer of each kind and single data-silent channels.
 """
 
 from __future__ import annotations
@@ -44,14 +43,17 @@ def _best_digit(model: torch.nn.Module, name: str, images: torch.Tensor) -> torc
         return run_to_layer(model, resolve_layer(model, name), (images,)).mean(dim=(2, 3)).amax(0)
 
 
-#: Channels that are 0 after their ReLU on every held-out digit and that nothing has made fire
-#: (the default synthesis from grey and noise, the hard searches of bench_synthesis.py --silent
-#: and helper searches; benchmarks/README.md): only these may tie with the data at exactly 0.
-#: No bound proves them dead either (CROWN bounds are far above 0).
+#: Channels that are 0 after their ReLU on every held-out digit and that no search has made
+#: fire (the default synthesis from grey and noise, bench_synthesis.py --silent's hard search,
+#: the per-unit searches of bench_silent_search.py; benchmarks/README.md); no bound proves
+#: them dead either (CROWN bounds are far above 0).
 NEVER_FIRED = {
-    "conv4_relu": {1, 3, 42, 44, 60},
+    "conv4_relu": {60},
     "conv5_relu": {6, 7, 33, 38, 45, 46},
 }
+#: Data-silent channels that a dedicated per-unit search (bench_silent_search.py: one unit of
+#: the map per restart, 256 restarts) makes fire but the default synthesis does not.
+SEARCH_ONLY = {"conv4_relu": {1}}
 
 
 def _check_against_data(reached: torch.Tensor, best: torch.Tensor, where: str) -> None:
@@ -61,7 +63,7 @@ def _check_against_data(reached: torch.Tensor, best: torch.Tensor, where: str) -
     # A tie (exactly 0 on every digit and on the synthesis) only on a channel nobody has fired.
     ties = set(margin.eq(0).nonzero().flatten().tolist())
     assert bool((best[list(ties)] == 0).all() and (reached[list(ties)] == 0).all()), where
-    unexplained = sorted(ties - NEVER_FIRED.get(layer, set()))
+    unexplained = sorted(ties - NEVER_FIRED.get(layer, set()) - SEARCH_ONLY.get(layer, set()))
     assert not unexplained, f"{where}: data-silent channels that stay at 0: {unexplained}"
     assert bool((margin > 0).sum() == len(margin) - len(ties)), where
     if not layer.endswith("_relu"):  # before the ReLU there is no tie
@@ -87,18 +89,19 @@ def _cli(model: torch.nn.Module, name: str, kind: str, n: int, out: Path) -> tor
     return true
 
 
-@pytest.mark.parametrize("kind", ["grey", "uniform"])
 def test_default_synthesis_beats_the_data_on_conv3_relu(
-    model: torch.nn.Module, held_out: torch.Tensor, kind: str
+    model: torch.nn.Module, held_out: torch.Tensor
 ) -> None:
-    # 12 of conv3's 48 channels never fire on a held-out digit; the rectified surrogate makes
-    # all but 1-2 of them fire (before it: 11-12 ties at 0).
+    kind = "grey"  # the noise start: the slow sweep and the single-channel test below
+    # 12 of conv3's 48 channels never fire on a held-out digit; the default makes all of them
+    # fire (before the rectified surrogate: 11-12 ties at 0; before issue 15's third session:
+    # 1-2, channels 10, 23 and 39).
     best = _best_digit(model, "conv3_relu", held_out)
     reached = _api(model, "conv3_relu", kind, 48)
     _check_against_data(reached, best, f"conv3_relu {kind}")
     silent = best == 0
     assert int(silent.sum()) == 12
-    assert int((reached[silent] > 0).sum()) >= 10
+    assert bool((reached[silent] > 0).all()), reached[silent]
 
 
 def test_cli_default_synthesis_beats_the_data_on_conv2_relu(

@@ -64,19 +64,25 @@ def subset_task(target: Any, args: Any, index: Tensor, n: int) -> tuple[Any, Any
 _StepObjective = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 #: The units of a spatial target that a copy's soft maximum reads.
-FOCUS = ("all", "border", "interior")
+FOCUS = ("all", "border", "interior", "corners")
 
 #: The copies that each still-silent example runs in its extra steps, ``(τ at the first step,
 #: softplus continuation)``; τ falls geometrically to 0.01. The continued copy sees every ReLU
 #: of the model as ``softplus(β x) / β``, β rising from 1 to 100 over the first 70 % of the
 #: steps, then the ReLU (Lucid-style redirected): dead units still pass a gradient.
 IGNITION_COPIES = (
-    (0.3, False, "all"),
-    (0.3, True, "all"),
-    (0.01, False, "all"),
-    (0.3, False, "border"),
-    (0.3, True, "border"),
-    (0.3, False, "interior"),
+    (0.3, False, "all", 1.0),
+    (0.3, True, "all", 1.0),
+    (0.01, False, "all", 1.0),
+    (0.3, False, "border", 1.0),
+    (0.3, True, "border", 1.0),
+    (0.3, False, "interior", 1.0),
+    (0.3, False, "corners", 1.0),
+    (0.3, True, "corners", 1.0),
+    (0.3, False, "all", 0.1),
+    (0.3, True, "all", 0.1),
+    (0.3, False, "border", 0.1),
+    (0.3, True, "corners", 0.1),
 )
 _SOFT_FRACTION = 0.7
 _SOFT_END = 100.0
@@ -152,7 +158,9 @@ def focus_bias(pre: Tensor, focus: Tensor) -> Tensor:
     frame = torch.ones(height, width, dtype=torch.bool, device=pre.device)
     frame[1:-1, 1:-1] = False
     code = focus.to(pre.device).view(-1, 1, 1)
-    reads = (code == 0) | ((code == 1) & frame) | ((code == 2) & ~frame)
+    corner = torch.zeros_like(frame)
+    corner[0, 0] = corner[0, -1] = corner[-1, 0] = corner[-1, -1] = True
+    reads = (code == 0) | ((code == 1) & frame) | ((code == 2) & ~frame) | ((code == 3) & corner)
     return torch.where(reads, 0.0, -1e4).to(pre.dtype).unsqueeze(1)
 
 
@@ -211,9 +219,12 @@ def reignite(
     target, reduction, args = task
     rows = index.repeat(len(IGNITION_COPIES))
     part_target, part_args = subset_task(target, args, rows, result.shape[0])
-    copies = ImageParam(
-        start[rows.to(start.device)], like.kind, like.decorrelate, like.range, like.clamp
-    )
+    contrast = torch.tensor([c[3] for c in IGNITION_COPIES], dtype=start.dtype)
+    contrast = contrast.repeat_interleave(len(index)).to(start.device).view(-1, 1, 1, 1)
+    value_start = like.range.to_value(start[rows.to(start.device)])
+    middle = 0.5 * (like.range.low + like.range.high)
+    starts = like.range.to_model(middle + contrast * (value_start - middle))
+    copies = ImageParam(starts, like.kind, like.decorrelate, like.range, like.clamp)
     best, reached = ignite(
         copies,
         lambda images, tau, beta, focus: objective(
