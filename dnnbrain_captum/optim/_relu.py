@@ -44,7 +44,8 @@ __all__ = [
 #: Temperatures τ of the surrogate's soft maximum at the first and the last step, in the layer's
 #: activation units (issue 15, measured on the digits CNN's 53 data-silent conv1–conv5 ReLU
 #: channels, benchmarks/README.md: a constant τ = 0.5 plus the hard maximum fired 34 of them
-#: from both starts; the schedule, with the silent images seen untransformed, fires more).
+#: from grey and from noise; this schedule, with the silent images seen untransformed and the
+#: extra searches of :mod:`._ignite`, fires 45).
 TEMPERATURE_START = 0.3
 TEMPERATURE_END = 0.01
 
