@@ -67,9 +67,14 @@ _StepObjective = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor
 FOCUS = ("all", "border", "interior", "corners")
 
 #: The copies that each still-silent example runs in its extra steps, ``(τ at the first step,
-#: softplus continuation)``; τ falls geometrically to 0.01. The continued copy sees every ReLU
-#: of the model as ``softplus(β x) / β``, β rising from 1 to 100 over the first 70 % of the
-#: steps, then the ReLU (Lucid-style redirected): dead units still pass a gradient.
+#: softplus continuation, focus, contrast)``. τ falls geometrically to 0.01. A continued copy
+#: sees every ReLU of the model as ``softplus(β x) / β``, β rising from 1 to 100 over the first
+#: 70 % of the steps, then the ReLU (Lucid-style redirected): dead units still pass a gradient.
+#: The focus (:data:`FOCUS`) says which of the target's units the soft maximum reads (units on
+#: the map's frame see the zero padding and fire more easily); a contrast below 1 starts from
+#: the start image shrunk towards mid-grey. Chosen on the digits CNN's data-silent channels
+#: (benchmarks/README.md): a border, a corner, a softplus and a low-contrast copy each fired a
+#: channel (from one start) that the plain first copy did not.
 IGNITION_COPIES = (
     (0.3, False, "all", 1.0),
     (0.3, True, "all", 1.0),

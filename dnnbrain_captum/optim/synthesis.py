@@ -304,8 +304,9 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         silent_steps : int
             Only with a rectified target as above: if an example's target is still exactly 0
             on the image after the ``n_iter`` steps, up to this many extra steps search again
-            from its start, as 6 copies in one batch (different temperatures, a softplus
-            continuation of the model's ReLUs, the target's border or interior units: see
+            from its start, as 12 copies in one batch (different temperatures, a softplus
+            continuation of the model's ReLUs, the target's border, interior or corner units,
+            a low-contrast start: see
             :data:`._ignite.IGNITION_COPIES`), stopping once it has fired for 32 steps; the image
             is replaced only if the target fired, by the image with the highest true value.
             Default: 3 × ``n_iter`` for the ``"default"`` preset, 0 (off) for the others.
