@@ -146,6 +146,7 @@ def test_default_synthesis_fires_a_data_silent_channel(
         reached = evaluate_target(model, resolve_layer(model, name), (result.images,), [channel])
     assert float(reached[0]) > 0.0
     assert float(result.activation[0, -1]) == float(reached[0])  # the true value is reported
+    assert tuple(result.activation.shape) == (1, 257)  # the extra steps are not in the history
 
 
 @pytest.mark.slow
@@ -193,3 +194,39 @@ def test_the_surrogate_gradient_reaches_the_largest_unit() -> None:
     per_example = torch.tensor([0.5])  # one temperature per example gives the same
     (grad,) = torch.autograd.grad(soft_maximum(pre, 0, per_example).sum(), [pre])
     torch.testing.assert_close(grad[0, 0, 0], torch.softmax(torch.tensor([-2.0, -6.0]), 0))
+
+
+def test_the_extra_searches_take_each_examples_own_target_and_arguments() -> None:
+    # The still-silent examples are searched again apart from the others (12 copies each):
+    # per-example targets and batch-sized tensor arguments follow the selected rows, anything
+    # else applies to every example.
+    from dnnbrain_captum.optim._ignite import subset_task
+
+    rows = torch.tensor([2, 0, 2])
+    scale = torch.tensor([10.0, 20.0, 30.0])
+    target, args = subset_task([4, 5, 6], (scale, 7, torch.ones(2)), rows, 3)
+    assert target == [6, 4, 6]
+    torch.testing.assert_close(args[0], torch.tensor([30.0, 10.0, 30.0]))
+    assert args[1] == 7 and args[2].shape == (2,)
+    assert subset_task(3, None, rows, 3) == (3, None)
+    assert subset_task((1, 2, 2), scale, rows, 3)[0] == (1, 2, 2)
+    units = subset_task([(0, 1, 1), (2, 0, 0), (1, 1, 0)], None, rows, 3)[0]
+    assert [tuple(u) for u in units] == [(1, 1, 0), (0, 1, 1), (1, 1, 0)]
+
+
+def test_silent_steps_is_checked_and_zero_turns_the_extra_searches_off(
+    model: torch.nn.Module,
+) -> None:
+    synth = SynthesisImage(model, "conv3_relu")
+    start = random_images(1, 32, seed=1)
+    with pytest.raises(ValueError, match="silent_steps must be >= 0, got -1"):
+        synth.attribute(start, target=10, n_iter=2, silent_steps=-1)
+    for wrong in (1.5, True):
+        with pytest.raises(TypeError, match="silent_steps must be an int"):
+            synth.attribute(start, target=10, n_iter=2, silent_steps=wrong)
+    # Channel 10 is still at 0 after these 4 steps: 0 extra steps leave the image as the main
+    # run returns it, 1 extra step runs the copies (and changes nothing unless one fires).
+    off = synth.attribute(start, target=10, n_iter=4, silent_steps=0)
+    torch.testing.assert_close(off, synth.attribute(start, target=10, n_iter=4, silent_steps=1))
+    with torch.no_grad():
+        assert float(model.features[:8](off)[0, 10].mean()) == 0.0

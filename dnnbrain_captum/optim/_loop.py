@@ -146,8 +146,10 @@ def resolve_options(
     n_iter, n_polish, lr = _schedule(v["n_iter"], v["polish"], v["lr"])
     if silent_steps is None:  # the preset's multiple of the steps
         silent_steps = PRESETS[preset]["silent_multiple"] * n_iter
-    if isinstance(silent_steps, bool) or not isinstance(silent_steps, int) or silent_steps < 0:
-        raise ValueError(f"silent_steps must be an int >= 0, got {silent_steps!r}")
+    if isinstance(silent_steps, bool) or not isinstance(silent_steps, int):
+        raise TypeError(f"silent_steps must be an int, got {silent_steps!r}")
+    if silent_steps < 0:
+        raise ValueError(f"silent_steps must be >= 0, got {silent_steps}")
     weights = check_regularizers(v["regularizers"])
     blur_sigma, blur_every, fourier_factor = _smoothing(
         v["blur_sigma"], blur_every, v["fourier_factor"], fourier_variant

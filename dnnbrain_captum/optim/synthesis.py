@@ -349,7 +349,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         ------
         ValueError
             For an unknown preset, parametrisation, regulariser or variant, a negative weight,
-            ``n_iter < 1``, a target out of range, or ``decorrelate`` on non-RGB images.
+            ``n_iter < 1``, ``silent_steps < 0``, a target out of range, or ``decorrelate`` on
+            non-RGB images.
         TypeError
             For arguments of the wrong type.
         """
