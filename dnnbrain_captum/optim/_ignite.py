@@ -60,8 +60,9 @@ def subset_task(target: Any, args: Any, index: Tensor, n: int) -> tuple[Any, Any
 
 #: ``objective(rendered, tau, beta, focus) -> (true value, objective)``, each (N,); ``tau``,
 #: ``beta`` (the softplus sharpness of the model's ReLUs, inf: the ReLU itself) and ``focus``
-#: (which of the target's units the soft maximum reads: :data:`FOCUS`) are (N,).
-_StepObjective = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+#: (which of the target's units the soft maximum reads: :data:`FOCUS`) are (N,) for the N rows
+#: still in the batch; the last argument holds their indices among all the copies' rows.
+_StepObjective = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 #: The units of a spatial target that a copy's soft maximum reads.
 FOCUS = ("all", "border", "interior", "corners")
@@ -106,6 +107,22 @@ def _schedules(step: int, steps: int, n: int, device: torch.device) -> tuple[Ten
     )
 
 
+def _drop(
+    image: ImageParam, optimizer: torch.optim.Optimizer, keep: Tensor, options: Options
+) -> torch.optim.Optimizer:
+    """Keep only the rows ``keep`` of ``image`` (in place) and of Adam's state: a new Adam."""
+    old = image.tensor
+    state = optimizer.state[old]
+    image.tensor = old.detach()[keep].clone().requires_grad_(True)
+    image.shape = (len(keep), *image.shape[1:])
+    kept = torch.optim.Adam([image.tensor], lr=options.lr, **adam_kernel(image.tensor))
+    kept.state[image.tensor] = {
+        key: value[keep] if value.dim() > 0 and value.shape[0] == old.shape[0] else value
+        for key, value in state.items()
+    }
+    return kept
+
+
 def ignite(
     image: ImageParam,
     objective: _StepObjective,
@@ -115,10 +132,12 @@ def ignite(
     """The extra steps of ``n`` examples whose rectified target is still 0: best images seen.
 
     ``image`` holds the examples' start once per entry of :data:`IGNITION_COPIES`
-    (copy-major, ``len(IGNITION_COPIES) * n`` rows). Up to ``options.silent_steps``
-    untransformed steps of a fresh Adam (learning rate and step rules as :func:`update`);
-    an example stops once one of its copies has fired (true value > 0) on :data:`FIRED_STEPS`
-    steps, the loop once every example has. Returns, per example, the image (n, C, H, W) with
+    (copy-major, ``len(IGNITION_COPIES) * n`` rows; it is consumed). Up to
+    ``options.silent_steps`` untransformed steps of a fresh Adam (learning rate and step rules
+    as :func:`update`); an example stops once one of its copies has fired (true value > 0) on
+    :data:`FIRED_STEPS` steps, and its copies leave the batch; the loop ends when every
+    example has stopped. ``objective`` gets the rows still in the batch (indices of the
+    copy-major rows) as its last argument. Returns, per example, the image (n, C, H, W) with
     the highest true value seen on any copy and step, and that value (n,): 0 if none fired.
     """
     copies = len(IGNITION_COPIES)
@@ -127,28 +146,37 @@ def ignite(
     best = image.result()
     best_value = best.new_zeros(best.shape[0])
     fired = torch.zeros(best.shape[0], dtype=torch.long, device=best.device)
+    rows = torch.arange(best.shape[0], device=best.device)
     for step in range(options.silent_steps):
         tau, beta = _schedules(step, options.silent_steps, n, best.device)
         with torch.enable_grad():
             rendered = image.render()
             value, goal = objective(
-                rendered, tau.to(rendered.dtype), beta.to(rendered.dtype), focus
+                rendered,
+                tau[rows].to(rendered.dtype),
+                beta[rows].to(rendered.dtype),
+                focus[rows.cpu()],
+                rows,
             )
             value = value.detach()
-            better = value > best_value
+            better = value > best_value[rows]
             if bool(better.any()):
-                best = torch.where(better.view(-1, 1, 1, 1), image.result(), best)
-                best_value = torch.maximum(best_value, value)
-            fired += value > 0
-            active = ~(fired.view(copies, n) >= FIRED_STEPS).any(0).repeat(copies)
+                best[rows[better]] = image.result()[better]
+                best_value[rows[better]] = value[better]
+            fired[rows] += value > 0
+            active = ~(fired.view(copies, n) >= FIRED_STEPS).any(0).repeat(copies)[rows]
             if not bool(active.any()):
                 break
             loss = (weighted_penalty(rendered, options.weights) - goal)[active].sum()
             (grad,) = torch.autograd.grad(loss, [image.tensor])
         update(image, optimizer, grad, step, options)
+        if not bool(active.all()):  # the copies of examples that have stopped leave the batch
+            keep = active.nonzero().flatten()
+            rows = rows[keep]
+            optimizer = _drop(image, optimizer, keep, options)
     pick = best_value.view(copies, n).argmax(0)
-    rows = pick * n + torch.arange(n, device=pick.device)
-    return best[rows], best_value[rows]
+    chosen = pick * n + torch.arange(n, device=pick.device)
+    return best[chosen], best_value[chosen]
 
 
 def focus_bias(pre: Tensor, focus: Tensor) -> Tensor:
@@ -232,8 +260,10 @@ def reignite(
     copies = ImageParam(starts, like.kind, like.decorrelate, like.range, like.clamp)
     best, reached = ignite(
         copies,
-        lambda images, tau, beta, focus: objective(
-            images.to(result.dtype), part_target, part_args, (tau, beta, focus)
+        lambda images, tau, beta, focus, live: objective(
+            images.to(result.dtype),
+            *subset_task(part_target, part_args, live, len(rows)),
+            (tau, beta, focus),
         ),
         options,
         len(index),
