@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_synthesis.py [--size 224] [--steps 64] [--repeats 5]
     python benchmarks/bench_synthesis.py --sweep [--presets default,lucent] [--layers conv5]
     python benchmarks/bench_synthesis.py --silent [--layers conv3,conv4,conv5] [--hard-steps 1000]
+    python benchmarks/bench_synthesis.py --timing [--threads 1]
 
 Two models side by side: torchvision AlexNet (random weights, seed 0, ImageNet normalisation)
 and the bundled digits CNN. Target: conv3 (``features.6`` in both).
@@ -284,6 +285,35 @@ def silent(layers: list[str], hard_steps: int, bounds: bool) -> None:
             )
 
 
+def timing() -> None:
+    """Seconds per default synthesis on the digits CNN's ReLU layers (issue 15's extra steps).
+
+    Run on two checkouts to compare (``PYTHONPATH=<checkout>``): one image whose channel fires
+    on the digits (best of 3), one data-silent channel the default fires, one channel nothing
+    fires (the whole extra budget is spent), and a whole layer in one batch (grey, seed 1).
+    """
+    model = digits_cnn()
+
+    def seconds(name: str, channels: list[int], repeats: int = 1) -> float:
+        start = random_images(64, 32, kind="grey", seed=1)[channels]
+        best = float("inf")
+        for _ in range(repeats):
+            began = time.perf_counter()
+            SynthesisImage(model, name).attribute(start, target=channels)
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    rows = [
+        ("one image, conv5_relu channel 0 (fires on the digits)", "conv5_relu", [0], 3),
+        ("one image, conv4_relu channel 4 (data-silent, fires)", "conv4_relu", [4], 1),
+        ("one image, conv5_relu channel 6 (never fired: whole budget)", "conv5_relu", [6], 1),
+        ("conv4_relu, 64 channels in one batch", "conv4_relu", list(range(64)), 1),
+    ]
+    print("| synthesis | seconds |\n|---|---|")
+    for label, name, channels, repeats in rows:
+        print(f"| {label} | {seconds(name, channels, repeats):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -295,6 +325,9 @@ def main() -> None:
         "--silent",
         action="store_true",
         help="the post-ReLU channels silent on every held-out digit: default, search, bound",
+    )
+    parser.add_argument(
+        "--timing", action="store_true", help="seconds per default synthesis, ReLU layers"
     )
     parser.add_argument("--hard-steps", type=int, default=1000, help="for --silent; 0: skip")
     parser.add_argument("--bounds", action="store_true", help="for --silent: CROWN bounds")
@@ -308,6 +341,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.timing:
+        timing()
+        return
     if args.silent:
         silent([n for n in args.layers.split(",") if "_" not in n], args.hard_steps, args.bounds)
         return

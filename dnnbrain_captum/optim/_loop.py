@@ -42,6 +42,7 @@ class Options(NamedTuple):
     fourier_factor: float
     fourier_variant: str
     redirect_relu: bool
+    silent_steps: int
     diversity: float
     snapshot_every: int | None
     seed: int
@@ -133,6 +134,8 @@ def resolve_options(
     in :data:`PRESETS`); ``x`` is the checked (N, C, H, W) batch. Checks run in the documented
     order, so the first wrong argument is the one named.
     """
+    values = dict(values)
+    silent_steps = values.pop("silent_steps")
     v = _from_preset(preset, x.shape[1], values)
     diversity = non_negative(diversity, "diversity")
     if diversity > 0 and not has_layer:
@@ -141,6 +144,12 @@ def resolve_options(
         raise TypeError(f"redirect_relu must be a bool, got {v['redirect_relu']!r}")
     _check_image_param(v["param"], v["decorrelate"], x.shape[1])
     n_iter, n_polish, lr = _schedule(v["n_iter"], v["polish"], v["lr"])
+    if silent_steps is None:  # the preset's multiple of the steps
+        silent_steps = PRESETS[preset]["silent_multiple"] * n_iter
+    if isinstance(silent_steps, bool) or not isinstance(silent_steps, int):
+        raise TypeError(f"silent_steps must be an int, got {silent_steps!r}")
+    if silent_steps < 0:
+        raise ValueError(f"silent_steps must be >= 0, got {silent_steps}")
     weights = check_regularizers(v["regularizers"])
     blur_sigma, blur_every, fourier_factor = _smoothing(
         v["blur_sigma"], blur_every, v["fourier_factor"], fourier_variant
@@ -163,6 +172,7 @@ def resolve_options(
         fourier_factor=fourier_factor,
         fourier_variant=fourier_variant,
         redirect_relu=v["redirect_relu"],
+        silent_steps=silent_steps,
         diversity=diversity,
         snapshot_every=snapshot_every,
         seed=seed,

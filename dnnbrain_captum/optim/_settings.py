@@ -24,6 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fourier_factor": 0.0,
         "redirect_relu": True,
         "polish": 0.5,
+        "silent_multiple": 3,
     },
     # Lucent's render_vis defaults: fft + decorrelation, standard transforms, Adam lr 0.05.
     "lucent": {
@@ -37,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fourier_factor": 0.0,
         "redirect_relu": True,
         "polish": 0.0,
+        "silent_multiple": 0,
     },
     # The DNNBrain paper's figures (visualize_DNN tutorial): pixels, TV λ = 0.1, Adam lr 1.0.
     "dnnbrain": {
@@ -50,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fourier_factor": 0.0,
         "redirect_relu": False,
         "polish": 0.0,
+        "silent_multiple": 0,
     },
     # DNNBrain's user-guide example: TV λ 0.01, blur σ 0.3, Fourier factor 0.3, lr 0.1.
     "dnnbrain-guide": {
@@ -63,6 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fourier_factor": 0.3,
         "redirect_relu": False,
         "polish": 0.0,
+        "silent_multiple": 0,
     },
 }
 

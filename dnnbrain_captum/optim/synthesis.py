@@ -28,6 +28,7 @@ from dnnbrain_captum._utils.targets import (
     select_layer_target,
 )
 from dnnbrain_captum._utils.validation import check_image_batch
+from dnnbrain_captum.optim._ignite import ignition_objective, reignite
 from dnnbrain_captum.optim._loop import (
     History,
     Options,
@@ -38,7 +39,7 @@ from dnnbrain_captum.optim._loop import (
 )
 from dnnbrain_captum.optim._objectives import diversity_penalty
 from dnnbrain_captum.optim._param import ImageParam, ValueRange, random_images
-from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu
+from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu, temperature
 from dnnbrain_captum.optim._settings import (
     LOW_PRECISION,
     PRESETS,
@@ -128,7 +129,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
 
     * ``"default"``: FFT parametrisation with colour decorrelation, standard transforms for
       the first half of the steps and none for the second (``polish=0.5``), Adam lr 0.3,
-      256 steps, redirected ReLU gradients.
+      256 steps, redirected ReLU gradients; a target behind a ReLU that is still 0 after
+      them gets up to 3 × 256 extra steps (``silent_steps``).
     * ``"lucent"``: as Lucent's ``render_vis``: FFT + decorrelation, standard transforms,
       lr 0.05, 512 steps.
     * ``"dnnbrain"``: the DNNBrain paper's figures: pixels, no transforms, TV λ = 0.1,
@@ -187,10 +189,14 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         )
 
     def _rectified(
-        self, images: Tensor, target: Any, reduction: str, args: Any
+        self, images: Tensor, target: Any, reduction: str, args: Any, tau: float
     ) -> tuple[Tensor, Tensor]:
         """For a ReLU layer: the target's true value and the objective (:mod:`._relu`)."""
-        pre = refusing_low_precision(
+        return rectified_objective(self._pre_activation(images, args), target, reduction, tau)
+
+    def _pre_activation(self, images: Tensor, args: Any) -> Tensor:
+        """For a ReLU layer: its input (the pre-activation), channels-first."""
+        return refusing_low_precision(
             images,
             lambda: layer_output(
                 self.forward_func,
@@ -201,7 +207,6 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
                 on_input=True,
             ),
         )
-        return rectified_objective(pre, target, reduction)
 
     def _layer_output(self, images: Tensor, args: Any) -> Tensor:
         """The target layer's output (for the diversity term), one tensor (N, C, ...)."""
@@ -235,6 +240,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         fourier_variant: str = "fftfreq",
         redirect_relu: bool | None = None,
         polish: float | None = None,
+        silent_steps: int | None = None,
         diversity: float = 0.0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
@@ -291,10 +297,20 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             ``nn.ReLU`` are all off still gets the gradient that would switch them on (see
             :mod:`._relu`); forward values are unchanged. When ``layer`` is itself an
             ``nn.ReLU`` (and the target a channel or unit, without diversity), an example whose
-            target is exactly 0 maximises instead the largest pre-activation of its target
-            (the unit closest to firing) plus a soft maximum (log-sum-exp) of all its units'
-            pre-activations, until it fires (:func:`._relu.rectified_objective`);
-            the activation reported in the history is always the true rectified value.
+            target is exactly 0 maximises instead a soft maximum (τ·log-sum-exp, τ falling
+            from 0.3 to 0.01 over the steps) of its target's pre-activations, on the image
+            without transforms, until it fires (:func:`._relu.rectified_objective`); the
+            activation reported in the history is always the true rectified value.
+        silent_steps : int
+            Only with a rectified target as above: if an example's target is still exactly 0
+            on the image after the ``n_iter`` steps, up to this many extra steps search again
+            from its start, as 12 copies in one batch (different temperatures, a softplus
+            continuation of the model's ReLUs, the target's border, interior or corner units,
+            a low-contrast start: see
+            :data:`._ignite.IGNITION_COPIES`), stopping once it has fired for 32 steps; the image
+            is replaced only if the target fired, by the image with the highest true value.
+            Default: 3 × ``n_iter`` for the ``"default"`` preset, 0 (off) for the others.
+            These steps are not in the history; its last entry is the returned image's value.
         polish : float
             Fraction in [0, 1] of the steps, at the end, taken without the random transforms,
             on the image exactly as it is returned (``round(polish * n_iter)`` steps).
@@ -333,7 +349,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         ------
         ValueError
             For an unknown preset, parametrisation, regulariser or variant, a negative weight,
-            ``n_iter < 1``, a target out of range, or ``decorrelate`` on non-RGB images.
+            ``n_iter < 1``, ``silent_steps < 0``, a target out of range, or ``decorrelate`` on
+            non-RGB images.
         TypeError
             For arguments of the wrong type.
         """
@@ -350,6 +367,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             "fourier_factor": fourier_factor,
             "redirect_relu": redirect_relu,
             "polish": polish,
+            "silent_steps": silent_steps,
         }
         options = resolve_options(
             x,
@@ -373,6 +391,8 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         task = (target, reduction, additional_forward_args)
         history = self._optimise(image, optimizer, x.dtype, work, options, task, show_progress)
         result = image.result().to(x.dtype)
+        if options.silent_steps and self._rectifies(target, options):
+            result = self._ignite(image, result, x, options, task)
         if not return_history and options.snapshot_every is None:
             return result
         return self._with_history(result, history, work, options, task)
@@ -394,6 +414,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         options: Options,
         rectified: bool,
         work: torch.dtype,
+        tau: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One step's ``(activation, penalty, objective)``, each (N,) in ``work`` dtype.
 
@@ -407,7 +428,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             spread = options.diversity * diversity_penalty(output.to(work))
             return activation, weighted_penalty(rendered, options.weights) + spread, activation
         if rectified:
-            value, surrogate = self._rectified(seen, target, reduction, args)
+            value, surrogate = self._rectified(seen, target, reduction, args, tau)
             activation, objective = value.to(work), surrogate.to(work)
             return activation, weighted_penalty(rendered, options.weights), objective
         activation = self._evaluate(seen, target, reduction, args).to(work)
@@ -431,24 +452,61 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         redirect = (lambda: redirected_relu(model)) if options.redirect_relu else nullcontext
         rectified = self._rectifies(task[0], options)
         transformed_steps = options.n_iter - options.n_polish
+        # Rectified targets at exactly 0 on the last step (at first: all); they see the image
+        # untransformed, so what climbs towards firing is the image that is returned.
+        silent = torch.ones(image.shape[0], dtype=torch.bool) if rectified else None
         for step in bar:
             if options.snapshot_every is not None and step % options.snapshot_every == 0:
                 history.snapshot(image.result().to(dtype), step)
             transforms = options.transforms if step < transformed_steps else ()
             with torch.enable_grad(), redirect():
                 rendered = image.render()
-                seen = view(rendered, transforms, generator, options.size).to(dtype)
+                seen = view(rendered, transforms, generator, options.size)
+                if silent is not None and transforms:
+                    seen = torch.where(silent.to(seen.device).view(-1, 1, 1, 1), rendered, seen)
                 activation, penalty, objective = self._objective(
-                    seen, rendered, task, options, rectified, work
+                    seen.to(dtype),
+                    rendered,
+                    task,
+                    options,
+                    rectified,
+                    work,
+                    temperature(step, options.n_iter),
                 )
                 loss = (penalty - objective).sum()
                 (grad,) = torch.autograd.grad(loss, [image.tensor])
+            if rectified:
+                silent = activation.detach() == 0
             history.record(activation, penalty)
             update(image, optimizer, grad, step, options)
             if show_progress:
                 bar.set_postfix(activation=float(activation.detach().mean()))
         bar.close()
         return history
+
+    def _ignite(
+        self, image: ImageParam, result: Tensor, start: Tensor, options: Options, task: _Task
+    ) -> Tensor:
+        """``result``, each still-silent target searched again from ``start`` (:mod:`._ignite`)."""
+        target, reduction, args = task
+        work = image.tensor.dtype
+        with torch.no_grad():
+            value = self._evaluate(result, target, reduction, args)
+
+        def objective(
+            images: Tensor, part: Any, part_args: Any, schedule: tuple[Tensor, Tensor, Tensor]
+        ) -> tuple[Tensor, Tensor]:
+            pair = ignition_objective(
+                self.forward_func,
+                lambda seen: self._pre_activation(seen, part_args),
+                lambda seen: self._evaluate(seen, part, reduction, part_args),
+                images,
+                (part, reduction),
+                schedule,
+            )
+            return pair[0].to(work), pair[1].to(work)
+
+        return reignite(result, value, start.to(work), image, options, task, objective)
 
     def _with_history(
         self,
