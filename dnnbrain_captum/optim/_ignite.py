@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dnnbrain_captum._utils.targets import per_example_targets, select_layer_target
+from dnnbrain_captum._utils.targets import (
+    per_example_targets,
+    select_layer_target,
+    take_examples,
+)
 from dnnbrain_captum.optim._loop import Options, update, weighted_penalty
 from dnnbrain_captum.optim._param import ImageParam
 from dnnbrain_captum.optim._relu import TEMPERATURE_END, redirected_relu, soft_maximum
@@ -42,20 +46,12 @@ FIRED_STEPS = 32
 def subset_task(target: Any, args: Any, index: Tensor, n: int) -> tuple[Any, Any]:
     """``(target, additional_forward_args)`` of the examples ``index`` of a batch of ``n``.
 
-    A per-example target keeps the selected entries; a tensor argument whose first dimension
-    is ``n`` keeps the selected rows; anything else applies to every example and is kept.
+    A per-example target keeps the selected entries; the arguments are taken by
+    :func:`~dnnbrain_captum._utils.targets.take_examples` (rows of batch-first tensors).
     """
     entries = per_example_targets(target, n)
     picked = target if entries is None else [entries[int(i)] for i in index]
-
-    def rows(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-            return value[index.to(value.device)]
-        return value
-
-    if isinstance(args, tuple):
-        return picked, tuple(rows(a) for a in args)
-    return picked, rows(args)
+    return picked, take_examples(args, index, n)
 
 
 #: ``objective(rendered, tau, beta, focus) -> (true value, objective)``, each (N,); ``tau``,
