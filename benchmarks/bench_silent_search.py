@@ -1,0 +1,290 @@
+"""Can the data-silent channels of the digits CNN fire? A search for images that make them fire.
+
+Run from the repository root (CPU; about 1–4 minutes per channel on one loaded core)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_silent_search.py
+        [--channels open|hard|all|conv4_relu:60,...] [--steps 400] [--batch 256] [--seed 0]
+        [--save benchmarks/results/silent_channel_images.pt]
+
+The bundled digits CNN (:mod:`dnnbrain_captum.models.digits`) takes 3×32×32 images in [0, 1]
+with no normalisation. 53 of its post-ReLU conv channels are exactly 0 on every held-out digit.
+``bench_synthesis.py --silent`` found images firing 42 of them; 11 stayed open (best
+pre-activation < 0, CROWN bound far above 0) and 12 more fire under a hard search only. This
+script searches, per channel, for a valid image (every value in [0, 1]) that makes *some unit*
+of the channel's pre-activation strictly positive:
+
+* **Per-unit targets.** Batch element ``k`` maximises the pre-activation of one unit, ``k mod
+  (H·W)``, so every unit (corners and borders included: their zero padding removes taps) gets
+  ``batch / (H·W)`` restarts. Starts cycle through uniform noise, grey 0.5, random binary
+  {0, 1} images and blocky noise (an 8×8 noise image upsampled).
+* **Continuation.** Every ReLU below the target is replaced by ``softplus(β)``, β annealed
+  geometrically from ``beta0`` to 100 over the first 70 % of the steps (a dead unit at a
+  positive-weight position still passes gradient), then the true ReLU for the rest.
+* **Projected steps in pixel space.** ``sign`` steps ``x += lr·sign(∇)`` (conv1–conv4) or Adam
+  (conv5, where sign steps stall), then clamp to [0, 1]; lr cosine-decayed.
+* The best image of every restart is tracked on the **true** network at every step.
+
+Found images are quantised to uint8 (``image = u8 / 255``) and kept only if the quantised image
+still fires the channel in float32 and float64 (plain forward of ``model.features``, no hooks).
+``--save`` writes ``{"conv4_relu:1": uint8 tensor (3, 32, 32), ...}``;
+``tests/test_silent_channels_fire.py`` checks every saved image in CI.
+
+Printed table per channel: best pre-activation reached (true network, float32), its unit
+``(row, col)``, restarts ending > 0, first step at which some restart was > 0, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dnnbrain_captum import digits_cnn
+
+# index of each convolution in ``DigitsCNN.features``
+CONV_INDEX = {"conv1": 0, "conv2": 3, "conv3": 6, "conv4": 8, "conv5": 10}
+# never reached by ``bench_synthesis.py --silent`` (best pre-activation < 0)
+OPEN = (
+    "conv4_relu:1,conv4_relu:3,conv4_relu:42,conv4_relu:44,conv4_relu:60,"
+    "conv5_relu:6,conv5_relu:7,conv5_relu:33,conv5_relu:38,conv5_relu:45,conv5_relu:46"
+)
+# reached by the hard search of ``bench_synthesis.py --silent`` but not reliably by the default
+HARD = (
+    "conv3_relu:10,conv3_relu:23,conv3_relu:39,conv4_relu:4,conv4_relu:7,conv4_relu:25,"
+    "conv4_relu:36,conv4_relu:55,conv5_relu:16,conv5_relu:19,conv5_relu:31,conv5_relu:39"
+)
+
+
+@dataclass
+class Settings:
+    """One search's settings (see the module docstring)."""
+
+    steps: int = 400
+    batch: int = 256
+    seed: int = 0
+    mode: str = "sign"  # "sign" or "adam"
+    lr: float = 0.05
+    beta0: float = 1.0
+    beta1: float = 100.0
+    surrogate_fraction: float = 0.7
+
+
+def default_settings(layer: str, steps: int, batch: int, seed: int) -> Settings:
+    """The settings this script uses for ``layer`` (Adam at conv5, sign steps below)."""
+    if layer == "conv5":
+        return Settings(steps, batch, seed, mode="adam", lr=0.02, beta0=5.0)
+    return Settings(steps, batch, seed)
+
+
+def forward_to(features: nn.Sequential, x: Tensor, stop: int, beta: float | None) -> Tensor:
+    """``features[: stop + 1](x)`` with every ReLU replaced by ``softplus(beta)`` if ``beta``.
+
+    Parameters
+    ----------
+    features : nn.Sequential
+        ``DigitsCNN.features``.
+    x : Tensor of shape (N, 3, 32, 32)
+    stop : int
+        Index of the last layer applied (a convolution: its pre-activation is returned).
+    beta : float or None
+        Softplus sharpness; None applies the true ReLU.
+
+    Returns
+    -------
+    Tensor of shape (N, C, H, W)
+    """
+    h = x
+    for layer in features[: stop + 1]:
+        if isinstance(layer, nn.ReLU):
+            h = F.softplus(h, beta=beta) if beta else F.relu(h)
+        else:
+            h = layer(h)
+    return h
+
+
+def starting_images(batch: int, generator: torch.Generator) -> Tensor:
+    """Noise, grey, random binary and blocky starts, cycled; shape (batch, 3, 32, 32)."""
+    x = torch.rand(batch, 3, 32, 32, generator=generator)
+    kind = torch.arange(batch) % 4
+    x[kind == 1] = 0.5
+    n2, n3 = int((kind == 2).sum()), int((kind == 3).sum())
+    x[kind == 2] = (torch.rand(n2, 3, 32, 32, generator=generator) > 0.5).float()
+    blocky = torch.rand(n3, 3, 8, 8, generator=generator)
+    x[kind == 3] = F.interpolate(blocky, size=32, mode="nearest")
+    return x
+
+
+@dataclass
+class Found:
+    """A search's outcome for one channel."""
+
+    best: float  # largest true pre-activation reached, float32
+    unit: tuple[int, int]
+    positive_restarts: int
+    first_positive_step: int | None
+    seconds: float
+    images: Tensor  # (batch, 3, 32, 32), every restart's best image
+    scores: Tensor  # (batch,), their true pre-activations
+    units: Tensor  # (batch, 2), the unit each restart targets
+
+
+def search(features: nn.Sequential, layer: str, channel: int, cfg: Settings) -> Found:
+    """Maximise one unit's pre-activation per restart (see the module docstring).
+
+    Parameters
+    ----------
+    features : nn.Sequential
+        ``DigitsCNN.features`` (parameters not modified).
+    layer : str
+        ``"conv1"`` … ``"conv5"``.
+    channel : int
+    cfg : Settings
+
+    Returns
+    -------
+    Found
+    """
+    stop = CONV_INDEX[layer]
+    side = {0: 32, 3: 16}.get(stop, 8)
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = starting_images(cfg.batch, g).requires_grad_(True)
+    rows = torch.arange(cfg.batch)
+    unit = rows % (side * side)
+    ui, uj = unit // side, unit % side
+    best = torch.full((cfg.batch,), -math.inf)
+    best_x = x.detach().clone()
+    adam = torch.optim.Adam([x], lr=cfg.lr) if cfg.mode == "adam" else None
+    n_surrogate = int(cfg.steps * cfg.surrogate_fraction)
+    first: int | None = None
+    start = time.perf_counter()
+    for step in range(cfg.steps + 1):
+        beta = None
+        if step < n_surrogate:
+            beta = cfg.beta0 * (cfg.beta1 / cfg.beta0) ** (step / max(n_surrogate - 1, 1))
+        pre = forward_to(features, x, stop, beta)[rows, channel, ui, uj]
+        with torch.no_grad():
+            true = pre.detach() if beta is None else forward_to(features, x, stop, None)
+            true = true if beta is None else true[rows, channel, ui, uj]
+            better = true > best
+            best = torch.where(better, true, best)
+            best_x[better] = x.detach()[better]
+            if first is None and bool((true > 0).any()):
+                first = step
+        if step == cfg.steps:
+            break
+        (grad,) = torch.autograd.grad(pre.sum(), x)
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)) + 1e-3
+        with torch.no_grad():
+            if adam is None:
+                x += lr * grad.sign()
+            else:
+                x.grad = -grad
+                adam.param_groups[0]["lr"] = lr
+                adam.step()
+            x.clamp_(0, 1)
+    k = int(best.argmax())
+    return Found(
+        best=float(best[k]),
+        unit=(int(ui[k]), int(uj[k])),
+        positive_restarts=int((best > 0).sum()),
+        first_positive_step=first,
+        seconds=time.perf_counter() - start,
+        images=best_x,
+        scores=best,
+        units=torch.stack([ui, uj], 1),
+    )
+
+
+def fires(features: nn.Sequential, layer: str, channel: int, image: Tensor) -> tuple[float, float]:
+    """Largest pre-activation over the channel's units, float32 and float64 (true network).
+
+    Parameters
+    ----------
+    image : Tensor of shape (3, 32, 32), values in [0, 1]
+
+    Returns
+    -------
+    (float, float)
+    """
+    stop = CONV_INDEX[layer]
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        net = features[: stop + 1].to(dtype)
+        with torch.no_grad():
+            out.append(float(net(image[None].to(dtype))[0, channel].max()))
+        features.float()
+    return out[0], out[1]
+
+
+def quantised_winner(
+    features: nn.Sequential, layer: str, channel: int, found: Found
+) -> Tensor | None:
+    """The positive restart whose uint8-quantised image fires best in float32 and float64."""
+    best_u8, best_val = None, 0.0
+    for k in torch.argsort(found.scores, descending=True)[:32].tolist():
+        if found.scores[k] <= 0:
+            break
+        u8 = (found.images[k] * 255).round().to(torch.uint8)
+        v32, v64 = fires(features, layer, channel, u8.float() / 255)
+        if min(v32, v64) > best_val:
+            best_u8, best_val = u8, min(v32, v64)
+    return best_u8
+
+
+def parse_channels(spec: str) -> list[tuple[str, int]]:
+    """``"open"``, ``"hard"``, ``"all"`` or ``"conv4_relu:60,conv5_relu:6"`` → [(conv, channel)]."""
+    spec = {"open": OPEN, "hard": HARD, "all": OPEN + "," + HARD}.get(spec, spec)
+    out = []
+    for item in spec.split(","):
+        name, channel = item.split(":")
+        conv = name.removesuffix("_relu")
+        if conv not in CONV_INDEX:
+            raise ValueError(f"unknown layer {name!r} in --channels")
+        out.append((conv, int(channel)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", default="open", help="open | hard | all | conv4_relu:60,...")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, default=None, help="write the firing images (.pt)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    features = digits_cnn().features
+    for p in features.parameters():
+        p.requires_grad_(False)
+    saved: dict[str, Tensor] = {}
+    if args.save is not None and args.save.exists():
+        saved = torch.load(args.save, weights_only=True)
+    print("| channel | settings | best pre-activation | unit | restarts > 0 | first step > 0 | s |")
+    print("|---|---|---|---|---|---|---|")
+    for conv, channel in parse_channels(args.channels):
+        cfg = default_settings(conv, args.steps, args.batch, args.seed)
+        found = search(features, conv, channel, cfg)
+        name = f"{conv}_relu:{channel}"
+        if found.best > 0 and args.save is not None and name not in saved:
+            u8 = quantised_winner(features, conv, channel, found)
+            if u8 is not None:
+                saved[name] = u8
+                args.save.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(saved, args.save)
+        how = f"{cfg.mode} lr {cfg.lr}, β {cfg.beta0}→{cfg.beta1}, {cfg.steps} steps"
+        first = found.first_positive_step
+        print(
+            f"| {name} | {how} | {found.best:.4g} | {found.unit} | {found.positive_restarts}/"
+            f"{cfg.batch} | {'-' if first is None else first} | {found.seconds:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
