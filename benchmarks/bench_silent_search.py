@@ -108,15 +108,15 @@ def forward_to(features: nn.Sequential, x: Tensor, stop: int, beta: float | None
     return h
 
 
-def starting_images(batch: int, generator: torch.Generator) -> Tensor:
-    """Noise, grey, random binary and blocky starts, cycled; shape (batch, 3, 32, 32)."""
-    x = torch.rand(batch, 3, 32, 32, generator=generator)
+def starting_images(batch: int, generator: torch.Generator, size: int = 32) -> Tensor:
+    """Noise, grey, random binary and blocky starts, cycled; shape (batch, 3, size, size)."""
+    x = torch.rand(batch, 3, size, size, generator=generator)
     kind = torch.arange(batch) % 4
     x[kind == 1] = 0.5
     n2, n3 = int((kind == 2).sum()), int((kind == 3).sum())
-    x[kind == 2] = (torch.rand(n2, 3, 32, 32, generator=generator) > 0.5).float()
-    blocky = torch.rand(n3, 3, 8, 8, generator=generator)
-    x[kind == 3] = F.interpolate(blocky, size=32, mode="nearest")
+    x[kind == 2] = (torch.rand(n2, 3, size, size, generator=generator) > 0.5).float()
+    blocky = torch.rand(n3, 3, size // 4, size // 4, generator=generator)
+    x[kind == 3] = F.interpolate(blocky, size=size, mode="nearest")
     return x
 
 
@@ -134,7 +134,14 @@ class Found:
     units: Tensor  # (batch, 2), the unit each restart targets
 
 
-def search(features: nn.Sequential, layer: str, channel: int, cfg: Settings) -> Found:
+def search(
+    features: nn.Sequential,
+    layer: str,
+    channel: int,
+    cfg: Settings,
+    starts: Tensor | None = None,
+    units: Tensor | None = None,
+) -> Found:
     """Maximise one unit's pre-activation per restart (see the module docstring).
 
     Parameters
@@ -145,18 +152,23 @@ def search(features: nn.Sequential, layer: str, channel: int, cfg: Settings) -> 
         ``"conv1"`` … ``"conv5"``.
     channel : int
     cfg : Settings
+    starts : Tensor of shape (batch, 3, S, S), optional
+        Start images (default: :func:`starting_images`, 32×32); S < 32 searches image crops.
+    units : Tensor of shape (batch, 2), optional
+        The unit ``(row, col)`` each restart targets (default: every unit in turn).
 
     Returns
     -------
     Found
     """
     stop = CONV_INDEX[layer]
-    side = {0: 32, 3: 16}.get(stop, 8)
     g = torch.Generator().manual_seed(cfg.seed)
-    x = starting_images(cfg.batch, g).requires_grad_(True)
+    x = (starting_images(cfg.batch, g) if starts is None else starts.clone()).requires_grad_(True)
+    side = x.shape[-1] // {0: 1, 3: 2}.get(stop, 4)
     rows = torch.arange(cfg.batch)
-    unit = rows % (side * side)
-    ui, uj = unit // side, unit % side
+    if units is None:
+        units = torch.stack([(rows % side**2) // side, rows % side], 1)
+    ui, uj = units[:, 0], units[:, 1]
     best = torch.full((cfg.batch,), -math.inf)
     best_x = x.detach().clone()
     adam = torch.optim.Adam([x], lr=cfg.lr) if cfg.mode == "adam" else None
@@ -198,6 +210,73 @@ def search(features: nn.Sequential, layer: str, channel: int, cfg: Settings) -> 
         images=best_x,
         scores=best,
         units=torch.stack([ui, uj], 1),
+    )
+
+
+# a corner unit depends only on an S×S image corner (receptive field clipped by the padding)
+CORNER_CROP = {"conv3": 12, "conv4": 16, "conv5": 20}
+
+
+def best_corner(found: Found, side: int) -> tuple[int, int]:
+    """The map corner ``(row, col)`` whose restarts reached the largest pre-activation."""
+    corners = [(0, 0), (0, side - 1), (side - 1, 0), (side - 1, side - 1)]
+    scores = []
+    for corner in corners:
+        at = (found.units == torch.tensor(corner)).all(1)
+        scores.append(float(found.scores[at].max()) if bool(at.any()) else -math.inf)
+    return corners[max(range(4), key=scores.__getitem__)]
+
+
+def corner_hop(
+    features: nn.Sequential,
+    layer: str,
+    channel: int,
+    cfg: Settings,
+    corner: tuple[int, int],
+    rounds: int,
+) -> Found:
+    """Basin hopping on one corner unit, on image crops (exact: the unit sees only the crop).
+
+    Round 0: :func:`search` from ``cfg.batch`` crop starts. Each next round keeps the best 64
+    crops, makes ``cfg.batch / 64`` copies of each with a random 3–8 pixel square reset to a
+    random binary pattern, and re-optimises them for 150 steps (β 10 → 100 over half, then the
+    true ReLU). The returned images are full 32×32 frames (the crop at ``corner``, grey
+    elsewhere); their scores are checked by the full-frame forward.
+    """
+    crop = CORNER_CROP[layer]
+    far = crop // 4 - 1
+    target = torch.tensor([far if corner[0] else 0, far if corner[1] else 0])
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    units = target.expand(cfg.batch, 2)
+    start = time.perf_counter()
+    found = search(features, layer, channel, cfg, starting_images(cfg.batch, g, crop), units)
+    pool_x, pool_s, first = found.images, found.scores, found.first_positive_step
+    again = Settings(150, cfg.batch, cfg.seed, cfg.mode, cfg.lr, 10.0, cfg.beta1, 0.5)
+    for _ in range(rounds):
+        top = pool_s.argsort(descending=True)[:64]
+        x0 = pool_x[top].repeat(cfg.batch // 64, 1, 1, 1)
+        for i in range(cfg.batch):
+            b = int(torch.randint(3, 9, (1,), generator=g))
+            r, c = torch.randint(0, crop - b + 1, (2,), generator=g).tolist()
+            x0[i, :, r : r + b, c : c + b] = (torch.rand(3, b, b, generator=g) > 0.5).float()
+        nxt = search(features, layer, channel, again, x0, units)
+        pool_x, pool_s = torch.cat([pool_x[top], nxt.images]), torch.cat([pool_s[top], nxt.scores])
+    frames = torch.full((len(pool_x), 3, 32, 32), 0.5)
+    r0, c0 = (32 - crop) * (corner[0] > 0), (32 - crop) * (corner[1] > 0)
+    frames[:, :, r0 : r0 + crop, c0 : c0 + crop] = pool_x
+    with torch.no_grad():
+        scores = forward_to(features, frames, CONV_INDEX[layer], None)[:, channel]
+        scores = scores[:, corner[0], corner[1]]
+    k = int(scores.argmax())
+    return Found(
+        best=float(scores[k]),
+        unit=corner,
+        positive_restarts=int((scores > 0).sum()),
+        first_positive_step=first,
+        seconds=time.perf_counter() - start,
+        images=frames,
+        scores=scores,
+        units=torch.tensor(corner).expand(len(frames), 2),
     )
 
 
@@ -250,12 +329,29 @@ def parse_channels(spec: str) -> list[tuple[str, int]]:
     return out
 
 
+def run_channel(
+    features: nn.Sequential, conv: str, channel: int, args: argparse.Namespace
+) -> tuple[Found, str]:
+    """The per-unit search, then (``--hop``, if it did not fire) corner basin hopping."""
+    cfg = default_settings(conv, args.steps, args.batch, args.seed)
+    found = search(features, conv, channel, cfg)
+    how = f"{cfg.mode} lr {cfg.lr}, β {cfg.beta0:g}→{cfg.beta1:g}, {cfg.steps} steps"
+    if found.best <= 0 and args.hop > 0 and conv in CORNER_CROP:
+        corner = best_corner(found, 8)
+        spent = found.seconds
+        found = corner_hop(features, conv, channel, cfg, corner, args.hop)
+        found.seconds += spent
+        how += f"; then corner {corner}, {args.hop} hops"
+    return found, how
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", default="open", help="open | hard | all | conv4_relu:60,...")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hop", type=int, default=0, help="basin-hopping rounds if not fired")
     parser.add_argument("--save", type=Path, default=None, help="write the firing images (.pt)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -268,8 +364,7 @@ def main() -> None:
     print("| channel | settings | best pre-activation | unit | restarts > 0 | first step > 0 | s |")
     print("|---|---|---|---|---|---|---|")
     for conv, channel in parse_channels(args.channels):
-        cfg = default_settings(conv, args.steps, args.batch, args.seed)
-        found = search(features, conv, channel, cfg)
+        found, how = run_channel(features, conv, channel, args)
         name = f"{conv}_relu:{channel}"
         if found.best > 0 and args.save is not None and name not in saved:
             u8 = quantised_winner(features, conv, channel, found)
@@ -277,11 +372,10 @@ def main() -> None:
                 saved[name] = u8
                 args.save.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(saved, args.save)
-        how = f"{cfg.mode} lr {cfg.lr}, β {cfg.beta0}→{cfg.beta1}, {cfg.steps} steps"
         first = found.first_positive_step
         print(
             f"| {name} | {how} | {found.best:.4g} | {found.unit} | {found.positive_restarts}/"
-            f"{cfg.batch} | {'-' if first is None else first} | {found.seconds:.0f} |",
+            f"{len(found.scores)} | {'-' if first is None else first} | {found.seconds:.0f} |",
             flush=True,
         )
 
