@@ -15,8 +15,9 @@ of the channel's pre-activation strictly positive:
 
 * **Per-unit targets.** Batch element ``k`` maximises the pre-activation of one unit, ``k mod
   (H·W)``, so every unit (corners and borders included: their zero padding removes taps) gets
-  ``batch / (H·W)`` restarts. Starts cycle through uniform noise, grey 0.5, random binary
-  {0, 1} images and blocky noise (an 8×8 noise image upsampled).
+  ``batch / (H·W)`` restarts. Starts: uniform noise, grey 0.5, random binary {0, 1} images
+  and blocky noise (an 8×8 noise image upsampled), each kind for a quarter of the batch, so
+  with ``batch`` = 256 each conv4/conv5 unit (8×8 map) gets one start of each kind.
 * **Continuation.** Every ReLU below the target is replaced by ``softplus(β)``, β annealed
   geometrically from ``beta0`` to 100 over the first 70 % of the steps (a dead unit at a
   positive-weight position still passes gradient), then the true ReLU for the rest.
@@ -109,9 +110,14 @@ def forward_to(features: nn.Sequential, x: Tensor, stop: int, beta: float | None
 
 
 def starting_images(batch: int, generator: torch.Generator, size: int = 32) -> Tensor:
-    """Noise, grey, random binary and blocky starts, cycled; shape (batch, 3, size, size)."""
+    """Noise, grey, random binary and blocky starts; shape (batch, 3, size, size).
+
+    The kinds come in four consecutive blocks of ``batch / 4``, so with per-unit targets cycled
+    over the units (:func:`search`) and ``batch`` a multiple of 4 × the number of units, every
+    unit gets every kind of start.
+    """
     x = torch.rand(batch, 3, size, size, generator=generator)
-    kind = torch.arange(batch) % 4
+    kind = torch.arange(batch) * 4 // batch
     x[kind == 1] = 0.5
     n2, n3 = int((kind == 2).sum()), int((kind == 3).sum())
     x[kind == 2] = (torch.rand(n2, 3, size, size, generator=generator) > 0.5).float()
@@ -132,6 +138,7 @@ class Found:
     images: Tensor  # (batch, 3, 32, 32), every restart's best image
     scores: Tensor  # (batch,), their true pre-activations
     units: Tensor  # (batch, 2), the unit each restart targets
+    kinds: Tensor | None = None  # (batch,), 0 noise, 1 grey, 2 binary, 3 blocky start
 
 
 def search(
@@ -210,6 +217,7 @@ def search(
         images=best_x,
         scores=best,
         units=torch.stack([ui, uj], 1),
+        kinds=torch.arange(cfg.batch) * 4 // cfg.batch if starts is None else None,
     )
 
 
@@ -361,8 +369,11 @@ def main() -> None:
     saved: dict[str, Tensor] = {}
     if args.save is not None and args.save.exists():
         saved = torch.load(args.save, weights_only=True)
-    print("| channel | settings | best pre-activation | unit | restarts > 0 | first step > 0 | s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| channel | settings | best pre-activation | unit | restarts > 0 | "
+        "> 0 by start: noise/grey/binary/blocky | first step > 0 | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for conv, channel in parse_channels(args.channels):
         found, how = run_channel(features, conv, channel, args)
         name = f"{conv}_relu:{channel}"
@@ -373,9 +384,14 @@ def main() -> None:
                 args.save.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(saved, args.save)
         first = found.first_positive_step
+        by_kind = "-"
+        if found.kinds is not None:
+            wins = [int((found.scores[found.kinds == k] > 0).sum()) for k in range(4)]
+            by_kind = "/".join(map(str, wins))
         print(
             f"| {name} | {how} | {found.best:.4g} | {found.unit} | {found.positive_restarts}/"
-            f"{len(found.scores)} | {'-' if first is None else first} | {found.seconds:.0f} |",
+            f"{len(found.scores)} | {by_kind} | {'-' if first is None else first} | "
+            f"{found.seconds:.0f} |",
             flush=True,
         )
 
