@@ -24,7 +24,15 @@ from dnnbrain_captum.optim._param import PARAMETRIZATIONS, ImageParam
 from dnnbrain_captum.optim._settings import PRESETS
 from dnnbrain_captum.optim._transforms import Transform, resolve_transforms
 
-__all__ = ["History", "Options", "resolve_options", "update", "view", "weighted_penalty"]
+__all__ = [
+    "History",
+    "Options",
+    "SynthesisResult",
+    "resolve_options",
+    "update",
+    "view",
+    "weighted_penalty",
+]
 
 
 class Options(NamedTuple):
@@ -47,6 +55,33 @@ class Options(NamedTuple):
     snapshot_every: int | None
     seed: int
     size: tuple[int, int]
+
+
+class SynthesisResult(NamedTuple):
+    """What :meth:`SynthesisImage.attribute` returns with ``return_history`` or snapshots.
+
+    Attributes
+    ----------
+    images : Tensor of shape (N, C, H, W)
+        The optimised images in model space.
+    activation : Tensor of shape (N, n_iter + 1)
+        The target's value: entry ``i < n_iter`` is what step ``i`` maximised (on the
+        transformed image it saw, before its update); entry ``n_iter`` is the value for
+        ``images`` as returned (no transforms).
+    penalty : Tensor of shape (N, n_iter + 1)
+        The weighted sum of the regularisers at the same moments (zeros without any).
+        The minimised loss is ``penalty − activation``.
+    snapshots : Tensor of shape (N, S, C, H, W) or None
+        The image after ``snapshot_steps[s]`` updates (0 = the initial image), if requested.
+    snapshot_steps : tuple of int
+        The step of each snapshot: ``0, k, 2k, … <= n_iter``.
+    """
+
+    images: Tensor
+    activation: Tensor
+    penalty: Tensor
+    snapshots: Tensor | None
+    snapshot_steps: tuple[int, ...]
 
 
 @dataclass

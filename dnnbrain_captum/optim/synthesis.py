@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from captum.attr import GradientAttribution, NeuronAttribution
@@ -32,6 +32,7 @@ from dnnbrain_captum.optim._ignite import ignition_objective, reignite
 from dnnbrain_captum.optim._loop import (
     History,
     Options,
+    SynthesisResult,
     resolve_options,
     update,
     view,
@@ -52,33 +53,6 @@ __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
 
 #: ``(target, reduction, additional_forward_args)`` of one ``attribute`` call.
 _Task = tuple[Any, str, Any]
-
-
-class SynthesisResult(NamedTuple):
-    """What :meth:`SynthesisImage.attribute` returns with ``return_history`` or snapshots.
-
-    Attributes
-    ----------
-    images : Tensor of shape (N, C, H, W)
-        The optimised images in model space.
-    activation : Tensor of shape (N, n_iter + 1)
-        The target's value: entry ``i < n_iter`` is what step ``i`` maximised (on the
-        transformed image it saw, before its update); entry ``n_iter`` is the value for
-        ``images`` as returned (no transforms).
-    penalty : Tensor of shape (N, n_iter + 1)
-        The weighted sum of the regularisers at the same moments (zeros without any).
-        The minimised loss is ``penalty − activation``.
-    snapshots : Tensor of shape (N, S, C, H, W) or None
-        The image after ``snapshot_steps[s]`` updates (0 = the initial image), if requested.
-    snapshot_steps : tuple of int
-        The step of each snapshot: ``0, k, 2k, … <= n_iter``.
-    """
-
-    images: Tensor
-    activation: Tensor
-    penalty: Tensor
-    snapshots: Tensor | None
-    snapshot_steps: tuple[int, ...]
 
 
 @captum_keyword_aliases
