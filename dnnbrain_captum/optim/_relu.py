@@ -66,9 +66,10 @@ class _RedirectedReLU(torch.autograd.Function):
     """``relu(x)`` whose backward redirects the gradient of examples with no active unit."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, shown: Tensor | None) -> Tensor:
+        """``shown`` (the module's output as the caller's hooks left it) or else ``relu(x)``."""
         ctx.save_for_backward(x)
-        return x.clamp(min=0)
+        return x.clamp(min=0) if shown is None else shown.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
@@ -76,9 +77,9 @@ class _RedirectedReLU(torch.autograd.Function):
         ordinary = grad * (x > 0)
         redirected = grad * ~((x < 0) & (grad > 0))
         if grad.dim() < 2:
-            return redirected if not bool(ordinary.any()) else ordinary
+            return (redirected if not bool(ordinary.any()) else ordinary), None
         silent = ~ordinary.flatten(1).any(1)
-        return torch.where(silent.view(-1, *[1] * (grad.dim() - 1)), redirected, ordinary)
+        return torch.where(silent.view(-1, *[1] * (grad.dim() - 1)), redirected, ordinary), None
 
 
 def _softened(x: Tensor, out: Tensor, beta: Tensor) -> Tensor:
@@ -95,7 +96,8 @@ def redirected_relu(model: Any, softness: Tensor | None = None) -> Iterator[None
     """Give every ``nn.ReLU`` module of ``model`` the redirected gradient while active.
 
     A forward pre-hook keeps the ReLU's input (a clone, so in-place ReLUs work) and a forward
-    hook returns :class:`_RedirectedReLU` of it in place of the ReLU's output (equal values).
+    hook returns :class:`_RedirectedReLU` of it in place of the ReLU's output (the same values,
+    those of the caller's own hooks on the ReLU included; only the gradient changes).
     With ``softness`` (one β per example, shape (N,)), an example with a finite β gets
     ``softplus(β x) / β`` instead (a smooth continuation of the ReLU, exact as β → ∞; its
     forward values differ), an example with β = inf the redirected ReLU.
@@ -109,7 +111,10 @@ def redirected_relu(model: Any, softness: Tensor | None = None) -> Iterator[None
 
     def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         x = inputs[id(module)].pop()
-        out = _RedirectedReLU.apply(x)
+        # Forward values: the output the module and the caller's own hooks produced (a hook
+        # may lesion units); only the gradient is redirected.
+        same = isinstance(output, Tensor) and output.shape == x.shape
+        out = _RedirectedReLU.apply(x, output.detach() if same else None)
         return out if softness is None else _softened(x, out, softness)
 
     handles: list[RemovableHandle] = []

@@ -461,7 +461,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
     def _ignite(
         self, image: ImageParam, result: Tensor, start: Tensor, options: Options, task: _Task
     ) -> Tensor:
-        """``result``, each still-silent target searched again from ``start`` (:mod:`._ignite`)."""
+        """``result``, each still-silent target searched again from ``start`` (:mod:`._ignite`).
+
+        An example's image is replaced only if its target truly fires on the new image.
+        """
         target, reduction, args = task
         work = image.tensor.dtype
         with torch.no_grad():
@@ -480,7 +483,14 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             )
             return pair[0].to(work), pair[1].to(work)
 
-        return reignite(result, value, start.to(work), image, options, task, objective)
+        searched = reignite(result, value, start.to(work), image, options, task, objective)
+        if searched is result:
+            return result
+        # The searches read the ReLU's input; keep a new image only where the true target
+        # (the layer's output, the caller's hooks included) fires on it.
+        with torch.no_grad():
+            fires = self._evaluate(searched, target, reduction, args) > 0
+        return torch.where(fires.to(result.device).view(-1, 1, 1, 1), searched, result)
 
     def _with_history(
         self,
