@@ -113,7 +113,11 @@ def redirected_relu(model: Any, softness: Tensor | None = None) -> Iterator[None
         x = inputs[id(module)].pop()
         # Forward values: the output the module and the caller's own hooks produced (a hook
         # may lesion units); only the gradient is redirected.
-        same = isinstance(output, Tensor) and output.shape == x.shape
+        same = isinstance(output, Tensor) and (output.shape, output.dtype, output.device) == (
+            x.shape,
+            x.dtype,
+            x.device,
+        )
         out = _RedirectedReLU.apply(x, output.detach() if same else None)
         return out if softness is None else _softened(x, out, softness)
 
