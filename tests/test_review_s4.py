@@ -51,4 +51,3 @@ def test_redirected_relu_keeps_the_forward_values_of_a_lesioned_model() -> None:
     )
     bias = model[2].bias[0].detach()
     assert torch.allclose(result.activation[0], bias.expand(3), atol=1e-6)
-
