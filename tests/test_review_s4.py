@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +52,22 @@ def test_redirected_relu_keeps_the_forward_values_of_a_lesioned_model() -> None:
     )
     bias = model[2].bias[0].detach()
     assert torch.allclose(result.activation[0], bias.expand(3), atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: the rectified path reads relu(input)")
+def test_history_of_a_relu_target_whose_output_a_user_hook_changes() -> None:
+    # Channel 0 of the target ReLU is ablated by the caller's hook: its true value is 0 on
+    # every image. The rectified objective reads the ReLU's input, so the history's steps
+    # report relu(pre) (0.0540, 0.0656, 0.0760) and only the last entry is the true 0.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+
+    def ablate(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[:, 0] = 0
+        return output
+
+    model[1].register_forward_hook(ablate)
+    x = torch.rand(1, 3, 6, 6)
+    result = SynthesisImage(model, model[1]).attribute(x, target=0, n_iter=3, return_history=True)
+    assert torch.equal(result.activation, torch.zeros(1, 4))
