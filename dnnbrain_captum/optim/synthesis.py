@@ -55,6 +55,11 @@ __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
 _Task = tuple[Any, str, Any]
 
 
+def _output_hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's or a global one) may change ``module``'s output."""
+    return bool(module._forward_hooks) or bool(nn.modules.module._global_forward_hooks)
+
+
 @captum_keyword_aliases
 class SynthesisImage(NeuronAttribution, GradientAttribution):
     """Activation maximisation: images that maximise a channel, a unit or a class score.
@@ -372,12 +377,18 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         return self._with_history(result, history, work, options, task)
 
     def _rectifies(self, target: Any, options: Options) -> bool:
-        """Whether a silent example climbs its closest unit: a ReLU layer's channel or unit."""
+        """Whether a silent example climbs its closest unit: a ReLU layer's channel or unit.
+
+        The surrogate reads the ReLU's input and takes ``relu`` of it as the true value, so it
+        is used only when no forward hook (the module's own or a global one: a caller's lesion,
+        say) can change what the ReLU outputs; otherwise the layer's output is read as is.
+        """
         return (
             options.redirect_relu
             and options.diversity == 0
             and isinstance(self.layer, nn.ReLU)
             and not (callable(target) and not isinstance(target, Tensor))
+            and not _output_hooked(self.layer)
         )
 
     def _objective(

@@ -1,8 +1,12 @@
-"""Adversarial review of session 4 (silent_steps, redirected ReLU): bugs found, kept fixed."""
+"""SynthesisImage with a caller's forward hook that changes a ReLU's output (a lesion).
+
+Found by review (2026-12-01), each test seen failing first: the extra searches kept images on
+which the true target did not fire, the redirected ReLU discarded the hook's output, and the
+history of a hooked ReLU target reported ``relu`` of its input.
+"""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -54,11 +58,11 @@ def test_redirected_relu_keeps_the_forward_values_of_a_lesioned_model() -> None:
     assert torch.allclose(result.activation[0], bias.expand(3), atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: the rectified path reads relu(input)")
 def test_history_of_a_relu_target_whose_output_a_user_hook_changes() -> None:
     # Channel 0 of the target ReLU is ablated by the caller's hook: its true value is 0 on
-    # every image. The rectified objective reads the ReLU's input, so the history's steps
-    # report relu(pre) (0.0540, 0.0656, 0.0760) and only the last entry is the true 0.
+    # every image. The surrogate for silent ReLU targets read the ReLU's input, so the
+    # history's steps reported relu(pre) (0.0540, 0.0656, 0.0760); with a hook on the ReLU
+    # the layer's output is read as is.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
 
