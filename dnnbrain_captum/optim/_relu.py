@@ -35,6 +35,7 @@ from dnnbrain_captum._utils.targets import select_layer_target
 __all__ = [
     "TEMPERATURE_END",
     "TEMPERATURE_START",
+    "output_hooked",
     "rectified_objective",
     "redirected_relu",
     "soft_maximum",
@@ -188,3 +189,12 @@ def rectified_objective(
     """
     value = select_layer_target(pre.clamp(min=0), target, reduction)
     return value, torch.where(value > 0, value, soft_maximum(pre, target, tau))
+
+
+def output_hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's or a global one) may change ``module``'s output.
+
+    The surrogate of :func:`rectified_objective` reads a ReLU's input and takes ``relu`` of it
+    as the true value: exact only when nothing changes the output in between.
+    """
+    return bool(module._forward_hooks) or bool(nn.modules.module._global_forward_hooks)

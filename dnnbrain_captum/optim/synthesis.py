@@ -40,7 +40,12 @@ from dnnbrain_captum.optim._loop import (
 )
 from dnnbrain_captum.optim._objectives import diversity_penalty
 from dnnbrain_captum.optim._param import ImageParam, ValueRange, random_images
-from dnnbrain_captum.optim._relu import rectified_objective, redirected_relu, temperature
+from dnnbrain_captum.optim._relu import (
+    output_hooked,
+    rectified_objective,
+    redirected_relu,
+    temperature,
+)
 from dnnbrain_captum.optim._settings import (
     LOW_PRECISION,
     PRESETS,
@@ -53,11 +58,6 @@ __all__ = ["PRESETS", "SynthesisImage", "SynthesisResult", "random_images"]
 
 #: ``(target, reduction, additional_forward_args)`` of one ``attribute`` call.
 _Task = tuple[Any, str, Any]
-
-
-def _output_hooked(module: nn.Module) -> bool:
-    """Whether a forward hook (the module's or a global one) may change ``module``'s output."""
-    return bool(module._forward_hooks) or bool(nn.modules.module._global_forward_hooks)
 
 
 @captum_keyword_aliases
@@ -388,7 +388,7 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
             and options.diversity == 0
             and isinstance(self.layer, nn.ReLU)
             and not (callable(target) and not isinstance(target, Tensor))
-            and not _output_hooked(self.layer)
+            and not output_hooked(self.layer)
         )
 
     def _objective(
