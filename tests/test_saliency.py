@@ -15,7 +15,7 @@ from torch import nn
 
 from dnnbrain_captum import GuidedSaliencyImage, VanillaSaliencyImage, smoothgrad_stdev
 from dnnbrain_captum.models import digits_cnn, digits_images
-from tests.helpers.models import SumConv, TinyConvNet
+from tests.helpers.models import FunctionalReluConv, SumConv, TinyConvNet
 
 
 def _guided_toy() -> nn.Sequential:
@@ -161,16 +161,8 @@ def test_to_layer_downstream_of_target_is_refused() -> None:
 
 
 def test_guided_warns_without_relu_modules() -> None:
-    class Functional(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 2, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.conv(x)).mean((2, 3))
-
     with pytest.warns(UserWarning, match="no nn.ReLU module ran"):
-        GuidedSaliencyImage(Functional().eval()).attribute(torch.rand(1, 1, 5, 5), target=0)
+        GuidedSaliencyImage(FunctionalReluConv().eval()).attribute(torch.rand(1, 1, 5, 5), target=0)
 
 
 def test_tuple_inputs_give_tuple_gradients() -> None:

@@ -24,7 +24,7 @@ from dnnbrain_captum import (
 )
 from dnnbrain_captum.attr._sk_bridge import fit_components
 from dnnbrain_captum.optim import SynthesisImage
-from tests.helpers.models import TinyConvNet
+from tests.helpers.models import FunctionalReluConv, TinyConvNet
 from tests.helpers.region_models import RegionModel
 
 
@@ -86,15 +86,7 @@ def test_synthesis_training_warning_points_at_the_caller() -> None:
 
 
 def test_guided_warning_points_at_the_caller() -> None:
-    class Functional(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(1, 2, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.conv(x)).mean((2, 3))
-
-    model = Functional().eval()
+    model = FunctionalReluConv().eval()
     call = lambda: GuidedSaliencyImage(model).attribute(torch.rand(1, 1, 5, 5), target=0)  # noqa: E731
     assert _located(call, "no nn.ReLU module ran") == (__file__, call.__code__.co_firstlineno)
 

@@ -86,3 +86,14 @@ class TokenNet(nn.Module):
 
     def forward(self, x: Tensor, scale: float = 1.0) -> Tensor:
         return self.proj(self.to_tokens(self.embed(x * scale)))
+
+
+class FunctionalReluConv(nn.Module):
+    """conv (1→2, 3×3, no padding) → functional ``torch.relu`` → spatial mean: no ``nn.ReLU``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.conv(x)).mean((2, 3))
