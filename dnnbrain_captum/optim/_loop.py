@@ -103,6 +103,26 @@ class History:
         self.snapshots.append(image)
         self.snapshot_steps.append(step)
 
+    def close(
+        self, images: Tensor, activation: Tensor, penalty: Tensor, n_iter: int, every: int | None
+    ) -> SynthesisResult:
+        """The :class:`SynthesisResult`, this history closed with the returned ``images``.
+
+        ``images`` (N, C, H, W) are snapshotted when ``n_iter`` is a multiple of ``every``,
+        their ``activation`` and ``penalty`` (N,) recorded as entry ``n_iter``; the history is
+        stacked to (N, n_iter + 1) and the snapshots to (N, S, C, H, W).
+        """
+        if every is not None and n_iter % every == 0:
+            self.snapshot(images, n_iter)
+        self.record(activation, penalty)
+        return SynthesisResult(
+            images=images,
+            activation=torch.stack(self.activations, dim=1),
+            penalty=torch.stack(self.penalties, dim=1),
+            snapshots=torch.stack(self.snapshots, dim=1) if self.snapshots else None,
+            snapshot_steps=tuple(self.snapshot_steps),
+        )
+
 
 def _from_preset(preset: str, channels: int, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with each None replaced by ``preset``'s entry (refusing an unknown preset)."""

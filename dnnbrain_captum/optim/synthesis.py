@@ -504,23 +504,10 @@ class SynthesisImage(NeuronAttribution, GradientAttribution):
         return torch.where(fires.to(result.device).view(-1, 1, 1, 1), searched, result)
 
     def _with_history(
-        self,
-        result: Tensor,
-        history: History,
-        work: torch.dtype,
-        options: Options,
-        task: _Task,
+        self, result: Tensor, history: History, work: torch.dtype, options: Options, task: _Task
     ) -> SynthesisResult:
         """Close ``history`` with the returned image (N, C, H, W) and stack it."""
-        if options.snapshot_every is not None and options.n_iter % options.snapshot_every == 0:
-            history.snapshot(result, options.n_iter)
         with torch.no_grad():
             final = self._evaluate(result, *task).to(work)
-        history.record(final, weighted_penalty(result.to(work), options.weights))
-        return SynthesisResult(
-            images=result,
-            activation=torch.stack(history.activations, dim=1),
-            penalty=torch.stack(history.penalties, dim=1),
-            snapshots=torch.stack(history.snapshots, dim=1) if history.snapshots else None,
-            snapshot_steps=tuple(history.snapshot_steps),
-        )
+        penalty = weighted_penalty(result.to(work), options.weights)
+        return history.close(result, final, penalty, options.n_iter, options.snapshot_every)
